@@ -1,0 +1,189 @@
+//! The scoring engine: loads a model with its tokenizer and profile, and scores batches of
+//! prompts. [`PromptBuilder`] (thread-safe, shared by tokenization workers) turns requests into
+//! [`Prompt`]s; [`Engine::score`] runs one forward pass over a batch and returns p(+) per step.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::gguf::GgufFile;
+use crate::model::llama::{positive_probability, Llama, SeqRows};
+use crate::model::{self, ModelFiles};
+use crate::profile::Profile;
+use crate::prompt::{Prompt, PromptBuilder};
+use crate::tokenizer::PrmTokenizer;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub model: PathBuf,
+    pub profile: String,
+    pub dtype: DType,
+    pub device: Device,
+    /// Overrides of the profile's `max_token_len` and `doc_reserve`.
+    pub max_token_len: Option<usize>,
+    pub doc_reserve: Option<usize>,
+}
+
+impl LoadOptions {
+    pub fn new(model: impl Into<PathBuf>, profile: &str) -> Self {
+        LoadOptions {
+            model: model.into(),
+            profile: profile.into(),
+            dtype: DType::F32,
+            device: Device::Cpu,
+            max_token_len: None,
+            doc_reserve: None,
+        }
+    }
+}
+
+/// What was loaded, for logs and `/info`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ModelInfo {
+    pub model: String,
+    pub format: String,
+    pub architecture: String,
+    pub profile: String,
+    pub dtype: String,
+    pub device: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub max_position_embeddings: usize,
+    pub step_tag: String,
+    pub label_token_ids: [u32; 2],
+    /// Weights of the matrix multiplications per token (for FLOP estimates).
+    pub matmul_params: usize,
+}
+
+pub struct Engine {
+    pub builder: Arc<PromptBuilder>,
+    pub model: Llama,
+    pub info: ModelInfo,
+}
+
+impl Engine {
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let mut profile = Profile::load(&opts.profile)?;
+        profile.max_token_len = opts.max_token_len.unwrap_or(profile.max_token_len);
+        profile.doc_reserve = opts.doc_reserve.unwrap_or(profile.doc_reserve);
+        if profile.doc_reserve > profile.max_token_len {
+            return Err(Error::input("doc_reserve", "must not exceed max_token_len"));
+        }
+        let files = ModelFiles::resolve(&opts.model)?;
+        let beside_tokenizer = files.dir().join("tokenizer.json").is_file();
+        let (cfg, tokenizer, gguf) = match &files {
+            ModelFiles::HfDir { dir, .. } => (model::read_hf_config(dir)?, PrmTokenizer::from_dir(dir)?, None),
+            ModelFiles::Gguf { file } => {
+                let g = GgufFile::open(file)?;
+                let cfg = g.config()?;
+                let tok = if beside_tokenizer {
+                    PrmTokenizer::from_dir(files.dir())?
+                } else {
+                    let mut t = PrmTokenizer::new(g.tokenizer()?);
+                    t.chat_template = g.chat_template();
+                    t.bos_token = g.special_token("tokenizer.ggml.bos_token_id");
+                    t.eos_token = g.special_token("tokenizer.ggml.eos_token_id");
+                    t
+                };
+                (cfg, tok, Some(g))
+            }
+        };
+        if tokenizer.vocab_size() > cfg.vocab_size {
+            return Err(Error::TokenizerMismatch(format!(
+                "the tokenizer has {} tokens but the model's vocabulary has {}",
+                tokenizer.vocab_size(),
+                cfg.vocab_size
+            )));
+        }
+        let builder = PromptBuilder::new(profile, Arc::new(tokenizer))?;
+        let label_ids = builder.label_ids();
+        let (model, dtype) = match (&files, gguf) {
+            (ModelFiles::HfDir { safetensors, .. }, _) => {
+                (model::load_hf(cfg, safetensors, label_ids, opts.dtype, &opts.device)?, opts.dtype)
+            }
+            (ModelFiles::Gguf { .. }, Some(g)) => {
+                if opts.dtype != DType::F32 {
+                    tracing::warn!("GGUF weights run with f32 activations; --dtype is ignored");
+                }
+                (g.load(cfg, label_ids, &opts.device)?, DType::F32)
+            }
+            _ => unreachable!("a GGUF model always has its file open"),
+        };
+        let c = &model.cfg;
+        let info = ModelInfo {
+            model: opts.model.display().to_string(),
+            format: files.format().into(),
+            architecture: c.architecture.clone(),
+            profile: builder.profile.name.clone(),
+            dtype: model::dtype_name(dtype).into(),
+            device: model::device_name(&opts.device).into(),
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            num_layers: c.num_layers,
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            max_position_embeddings: c.max_position_embeddings,
+            step_tag: builder.profile.step_tag.clone(),
+            label_token_ids: label_ids,
+            matmul_params: c.matmul_params(),
+        };
+        Ok(Engine { builder: Arc::new(builder), model, info })
+    }
+
+    /// One forward pass over a batch of prompts: p(+) of every step of every prompt.
+    pub fn score(&self, prompts: &[&Prompt]) -> Result<Vec<Vec<f32>>> {
+        let seqs: Vec<SeqRows<'_>> = prompts.iter().map(|p| SeqRows { ids: &p.ids, rows: &p.tag_rows }).collect();
+        let logits = self.model.label_logits(&seqs, None)?;
+        Ok(logits.into_iter().map(|rows| rows.into_iter().map(positive_probability).collect()).collect())
+    }
+
+    /// Scores many prompts in batches whose padded size (longest × count) stays within
+    /// `max_batch_tokens` (a longer prompt runs alone). Results keep the input order.
+    pub fn score_all(&self, prompts: &[&Prompt], max_batch_tokens: usize) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for batch in plan_batches(prompts.iter().map(|p| p.ids.len()), max_batch_tokens) {
+            let chunk: Vec<&Prompt> = batch.map(|i| prompts[i]).collect();
+            out.extend(self.score(&chunk)?);
+        }
+        Ok(out)
+    }
+
+    pub fn model_path(&self) -> &Path {
+        Path::new(&self.info.model)
+    }
+}
+
+/// Consecutive index ranges whose padded token count (max length × count) fits the budget.
+pub fn plan_batches(lengths: impl IntoIterator<Item = usize>, max_batch_tokens: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut longest, mut n) = (0usize, 0usize, 0usize);
+    for (i, len) in lengths.into_iter().enumerate() {
+        let l = longest.max(len);
+        if n > 0 && l * (n + 1) > max_batch_tokens {
+            out.push(start..i);
+            (start, longest, n) = (i, len, 1);
+        } else {
+            (longest, n) = (l, n + 1);
+        }
+    }
+    if n > 0 {
+        out.push(start..start + n);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn batches_respect_padded_budget() {
+        let b = super::plan_batches([10, 10, 30, 5, 100, 1], 60);
+        assert_eq!(b, vec![0..2, 2..4, 4..5, 5..6]);
+        assert!(super::plan_batches([], 10).is_empty());
+    }
+}

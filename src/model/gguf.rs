@@ -1,0 +1,251 @@
+//! GGUF checkpoints (llama.cpp layout): config from the metadata, quantized linears, the tokenizer
+//! and chat template from the metadata when no tokenizer files sit beside the file.
+//!
+//! llama.cpp permutes the rows of q/k at conversion so that rotary pairs are interleaved; we keep
+//! the weights as they are and rotate interleaved pairs ([`RopeStyle::Interleaved`]).
+//! [`convert_to_hf`] undoes the permutation when writing a Hugging Face directory.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{LlamaConfig, RopeScaling, RopeStyle};
+use super::llama::{Layer, Linear, Llama};
+use crate::error::{Error, Result};
+
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub content: gguf_file::Content,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut f = File::open(path).map_err(|e| Error::bad_file(path, e))?;
+        let content = gguf_file::Content::read(&mut f).map_err(|e| Error::bad_file(path, format!("not a valid GGUF file: {e}")))?;
+        Ok(GgufFile { path: path.to_path_buf(), content })
+    }
+
+    fn md(&self, key: &str) -> Option<&gguf_file::Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn md_u32(&self, key: &str) -> Result<usize> {
+        self.md(key)
+            .ok_or_else(|| Error::bad_file(&self.path, format!("GGUF metadata `{key}` missing")))?
+            .to_u32()
+            .map(|v| v as usize)
+            .map_err(|e| Error::bad_file(&self.path, format!("GGUF metadata `{key}`: {e}")))
+    }
+
+    pub fn chat_template(&self) -> Option<String> {
+        self.md("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned()
+    }
+
+    pub fn architecture(&self) -> String {
+        self.md("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default()
+    }
+
+    fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+        let mut f = File::open(&self.path).map_err(|e| Error::bad_file(&self.path, e))?;
+        self.content
+            .tensor(&mut f, name, device)
+            .map_err(|e| Error::bad_file(&self.path, format!("tensor `{name}`: {e}")))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    pub fn config(&self) -> Result<LlamaConfig> {
+        let arch = self.architecture();
+        if arch != "llama" {
+            return Err(Error::Unsupported(format!("GGUF architecture `{arch}` (supported: llama)")));
+        }
+        let heads = self.md_u32("llama.attention.head_count")?;
+        let kv_heads = self.md_u32("llama.attention.head_count_kv").unwrap_or(heads);
+        let hidden = self.md_u32("llama.embedding_length")?;
+        let head_dim = self.md_u32("llama.rope.dimension_count").unwrap_or(hidden / heads);
+        let vocab = self
+            .content
+            .tensor_infos
+            .get("token_embd.weight")
+            .map(|t| t.shape.dims()[0])
+            .ok_or_else(|| Error::bad_file(&self.path, "tensor `token_embd.weight` missing"))?;
+        let f = |k: &str, d: f64| self.md(k).and_then(|v| v.to_f32().ok()).map(|v| v as f64).unwrap_or(d);
+        let rope_scaling = match self.md("llama.rope.scaling.type").and_then(|v| v.to_string().ok()).map(|s| s.as_str()) {
+            Some("linear") => RopeScaling::Linear { factor: f("llama.rope.scaling.factor", 1.0) as f32 },
+            _ => RopeScaling::None,
+        };
+        Ok(LlamaConfig {
+            hidden_size: hidden,
+            intermediate_size: self.md_u32("llama.feed_forward_length")?,
+            num_layers: self.md_u32("llama.block_count")?,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim,
+            rms_norm_eps: f("llama.attention.layer_norm_rms_epsilon", 1e-5),
+            rope_theta: f("llama.rope.freq_base", 10_000.0) as f32,
+            rope_scaling,
+            rope_style: RopeStyle::Interleaved,
+            vocab_size: vocab,
+            max_position_embeddings: self.md_u32("llama.context_length").unwrap_or(4096),
+            tie_word_embeddings: !self.has("output.weight"),
+            attention_bias: false,
+            mlp_bias: false,
+            sliding_window: None,
+            architecture: "llama (gguf)".into(),
+        })
+    }
+
+    /// llama3-style frequency factors stored as a tensor by llama.cpp (`rope_freqs.weight`).
+    pub fn rope_freq_factors(&self) -> Result<Option<Vec<f32>>> {
+        if !self.has("rope_freqs.weight") {
+            return Ok(None);
+        }
+        let t = self.qtensor("rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?;
+        Ok(Some(t.flatten_all()?.to_vec1::<f32>()?))
+    }
+
+    /// Loads the weights: linears stay quantized, norms and the embedding are dequantized to f32.
+    pub fn load(&self, cfg: LlamaConfig, label_ids: [u32; 2], device: &Device) -> Result<Llama> {
+        for bias in ["blk.0.attn_q.bias", "blk.0.ffn_up.bias"] {
+            if self.has(bias) {
+                return Err(Error::Unsupported(format!("GGUF with biases ({bias})")));
+            }
+        }
+        let dense = |name: &str| -> Result<Tensor> { Ok(self.qtensor(name, device)?.dequantize(device)?) };
+        let lin = |name: &str| -> Result<Linear> { Ok(Linear::Quantized(QMatMul::from_qtensor(self.qtensor(name, device)?)?)) };
+        let embed = dense("token_embd.weight")?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("blk.{i}");
+            layers.push(Layer {
+                attn_norm: dense(&format!("{p}.attn_norm.weight"))?,
+                q: lin(&format!("{p}.attn_q.weight"))?,
+                k: lin(&format!("{p}.attn_k.weight"))?,
+                v: lin(&format!("{p}.attn_v.weight"))?,
+                o: lin(&format!("{p}.attn_output.weight"))?,
+                mlp_norm: dense(&format!("{p}.ffn_norm.weight"))?,
+                gate: lin(&format!("{p}.ffn_gate.weight"))?,
+                up: lin(&format!("{p}.ffn_up.weight"))?,
+                down: lin(&format!("{p}.ffn_down.weight"))?,
+            });
+        }
+        let norm = dense("output_norm.weight")?;
+        let head = if cfg.tie_word_embeddings {
+            super::label_head(&embed, label_ids, cfg.vocab_size)?
+        } else {
+            super::label_head(&dense("output.weight")?, label_ids, cfg.vocab_size)?
+        };
+        let mut llama = Llama::new(cfg, embed, layers, norm, head, DType::F32, device.clone());
+        if let Some(factors) = self.rope_freq_factors()? {
+            llama.set_rope_freq_factors(&factors);
+        }
+        Ok(llama)
+    }
+
+    /// The tokenizer held in the GGUF metadata (byte-level BPE vocabularies).
+    pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
+        use candle_core::quantized::tokenizer::TokenizerFromGguf;
+        let mut tok = tokenizers::Tokenizer::from_gguf(&self.content)
+            .map_err(|e| Error::bad_file(&self.path, format!("tokenizer from GGUF metadata: {e}")))?;
+        let pre = self.md("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        if pre == "smollm" {
+            // SmolLM's tokenizer splits digits individually before the GPT-2 byte-level split.
+            use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence};
+            let seq = Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]);
+            tok.with_pre_tokenizer(Some(seq));
+        }
+        Ok(tok)
+    }
+
+    /// bos / eos token strings, for the chat template.
+    pub fn special_token(&self, key: &str) -> Option<String> {
+        let id = self.md(key)?.to_u32().ok()? as usize;
+        let toks = self.md("tokenizer.ggml.tokens")?.to_vec().ok()?;
+        toks.get(id)?.to_string().ok().cloned()
+    }
+}
+
+/// Writes a Hugging Face directory (f32 safetensors, config.json, tokenizer files) holding the
+/// dequantized weights of a GGUF file, with q/k rows put back in Hugging Face order.
+pub fn convert_to_hf(gguf: &GgufFile, out: &Path) -> Result<()> {
+    let cfg = gguf.config()?;
+    let dev = Device::Cpu;
+    std::fs::create_dir_all(out).map_err(|e| Error::bad_file(out, e))?;
+    let deq = |name: &str| -> Result<Tensor> { Ok(gguf.qtensor(name, &dev)?.dequantize(&dev)?) };
+    let unpermute = |t: Tensor, heads: usize| -> Result<Tensor> {
+        let (rows, cols) = t.dims2()?;
+        Ok(t.reshape((heads, rows / heads / 2, 2, cols))?.transpose(1, 2)?.reshape((rows, cols))?)
+    };
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    tensors.insert("model.embed_tokens.weight".into(), deq("token_embd.weight")?);
+    tensors.insert("model.norm.weight".into(), deq("output_norm.weight")?);
+    if !cfg.tie_word_embeddings {
+        tensors.insert("lm_head.weight".into(), deq("output.weight")?);
+    }
+    for i in 0..cfg.num_layers {
+        let g = format!("blk.{i}");
+        let h = format!("model.layers.{i}");
+        tensors.insert(format!("{h}.input_layernorm.weight"), deq(&format!("{g}.attn_norm.weight"))?);
+        tensors.insert(format!("{h}.post_attention_layernorm.weight"), deq(&format!("{g}.ffn_norm.weight"))?);
+        tensors.insert(format!("{h}.self_attn.q_proj.weight"), unpermute(deq(&format!("{g}.attn_q.weight"))?, cfg.num_heads)?);
+        tensors.insert(format!("{h}.self_attn.k_proj.weight"), unpermute(deq(&format!("{g}.attn_k.weight"))?, cfg.num_kv_heads)?);
+        tensors.insert(format!("{h}.self_attn.v_proj.weight"), deq(&format!("{g}.attn_v.weight"))?);
+        tensors.insert(format!("{h}.self_attn.o_proj.weight"), deq(&format!("{g}.attn_output.weight"))?);
+        tensors.insert(format!("{h}.mlp.gate_proj.weight"), deq(&format!("{g}.ffn_gate.weight"))?);
+        tensors.insert(format!("{h}.mlp.up_proj.weight"), deq(&format!("{g}.ffn_up.weight"))?);
+        tensors.insert(format!("{h}.mlp.down_proj.weight"), deq(&format!("{g}.ffn_down.weight"))?);
+    }
+    let tensors: HashMap<String, Tensor> =
+        tensors.into_iter().map(|(k, v)| Ok((k, v.contiguous()?))).collect::<Result<_>>()?;
+    candle_core::safetensors::save(&tensors, out.join("model.safetensors"))?;
+
+    let mut config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "vocab_size": cfg.vocab_size,
+        "hidden_act": "silu",
+        "torch_dtype": "float32",
+    });
+    if gguf.has("rope_freqs.weight") {
+        return Err(Error::Unsupported("converting GGUF files with rope_freqs.weight".into()));
+    }
+    if let RopeScaling::Linear { factor } = cfg.rope_scaling {
+        config["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": factor});
+    }
+    write_json(&out.join("config.json"), &config)?;
+
+    let tok = gguf.tokenizer()?;
+    tok.save(out.join("tokenizer.json"), true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let mut tcfg = serde_json::json!({});
+    if let Some(t) = gguf.chat_template() {
+        tcfg["chat_template"] = t.into();
+    }
+    if let Some(b) = gguf.special_token("tokenizer.ggml.bos_token_id") {
+        tcfg["bos_token"] = b.into();
+    }
+    if let Some(e) = gguf.special_token("tokenizer.ggml.eos_token_id") {
+        tcfg["eos_token"] = e.into();
+    }
+    write_json(&out.join("tokenizer_config.json"), &tcfg)?;
+    Ok(())
+}
+
+pub(crate) fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::bad_file(path, e))?;
+    std::fs::write(path, text).map_err(|e| Error::bad_file(path, e))
+}

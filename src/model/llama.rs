@@ -1,0 +1,345 @@
+//! Our Llama forward pass for reward scoring.
+//!
+//! Unlike a generation model it never computes vocabulary logits: it returns the hidden state only
+//! at the rows the caller asks for (the step-tag positions) and multiplies those by the two label
+//! rows of `lm_head`. In the last layer only those rows go through attention output and MLP.
+//! A shared prefix (system prompt, documents, question) can be run once with [`Llama::prefill`]
+//! and its K/V reused by several suffixes ([`Llama::label_logits`] with `Some(prefix)`).
+//!
+//! Batches are right-padded: with causal attention real tokens never see the pads that follow
+//! them and positions stay `0..len`, so no padding mask is needed.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::config::{LlamaConfig, RopeScaling, RopeStyle};
+
+type Result<T> = candle_core::Result<T>;
+
+/// Query rows per attention block: bounds the (heads × rows × keys) score matrix.
+const QUERY_BLOCK: usize = 512;
+
+/// A projection: dense weights (f32/f16/bf16) or a quantized GGUF tensor.
+pub enum Linear {
+    Dense { weight: Tensor, bias: Option<Tensor> },
+    Quantized(QMatMul),
+}
+
+impl Linear {
+    /// `x` is 2-D (rows, in_features).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Dense { weight, bias } => {
+                let y = x.matmul(&weight.t()?)?;
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+            Linear::Quantized(q) => q.forward(x),
+        }
+    }
+}
+
+pub struct Layer {
+    pub attn_norm: Tensor,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub mlp_norm: Tensor,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// The label head: the `lm_head` rows of the positive and negative label tokens, f32 (2, hidden).
+pub struct LabelHead {
+    pub rows: Tensor,
+}
+
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    /// (vocab, hidden) in the activation dtype.
+    pub embed: Tensor,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    pub head: LabelHead,
+    /// Activation dtype (f32 for GGUF).
+    pub dtype: DType,
+    pub device: Device,
+    inv_freq: Vec<f32>,
+}
+
+/// Per-layer keys and values of a prefix, computed once and shared by suffix batches.
+pub struct KvPrefix {
+    /// (1, kv_heads, len, head_dim) per layer.
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    pub len: usize,
+}
+
+impl KvPrefix {
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(self.v.iter()).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+    }
+}
+
+/// One sequence of a batch and the positions (within the sequence) whose hidden state we need.
+pub struct SeqRows<'a> {
+    pub ids: &'a [u32],
+    pub rows: &'a [usize],
+}
+
+impl Llama {
+    pub fn new(
+        cfg: LlamaConfig,
+        embed: Tensor,
+        layers: Vec<Layer>,
+        norm: Tensor,
+        head: LabelHead,
+        dtype: DType,
+        device: Device,
+    ) -> Self {
+        let inv_freq = cfg.inv_freq();
+        Llama { cfg, embed, layers, norm, head, dtype, device, inv_freq }
+    }
+
+    /// Divides the rotary inverse frequencies by per-dimension factors (llama.cpp's
+    /// `rope_freqs.weight`, how GGUF files carry llama3 scaling).
+    pub fn set_rope_freq_factors(&mut self, factors: &[f32]) {
+        for (f, d) in self.inv_freq.iter_mut().zip(factors) {
+            *f /= d;
+        }
+    }
+
+    /// cos and sin tables, (positions.len(), head_dim / 2), in the activation dtype.
+    fn rope_tables(&self, positions: &[usize]) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let scale = match self.cfg.rope_scaling {
+            RopeScaling::Linear { factor } => 1.0 / factor,
+            _ => 1.0,
+        };
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            let p = p as f32 * scale;
+            for &f in &self.inv_freq {
+                let a = f * p;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let shape = (positions.len(), half);
+        let cos = Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?;
+        let sin = Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?;
+        Ok((cos, sin))
+    }
+
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        match self.cfg.rope_style {
+            RopeStyle::Half => candle_nn::rotary_emb::rope(x, cos, sin),
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
+        }
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(x, w, self.cfg.rms_norm_eps as f32)
+    }
+
+    fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
+        let h = self.rms_norm(x, &layer.mlp_norm)?;
+        let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
+        let u = layer.up.forward(&h)?;
+        layer.down.forward(&(g * u)?)
+    }
+
+    /// Splits a 2-D projection (b*t, heads*d) into (b, heads, t, d), contiguous.
+    fn heads(&self, x: Tensor, b: usize, t: usize, n: usize) -> Result<Tensor> {
+        x.reshape((b, t, n, self.cfg.head_dim))?.transpose(1, 2)?.contiguous()
+    }
+
+    /// Additive causal (and sliding-window) mask for queries at absolute positions `q_pos`
+    /// over keys at absolute positions `0..n_keys`: (q_pos.len(), n_keys), f32.
+    fn mask(&self, q_pos: &[usize], n_keys: usize) -> Result<Tensor> {
+        let window = self.cfg.sliding_window;
+        let mut m = Vec::with_capacity(q_pos.len() * n_keys);
+        for &qp in q_pos {
+            for j in 0..n_keys {
+                let visible = j <= qp && window.is_none_or(|w| qp - j < w);
+                m.push(if visible { 0.0f32 } else { f32::NEG_INFINITY });
+            }
+        }
+        Tensor::from_vec(m, (q_pos.len(), n_keys), &self.device)
+    }
+
+    /// softmax(q kᵀ / √d + mask) v for q (b, H, tq, d), k/v (b, H, s, d); mask (tq, s).
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let scale = 1.0 / (self.cfg.head_dim as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = att.to_dtype(DType::F32)?.broadcast_add(mask)?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(v.dtype())?;
+        att.matmul(v)
+    }
+
+    fn repeat_kv(&self, x: Tensor) -> Result<Tensor> {
+        let n_rep = self.cfg.num_heads / self.cfg.num_kv_heads;
+        candle_transformers::utils::repeat_kv(x, n_rep)?.contiguous()
+    }
+
+    /// Runs the layers over a right-padded batch.
+    ///
+    /// * `prefix`: K/V of a shared prefix every sequence continues (positions start after it).
+    /// * `rows`: for each selected row, (sequence index, position in the sequence). When given,
+    ///   returns the final-normed hidden states of those rows, (rows.len(), hidden), and the last
+    ///   layer computes only those rows. When `None` (prefill), returns the per-layer K/V.
+    fn run(
+        &self,
+        ids: &[Vec<u32>],
+        prefix: Option<&KvPrefix>,
+        rows: Option<&[(usize, usize)]>,
+    ) -> Result<(Option<Tensor>, Option<KvPrefix>)> {
+        let b = ids.len();
+        let t = ids.first().map(|s| s.len()).unwrap_or(0);
+        let off = prefix.map(|p| p.len).unwrap_or(0);
+        let (nh, nkv) = (self.cfg.num_heads, self.cfg.num_kv_heads);
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let flat = Tensor::from_vec(flat, b * t, &self.device)?;
+        let mut x = self.embed.index_select(&flat, 0)?;
+
+        let positions: Vec<usize> = (off..off + t).collect();
+        let (cos, sin) = self.rope_tables(&positions)?;
+        let n_layers = self.layers.len();
+        let mut kv_out = rows.is_none().then(|| KvPrefix { k: vec![], v: vec![], len: off + t });
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            let last = li + 1 == n_layers;
+            let h = self.rms_norm(&x, &layer.attn_norm)?;
+            let k = self.heads(layer.k.forward(&h)?, b, t, nkv)?;
+            let k = self.rope(&k, &cos, &sin)?;
+            let v = self.heads(layer.v.forward(&h)?, b, t, nkv)?;
+            let (k, v) = match prefix {
+                Some(p) => {
+                    let pk = p.k[li].broadcast_as((b, nkv, p.len, self.cfg.head_dim))?;
+                    let pv = p.v[li].broadcast_as((b, nkv, p.len, self.cfg.head_dim))?;
+                    (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
+                }
+                None => (k, v),
+            };
+            if let Some(out) = kv_out.as_mut() {
+                out.k.push(k.clone());
+                out.v.push(v.clone());
+                if last {
+                    // Prefill needs the K/V of every layer, not the last layer's output.
+                    break;
+                }
+            }
+            let n_keys = k.dim(2)?;
+            let k = self.repeat_kv(k)?;
+            let v = self.repeat_kv(v)?;
+
+            match rows {
+                Some(rows) if last => {
+                    // Only the selected rows go through attention output and MLP.
+                    let idx: Vec<u32> = rows.iter().map(|&(s, p)| (s * t + p) as u32).collect();
+                    let idx = Tensor::from_vec(idx, rows.len(), &self.device)?;
+                    let h_rows = h.index_select(&idx, 0)?;
+                    let q_all = layer.q.forward(&h_rows)?;
+                    let mut outs = Vec::new();
+                    let mut start = 0;
+                    while start < rows.len() {
+                        let s = rows[start].0;
+                        let end = start + rows[start..].iter().take_while(|r| r.0 == s).count();
+                        let pos: Vec<usize> = rows[start..end].iter().map(|r| off + r.1).collect();
+                        let m = end - start;
+                        let q = q_all
+                            .narrow(0, start, m)?
+                            .reshape((1, m, nh, self.cfg.head_dim))?
+                            .transpose(1, 2)?
+                            .contiguous()?;
+                        let (c, sn) = self.rope_tables(&pos)?;
+                        let q = self.rope(&q, &c, &sn)?;
+                        let mask = self.mask(&pos, n_keys)?;
+                        let o = self.attend(&q, &k.narrow(0, s, 1)?, &v.narrow(0, s, 1)?, &mask)?;
+                        outs.push(o.transpose(1, 2)?.reshape((m, nh * self.cfg.head_dim))?);
+                        start = end;
+                    }
+                    let attn = if outs.is_empty() {
+                        Tensor::zeros((0, nh * self.cfg.head_dim), self.dtype, &self.device)?
+                    } else {
+                        Tensor::cat(&outs, 0)?
+                    };
+                    let x_rows = (x.index_select(&idx, 0)? + layer.o.forward(&attn)?)?;
+                    x = (&x_rows + self.mlp(layer, &x_rows)?)?;
+                }
+                _ => {
+                    let q = self.heads(layer.q.forward(&h)?, b, t, nh)?;
+                    let q = self.rope(&q, &cos, &sin)?;
+                    let mut blocks = Vec::new();
+                    for start in (0..t).step_by(QUERY_BLOCK) {
+                        let len = QUERY_BLOCK.min(t - start);
+                        let mask = self.mask(&positions[start..start + len], n_keys)?;
+                        let qb = q.narrow(2, start, len)?;
+                        blocks.push(self.attend(&qb, &k, &v, &mask)?);
+                    }
+                    let attn = Tensor::cat(&blocks, 2)?;
+                    let attn = attn.transpose(1, 2)?.reshape((b * t, nh * self.cfg.head_dim))?;
+                    x = (&x + layer.o.forward(&attn)?)?;
+                    x = (&x + self.mlp(layer, &x)?)?;
+                }
+            }
+        }
+        match rows {
+            Some(_) => Ok((Some(self.rms_norm(&x, &self.norm)?), None)),
+            None => Ok((None, kv_out)),
+        }
+    }
+
+    /// Label logits `[l_pos, l_neg]` at every requested row of every sequence, in order.
+    /// Sequences may differ in length (they are right-padded here).
+    pub fn label_logits(&self, seqs: &[SeqRows<'_>], prefix: Option<&KvPrefix>) -> Result<Vec<Vec<[f32; 2]>>> {
+        let max_len = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+        let n_rows: usize = seqs.iter().map(|s| s.rows.len()).sum();
+        if n_rows == 0 || max_len == 0 {
+            return Ok(seqs.iter().map(|_| vec![]).collect());
+        }
+        let ids: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|s| {
+                let mut v = s.ids.to_vec();
+                v.resize(max_len, 0);
+                v
+            })
+            .collect();
+        let rows: Vec<(usize, usize)> = seqs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.rows.iter().map(move |&r| (i, r)))
+            .collect();
+        let (hidden, _) = self.run(&ids, prefix, Some(&rows))?;
+        let hidden = hidden.expect("rows requested").to_dtype(DType::F32)?;
+        let logits = hidden.matmul(&self.head.rows.t()?)?.to_vec2::<f32>()?;
+        let mut it = logits.into_iter();
+        Ok(seqs
+            .iter()
+            .map(|s| s.rows.iter().map(|_| {
+                let l = it.next().expect("one logit row per requested row");
+                [l[0], l[1]]
+            }).collect())
+            .collect())
+    }
+
+    /// Runs a prefix once and returns its per-layer K/V.
+    pub fn prefill(&self, ids: &[u32]) -> Result<KvPrefix> {
+        let (_, kv) = self.run(&[ids.to_vec()], None, None)?;
+        Ok(kv.expect("prefill returns K/V"))
+    }
+}
+
+/// p(+) from the two label logits: softmax([l+, l-])[0].
+pub fn positive_probability(l: [f32; 2]) -> f32 {
+    let m = l[0].max(l[1]);
+    let a = (l[0] - m).exp();
+    let b = (l[1] - m).exp();
+    a / (a + b)
+}

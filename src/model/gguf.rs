@@ -109,15 +109,34 @@ impl GgufFile {
         Ok(Some(t.flatten_all()?.to_vec1::<f32>()?))
     }
 
-    /// Loads the weights: linears stay quantized, norms and the embedding are dequantized to f32.
-    pub fn load(&self, cfg: LlamaConfig, label_ids: [u32; 2], device: &Device) -> Result<Llama> {
+    /// Bytes the linear weights take once dequantized to f32.
+    pub fn dequantized_linear_bytes(&self) -> usize {
+        self.content
+            .tensor_infos
+            .iter()
+            .filter(|(n, _)| n.starts_with("blk.") && !n.ends_with("norm.weight"))
+            .map(|(_, t)| t.shape.elem_count() * 4)
+            .sum()
+    }
+
+    /// Loads the weights. Norms and the embedding are dequantized to f32; the linears stay
+    /// quantized unless `dequantize` (f32 gemm is several times faster than candle's quantized
+    /// CPU kernels on prompt-sized batches, which is all a reward model runs).
+    pub fn load(&self, cfg: LlamaConfig, label_ids: [u32; 2], device: &Device, dequantize: bool) -> Result<Llama> {
         for bias in ["blk.0.attn_q.bias", "blk.0.ffn_up.bias"] {
             if self.has(bias) {
                 return Err(Error::Unsupported(format!("GGUF with biases ({bias})")));
             }
         }
         let dense = |name: &str| -> Result<Tensor> { Ok(self.qtensor(name, device)?.dequantize(device)?) };
-        let lin = |name: &str| -> Result<Linear> { Ok(Linear::Quantized(QMatMul::from_qtensor(self.qtensor(name, device)?)?)) };
+        let lin = |name: &str| -> Result<Linear> {
+            let q = self.qtensor(name, device)?;
+            Ok(if dequantize {
+                Linear::Dense { weight: q.dequantize(device)?, bias: None }
+            } else {
+                Linear::Quantized(QMatMul::from_qtensor(q)?)
+            })
+        };
         let embed = dense("token_embd.weight")?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {

@@ -105,6 +105,11 @@ impl Llama {
         Llama { cfg, embed, layers, norm, head, dtype, device, inv_freq }
     }
 
+    /// Whether the linears run quantized kernels.
+    pub fn quantized(&self) -> bool {
+        self.layers.first().is_some_and(|l| matches!(l.q, Linear::Quantized(_)))
+    }
+
     /// Divides the rotary inverse frequencies by per-dimension factors (llama.cpp's
     /// `rope_freqs.weight`, how GGUF files carry llama3 scaling).
     pub fn set_rope_freq_factors(&mut self, factors: &[f32]) {
@@ -209,6 +214,12 @@ impl Llama {
 
         let positions: Vec<usize> = (off..off + t).collect();
         let (cos, sin) = self.rope_tables(&positions)?;
+        // The causal masks of the query blocks are the same in every layer.
+        let n_keys = off + t;
+        let block_masks: Vec<Tensor> = (0..t)
+            .step_by(QUERY_BLOCK)
+            .map(|start| self.mask(&positions[start..(start + QUERY_BLOCK).min(t)], n_keys))
+            .collect::<Result<_>>()?;
         let n_layers = self.layers.len();
         let mut kv_out = rows.is_none().then(|| KvPrefix { k: vec![], v: vec![], len: off + t });
 
@@ -234,7 +245,6 @@ impl Llama {
                     break;
                 }
             }
-            let n_keys = k.dim(2)?;
             let k = self.repeat_kv(k)?;
             let v = self.repeat_kv(v)?;
 
@@ -276,11 +286,10 @@ impl Llama {
                     let q = self.heads(layer.q.forward(&h)?, b, t, nh)?;
                     let q = self.rope(&q, &cos, &sin)?;
                     let mut blocks = Vec::new();
-                    for start in (0..t).step_by(QUERY_BLOCK) {
-                        let len = QUERY_BLOCK.min(t - start);
-                        let mask = self.mask(&positions[start..start + len], n_keys)?;
-                        let qb = q.narrow(2, start, len)?;
-                        blocks.push(self.attend(&qb, &k, &v, &mask)?);
+                    for (bi, mask) in block_masks.iter().enumerate() {
+                        let start = bi * QUERY_BLOCK;
+                        let qb = q.narrow(2, start, QUERY_BLOCK.min(t - start))?;
+                        blocks.push(self.attend(&qb, &k, &v, mask)?);
                     }
                     let attn = Tensor::cat(&blocks, 2)?;
                     let attn = attn.transpose(1, 2)?.reshape((b * t, nh * self.cfg.head_dim))?;

@@ -13,6 +13,7 @@ pub mod model;
 pub mod profile;
 pub mod prompt;
 pub mod rng;
+pub mod server;
 pub mod steps;
 pub mod template;
 pub mod testmodel;

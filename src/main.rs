@@ -49,6 +49,10 @@ impl ModelArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the PRM over HTTP: /v1/score, /v1/rank, /health, /ready, /info, /metrics, /docs.
+    Serve(Box<medprm::server::ServeConfig>),
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
     /// Score a Med-PRM test-set style file offline (drop-in for the official scoring script).
     Score {
         #[command(flatten)]
@@ -111,6 +115,8 @@ enum BenchCommand {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(cfg) => medprm::server::run(*cfg)?,
+        Command::Openapi => print!("{}", medprm::server::openapi_json()),
         Command::Score { model, input, output, max_token_len, doc_reserve, aggregation, max_batch_tokens, quiet } => {
             let mut opts = model.options()?;
             opts.max_token_len = max_token_len;
@@ -146,13 +152,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "medprm=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "medprm=info,warn".into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if matches!(&cli.command, Command::Serve(c) if c.json_logs) {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,0 +1,191 @@
+//! Request and response bodies of the REST API (documented in `proto-docs/openapi.json`).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::aggregate::{Aggregation, Selection};
+use crate::engine::ModelInfo;
+use crate::prompt::Solution;
+
+use super::error::ApiError;
+
+/// Score every step of one solution.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRequest {
+    /// The question, options included (`"<stem>\n\n(A) ...\n(B) ..."`).
+    pub question: String,
+    /// Evidence documents, most relevant first; the profile's token budget keeps a prefix of them.
+    #[serde(default)]
+    pub documents: Option<Vec<String>>,
+    /// The solution as explicit steps (give `steps` or `solution`).
+    #[serde(default)]
+    pub steps: Option<Vec<String>>,
+    /// The solution as raw text, cut into steps at `Step N:` markers (give `steps` or `solution`).
+    #[serde(default)]
+    pub solution: Option<String>,
+    /// Solution score reported as `score` (default: the profile's, `min` for med-prm).
+    #[serde(default)]
+    pub aggregation: Option<Aggregation>,
+}
+
+/// One candidate solution of a rank request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Candidate {
+    #[serde(default)]
+    pub steps: Option<Vec<String>>,
+    #[serde(default)]
+    pub solution: Option<String>,
+    /// The candidate's final answer (for votes); extracted from the text when absent.
+    #[serde(default)]
+    pub answer: Option<String>,
+}
+
+/// Rank N candidate solutions of one question (Best-of-N).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RankRequest {
+    pub question: String,
+    #[serde(default)]
+    pub documents: Option<Vec<String>>,
+    pub candidates: Vec<Candidate>,
+    #[serde(default)]
+    pub aggregation: Option<Aggregation>,
+    /// How `selected` is chosen (default `best_of_n`).
+    #[serde(default)]
+    pub selection: Option<Selection>,
+    /// Return only the best `top_n` candidates (all are scored).
+    #[serde(default)]
+    pub top_n: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StepScore {
+    pub index: usize,
+    pub text: String,
+    /// p(+) of this step.
+    pub score: f32,
+}
+
+/// Every aggregate of the step scores (null when the solution has no step).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Aggregates {
+    pub min: Option<f32>,
+    pub last: Option<f32>,
+    pub mean: Option<f32>,
+    pub prod: Option<f32>,
+}
+
+impl Aggregates {
+    pub fn of(scores: &[f32]) -> Self {
+        Aggregates {
+            min: Aggregation::Min.apply(scores),
+            last: Aggregation::Last.apply(scores),
+            mean: Aggregation::Mean.apply(scores),
+            prod: Aggregation::Prod.apply(scores),
+        }
+    }
+}
+
+/// The documents the budget kept (a prefix of those supplied or retrieved).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentsUsed {
+    pub supplied: usize,
+    pub kept: usize,
+    /// Tokens the kept documents use (each counted with its +1), out of `budget`.
+    pub tokens: usize,
+    pub budget: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Usage {
+    /// Prompt tokens of all candidates.
+    pub prompt_tokens: usize,
+    pub candidates: usize,
+    pub steps: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScoreResponse {
+    pub steps: Vec<StepScore>,
+    pub aggregates: Aggregates,
+    pub aggregation: Aggregation,
+    /// The chosen aggregate (null when the solution has no step).
+    pub score: Option<f32>,
+    pub answer: Option<String>,
+    pub documents: DocumentsUsed,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RankedCandidate {
+    /// Position in the request.
+    pub index: usize,
+    pub score: Option<f32>,
+    pub steps: Vec<StepScore>,
+    pub aggregates: Aggregates,
+    pub answer: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Selected {
+    /// Request index of the chosen candidate (for votes: the best-scored candidate with the
+    /// winning answer).
+    pub index: usize,
+    pub answer: Option<String>,
+    pub score: Option<f32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RankResponse {
+    /// Sorted by score, best first (ties keep request order; unscored last).
+    pub candidates: Vec<RankedCandidate>,
+    /// Null when no candidate could be selected (no candidate has a step).
+    pub selected: Option<Selected>,
+    pub selection: Selection,
+    pub aggregation: Aggregation,
+    pub documents: DocumentsUsed,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Limits {
+    pub max_batch_tokens: usize,
+    pub max_batch_requests: usize,
+    pub max_queue_delay_ms: u64,
+    pub max_concurrent_requests: usize,
+    pub max_input_tokens: usize,
+    pub max_candidates: usize,
+    pub payload_limit: usize,
+    pub tokenization_workers: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InfoResponse {
+    pub version: String,
+    pub ready: bool,
+    /// Null while the model loads.
+    pub model: Option<ModelInfo>,
+    pub limits: Limits,
+    pub auth: bool,
+    /// Where documents come from: `caller` (supplied in requests only).
+    pub documents_source: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthResponse {
+    pub status: String,
+}
+
+/// A caller's solution: exactly one of `steps` or `solution`.
+pub fn solution_of(steps: Option<Vec<String>>, solution: Option<String>, field: &str) -> Result<Solution, ApiError> {
+    match (steps, solution) {
+        (Some(_), Some(_)) => Err(ApiError::Validation(format!("{field}: give either `steps` or `solution`, not both"))),
+        (None, None) => Err(ApiError::Validation(format!("{field}: `steps` or `solution` is required"))),
+        (Some(s), None) if s.is_empty() => Err(ApiError::Validation(format!("{field}.steps: must not be empty"))),
+        (Some(s), None) => Ok(Solution::Steps(s)),
+        (None, Some(t)) if t.trim().is_empty() => Err(ApiError::Validation(format!("{field}.solution: must not be empty"))),
+        (None, Some(t)) => Ok(Solution::Raw(t)),
+    }
+}

@@ -1,0 +1,95 @@
+//! API errors: `{"error": "<message naming the field>", "error_type": "<snake_case>"}` with the
+//! status that says whose fault it is.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, naming the offending field.
+    pub error: String,
+    /// `bad_request`, `payload_too_large`, `validation`, `unauthorized`, `not_found`,
+    /// `overloaded`, `not_ready`, `backend`.
+    pub error_type: String,
+}
+
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    PayloadTooLarge(String),
+    Validation(String),
+    Unauthorized,
+    NotFound(String),
+    Overloaded,
+    NotReady,
+    Backend(String),
+}
+
+impl ApiError {
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Validation(_) => "validation",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Overloaded => "overloaded",
+            ApiError::NotReady => "not_ready",
+            ApiError::Backend(_) => "backend",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Backend(_) => StatusCode::FAILED_DEPENDENCY,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m) | ApiError::PayloadTooLarge(m) | ApiError::Validation(m) | ApiError::NotFound(m) | ApiError::Backend(m) => m.clone(),
+            ApiError::Unauthorized => "authorization: missing or wrong bearer token".into(),
+            ApiError::Overloaded => "overloaded: too many candidates in flight; retry after the delay in Retry-After".into(),
+            ApiError::NotReady => "not ready: the model is loading or warming up".into(),
+        }
+    }
+}
+
+impl From<crate::error::Error> for ApiError {
+    fn from(e: crate::error::Error) -> Self {
+        use crate::error::Error as E;
+        match e {
+            E::Input { field, reason } => ApiError::Validation(format!("{field}: {reason}")),
+            other => ApiError::Backend(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = ErrorBody { error: self.message(), error_type: self.error_type().into() };
+        let mut resp = (status, axum::Json(body)).into_response();
+        match self {
+            ApiError::Overloaded => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::NotReady => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::Unauthorized => {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}

@@ -1,0 +1,108 @@
+//! Prometheus metrics, all named `medprm_*`.
+
+use prometheus::{
+    exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub successes: IntCounterVec,
+    pub failures: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub tokenization_duration: Histogram,
+    pub queue_duration: Histogram,
+    pub inference_duration: Histogram,
+    pub retrieval_duration: Histogram,
+    pub retrieval_cache: IntCounterVec,
+    pub input_tokens: Histogram,
+    pub candidates: Histogram,
+    pub steps: Histogram,
+    pub queue_requests: IntGauge,
+    pub queue_tokens: IntGauge,
+    pub batch_size: Histogram,
+    pub batch_tokens: Histogram,
+    pub padding_ratio: Histogram,
+    pub backend_up: IntGauge,
+    pub ready: IntGauge,
+    pub model_info: GaugeVec,
+    pub in_flight_candidates: IntGauge,
+    pub shared_prefix_tokens: Histogram,
+    pub prefix_saved_tokens: Gauge,
+}
+
+fn hist(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid histogram")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let secs = exponential_buckets(0.001, 2.0, 18).expect("buckets"); // 1 ms .. ~131 s
+        let counts = exponential_buckets(1.0, 2.0, 12).expect("buckets");
+        let tokens = exponential_buckets(16.0, 2.0, 14).expect("buckets");
+        let m = Metrics {
+            registry: Registry::new(),
+            requests: IntCounterVec::new(Opts::new("medprm_request_count", "Requests received"), &["endpoint"]).unwrap(),
+            successes: IntCounterVec::new(Opts::new("medprm_request_success", "Requests answered successfully"), &["endpoint"]).unwrap(),
+            failures: IntCounterVec::new(Opts::new("medprm_request_failure", "Requests answered with an error"), &["endpoint", "error_type"]).unwrap(),
+            request_duration: HistogramVec::new(HistogramOpts::new("medprm_request_duration_seconds", "Whole request time").buckets(secs.clone()), &["endpoint"]).unwrap(),
+            tokenization_duration: hist("medprm_tokenization_duration_seconds", "Prompt building and tokenization per request", secs.clone()),
+            queue_duration: hist("medprm_queue_duration_seconds", "Time a request waited in the queue", secs.clone()),
+            inference_duration: hist("medprm_inference_duration_seconds", "Forward pass time per batch", secs.clone()),
+            retrieval_duration: hist("medprm_retrieval_duration_seconds", "Document retrieval time per request", secs),
+            retrieval_cache: IntCounterVec::new(Opts::new("medprm_retrieval_cache", "Retrieval cache lookups"), &["result"]).unwrap(),
+            input_tokens: hist("medprm_input_tokens", "Prompt tokens per request (all candidates)", tokens.clone()),
+            candidates: hist("medprm_candidates_per_request", "Candidates per request", counts.clone()),
+            steps: hist("medprm_steps_per_request", "Scored steps per request", counts.clone()),
+            queue_requests: IntGauge::new("medprm_queue_size", "Requests waiting in the queue").unwrap(),
+            queue_tokens: IntGauge::new("medprm_queue_tokens", "Prompt tokens waiting in the queue").unwrap(),
+            batch_size: hist("medprm_batch_size", "Sequences per forward pass", counts),
+            batch_tokens: hist("medprm_batch_tokens", "Padded tokens per forward pass", tokens.clone()),
+            padding_ratio: hist("medprm_batch_padding_ratio", "Share of padding in a forward pass", vec![0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0]),
+            backend_up: IntGauge::new("medprm_backend_up", "1 while the model backend thread runs").unwrap(),
+            ready: IntGauge::new("medprm_ready", "1 once the model is loaded and warmed up").unwrap(),
+            model_info: GaugeVec::new(Opts::new("medprm_model_info", "Loaded model (value 1)"), &["model", "profile", "format", "dtype", "device"]).unwrap(),
+            in_flight_candidates: IntGauge::new("medprm_in_flight_candidates", "Candidates holding a concurrency permit").unwrap(),
+            shared_prefix_tokens: hist("medprm_shared_prefix_tokens", "Shared prefix length of rank requests scored with prefix sharing", tokens),
+            prefix_saved_tokens: Gauge::new("medprm_prefix_saved_tokens_total", "Prompt tokens not recomputed thanks to prefix sharing").unwrap(),
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.requests.clone())).unwrap();
+        r.register(Box::new(m.successes.clone())).unwrap();
+        r.register(Box::new(m.failures.clone())).unwrap();
+        r.register(Box::new(m.request_duration.clone())).unwrap();
+        r.register(Box::new(m.tokenization_duration.clone())).unwrap();
+        r.register(Box::new(m.queue_duration.clone())).unwrap();
+        r.register(Box::new(m.inference_duration.clone())).unwrap();
+        r.register(Box::new(m.retrieval_duration.clone())).unwrap();
+        r.register(Box::new(m.retrieval_cache.clone())).unwrap();
+        r.register(Box::new(m.input_tokens.clone())).unwrap();
+        r.register(Box::new(m.candidates.clone())).unwrap();
+        r.register(Box::new(m.steps.clone())).unwrap();
+        r.register(Box::new(m.queue_requests.clone())).unwrap();
+        r.register(Box::new(m.queue_tokens.clone())).unwrap();
+        r.register(Box::new(m.batch_size.clone())).unwrap();
+        r.register(Box::new(m.batch_tokens.clone())).unwrap();
+        r.register(Box::new(m.padding_ratio.clone())).unwrap();
+        r.register(Box::new(m.backend_up.clone())).unwrap();
+        r.register(Box::new(m.ready.clone())).unwrap();
+        r.register(Box::new(m.model_info.clone())).unwrap();
+        r.register(Box::new(m.in_flight_candidates.clone())).unwrap();
+        r.register(Box::new(m.shared_prefix_tokens.clone())).unwrap();
+        r.register(Box::new(m.prefix_saved_tokens.clone())).unwrap();
+        m
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode metrics");
+        String::from_utf8(buf).expect("utf8 metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

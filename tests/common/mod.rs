@@ -1,0 +1,80 @@
+//! Starts the real `medprm serve` binary on 127.0.0.1 (a free port) for integration tests.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    /// Starts the server on the test model with extra flags; does not wait for readiness.
+    pub fn start(args: &[&str]) -> Server {
+        let model = medprm::testmodel::ensure().expect("test model (run scripts/fetch-assets.sh)");
+        Self::start_model(&model, args)
+    }
+
+    pub fn start_model(model: &std::path::Path, args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_medprm"))
+            .arg("serve")
+            .arg("--model")
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn medprm serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read listen line");
+        let url = line.trim().strip_prefix("medprm listening on ").unwrap_or_else(|| panic!("unexpected: {line}")).to_string();
+        Server { child, url }
+    }
+
+    /// Starts and waits until `/ready` answers 200.
+    pub async fn ready(args: &[&str]) -> Server {
+        let s = Self::start(args);
+        s.wait_ready().await;
+        s
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let c = reqwest::Client::new();
+        while Instant::now() < deadline {
+            if let Ok(r) = c.get(format!("{}/ready", self.url)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server not ready in time");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn golden() -> serde_json::Value {
+    serde_json::from_str(include_str!("../golden/med-prm.json")).unwrap()
+}

@@ -60,6 +60,8 @@ pub struct ScoreArgs {
     pub aggregation: Aggregation,
     pub max_batch_tokens: usize,
     pub progress: bool,
+    /// Run each record's shared question+documents prefix once for all its solutions.
+    pub prefix_sharing: bool,
 }
 
 /// Summary of an offline run.
@@ -118,7 +120,8 @@ pub fn score_file(engine: &Engine, args: &ScoreArgs) -> Result<ScoreSummary> {
             .map(|(si, s)| engine.builder.prompt(&ctx, &solution_of(s, &format!("records[{ri}].solutions[{si}]"))?))
             .collect::<Result<_>>()?;
         let refs: Vec<&Prompt> = prompts.iter().collect();
-        let scores = engine.score_all(&refs, args.max_batch_tokens)?;
+        let shared = if args.prefix_sharing { crate::prompt::shared_prefix_len(&refs) } else { 0 };
+        let scores = engine.score_shared(&refs, shared, args.max_batch_tokens)?;
         tokens += prompts.iter().map(|p| p.ids.len()).sum::<usize>();
         solutions += prompts.len();
         bar.inc(prompts.len() as u64);

@@ -157,6 +157,27 @@ impl Engine {
         Ok(logits.into_iter().map(|rows| rows.into_iter().map(positive_probability).collect()).collect())
     }
 
+    /// Scores prompts that share their first `prefix_len` tokens: the prefix runs once and its
+    /// K/V serve every suffix; suffixes run in batches whose padded suffix size fits
+    /// `max_batch_tokens`. `prefix_len` comes from [`crate::prompt::shared_prefix_len`].
+    pub fn score_shared(&self, prompts: &[&Prompt], prefix_len: usize, max_batch_tokens: usize) -> Result<Vec<Vec<f32>>> {
+        if prefix_len == 0 {
+            return self.score_all(prompts, max_batch_tokens);
+        }
+        let prefix = self.model.prefill(&prompts[0].ids[..prefix_len])?;
+        let rows: Vec<Vec<usize>> =
+            prompts.iter().map(|p| p.tag_rows.iter().map(|&r| r - prefix_len).collect()).collect();
+        let mut out = Vec::with_capacity(prompts.len());
+        for range in plan_batches(prompts.iter().map(|p| p.ids.len() - prefix_len), max_batch_tokens) {
+            let seqs: Vec<SeqRows<'_>> = range
+                .map(|i| SeqRows { ids: &prompts[i].ids[prefix_len..], rows: &rows[i] })
+                .collect();
+            let logits = self.model.label_logits(&seqs, Some(&prefix))?;
+            out.extend(logits.into_iter().map(|r| r.into_iter().map(positive_probability).collect::<Vec<_>>()));
+        }
+        Ok(out)
+    }
+
     /// Scores many prompts in batches whose padded size (longest × count) stays within
     /// `max_batch_tokens` (a longer prompt runs alone). Results keep the input order.
     pub fn score_all(&self, prompts: &[&Prompt], max_batch_tokens: usize) -> Result<Vec<Vec<f32>>> {

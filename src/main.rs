@@ -78,6 +78,9 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Score every solution whole instead of running each record's shared prefix once.
+        #[arg(long)]
+        no_prefix_sharing: bool,
     },
     /// Write the deterministic Med-PRM-shaped test model (needs the fetched assets).
     GenTestModel {
@@ -117,13 +120,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(cfg) => medprm::server::run(*cfg)?,
         Command::Openapi => print!("{}", medprm::server::openapi_json()),
-        Command::Score { model, input, output, max_token_len, doc_reserve, aggregation, max_batch_tokens, quiet } => {
+        Command::Score { model, input, output, max_token_len, doc_reserve, aggregation, max_batch_tokens, quiet, no_prefix_sharing } => {
             let mut opts = model.options()?;
             opts.max_token_len = max_token_len;
             opts.doc_reserve = doc_reserve;
             let engine = Engine::load(&opts)?;
             tracing::info!(model = %engine.info.model, profile = %engine.info.profile, "model loaded");
-            let args = medprm::cli::ScoreArgs { input, output, aggregation, max_batch_tokens, progress: !quiet };
+            let args = medprm::cli::ScoreArgs {
+                input,
+                output,
+                aggregation,
+                max_batch_tokens,
+                progress: !quiet,
+                prefix_sharing: !no_prefix_sharing,
+            };
             let summary = medprm::cli::score_file(&engine, &args)?;
             summary.print(&mut std::io::stderr())?;
         }

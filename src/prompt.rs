@@ -53,6 +53,39 @@ pub struct Prompt {
     /// Byte offset in `text` where the candidate-specific part starts (after the profile's
     /// `shared_prefix_marker`), when the profile has one.
     pub shared_text_end: Option<usize>,
+    /// Leading tokens that lie entirely before `shared_text_end` (0 without a marker).
+    pub shared_tokens: usize,
+}
+
+/// Fewest tokens a shared prefix must have to be worth running separately.
+pub const MIN_SHARED_PREFIX: usize = 32;
+
+/// The token prefix every prompt shares and that ends at or before each prompt's shared part:
+/// the longest common token prefix (never assuming that tokenizing the parts equals tokenizing
+/// the whole), capped so that each prompt keeps at least one token and all its tag rows after it.
+/// 0 when there is nothing worth sharing (fewer than two prompts or a prefix shorter than
+/// [`MIN_SHARED_PREFIX`]).
+pub fn shared_prefix_len(prompts: &[&Prompt]) -> usize {
+    if prompts.len() < 2 {
+        return 0;
+    }
+    let first = &prompts[0].ids;
+    let mut cap = first.len();
+    for p in prompts {
+        cap = cap.min(p.shared_tokens).min(p.ids.len() - 1);
+        if let Some(&r) = p.tag_rows.first() {
+            cap = cap.min(r);
+        }
+    }
+    let mut n = 0;
+    while n < cap && prompts.iter().all(|p| p.ids[n] == first[n]) {
+        n += 1;
+    }
+    if n >= MIN_SHARED_PREFIX {
+        n
+    } else {
+        0
+    }
 }
 
 pub struct PromptBuilder {
@@ -61,6 +94,8 @@ pub struct PromptBuilder {
     template: Option<ChatTemplate>,
     /// (text, replacement) pairs applied to caller text, longest first.
     neutral: Vec<(String, String)>,
+    /// Indices into `neutral` by the first byte of the text.
+    neutral_by_byte: Vec<Vec<usize>>,
     label_ids: [u32; 2],
 }
 
@@ -73,13 +108,20 @@ fn neutralised(s: &str) -> String {
 
 /// Replaces `{key}` placeholders of `format` in one pass (values are never re-scanned).
 fn fill(format: &str, vals: &[(&str, &str)]) -> String {
+    fill_tracked(format, vals).0
+}
+
+/// [`fill`], also returning where each placeholder's value starts in the output.
+fn fill_tracked<'k>(format: &str, vals: &[(&'k str, &str)]) -> (String, Vec<(&'k str, usize)>) {
     let mut out = String::with_capacity(format.len() + vals.iter().map(|v| v.1.len()).sum::<usize>());
+    let mut at = Vec::new();
     let mut rest = format;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
-        match after.find('}').and_then(|close| vals.iter().find(|(k, _)| *k == &after[..close]).map(|v| (close, v.1))) {
-            Some((close, v)) => {
+        match after.find('}').and_then(|close| vals.iter().find(|(k, _)| *k == &after[..close]).map(|v| (close, v))) {
+            Some((close, (k, v))) => {
+                at.push((*k, out.len()));
                 out.push_str(v);
                 rest = &after[close + 1..];
             }
@@ -90,7 +132,7 @@ fn fill(format: &str, vals: &[(&str, &str)]) -> String {
         }
     }
     out.push_str(rest);
-    out
+    (out, at)
 }
 
 impl PromptBuilder {
@@ -123,7 +165,12 @@ impl PromptBuilder {
             let n = neutralised(&t);
             (t, n)
         }).collect();
-        Ok(PromptBuilder { profile, tokenizer, template, neutral, label_ids })
+        let neutral: Vec<(String, String)> = neutral;
+        let mut neutral_by_byte = vec![Vec::new(); 256];
+        for (i, (t, _)) in neutral.iter().enumerate() {
+            neutral_by_byte[t.as_bytes()[0] as usize].push(i);
+        }
+        Ok(PromptBuilder { profile, tokenizer, template, neutral, neutral_by_byte, label_ids })
     }
 
     /// Token ids of the positive and negative labels.
@@ -133,13 +180,43 @@ impl PromptBuilder {
 
     /// Makes caller text unable to produce added tokens or step tags.
     pub fn neutralise(&self, text: &str) -> String {
-        let mut s = text.to_string();
-        for (from, to) in &self.neutral {
-            if s.contains(from.as_str()) {
-                s = s.replace(from.as_str(), to);
+        self.neutralise_except(text, &[])
+    }
+
+    /// Neutralises every added-token or step-tag text in `text` except the byte ranges in
+    /// `ours` (our own step tags; sorted, disjoint). One left-to-right pass, so text that only
+    /// forms a tag together with what precedes it (`"Question: "` + `"ки..."`) is caught too.
+    fn neutralise_except(&self, text: &str, ours: &[std::ops::Range<usize>]) -> String {
+        let bytes = text.as_bytes();
+        let mut out = String::with_capacity(text.len() + 8);
+        let (mut i, mut next) = (0usize, 0usize);
+        while i < text.len() {
+            if let Some(r) = ours.get(next) {
+                if r.start == i {
+                    out.push_str(&text[r.clone()]);
+                    i = r.end;
+                    next += 1;
+                    continue;
+                }
+            }
+            let limit = ours.get(next).map_or(text.len(), |r| r.start);
+            let hit = self.neutral_by_byte[bytes[i] as usize]
+                .iter()
+                .map(|&k| &self.neutral[k])
+                .find(|(from, _)| i + from.len() <= limit && text[i..].starts_with(from.as_str()));
+            match hit {
+                Some((from, to)) => {
+                    out.push_str(to);
+                    i += from.len();
+                }
+                None => {
+                    let c = text[i..].chars().next().expect("char boundary");
+                    out.push(c);
+                    i += c.len_utf8();
+                }
             }
         }
-        s
+        out
     }
 
     /// Applies the document budget and prepares what every candidate shares.
@@ -164,26 +241,37 @@ impl PromptBuilder {
         Ok(Context { question: self.neutralise(question), n_docs_kept: kept.len(), documents: kept, document_tokens: used })
     }
 
-    /// The tagged solution text and the text of each scored step.
-    fn solution_text(&self, solution: &Solution) -> Result<(String, Vec<String>)> {
+    /// The tagged solution text (caller text not yet neutralised), the byte offsets where our
+    /// tags end in it, and the text of each scored step.
+    fn solution_text(&self, solution: &Solution) -> Result<(String, Vec<usize>, Vec<String>)> {
         let tag = self.profile.step_tag.as_str();
         let sep = self.profile.step_separator.as_str();
-        let tagged = |preamble: Option<String>, steps: Vec<String>| {
-            let mut parts: Vec<String> = preamble.into_iter().collect();
-            parts.extend(steps.iter().map(|s| format!("{s}{tag}")));
-            (parts.join(sep), steps)
+        let assemble = |preamble: Option<String>, steps: Vec<String>| {
+            let mut text = String::new();
+            let mut ends = Vec::with_capacity(steps.len());
+            if let Some(p) = preamble {
+                text.push_str(&p);
+            }
+            for s in &steps {
+                if !text.is_empty() {
+                    text.push_str(sep);
+                }
+                text.push_str(s);
+                text.push_str(tag);
+                ends.push(text.len());
+            }
+            (text, ends, steps)
         };
         match solution {
             Solution::Tagged(text) => {
-                let pieces: Vec<String> = text.split(tag).map(|p| self.neutralise(p)).collect();
-                let text = pieces.join(tag);
-                let (steps, _) = split_tagged(&text, tag);
-                let steps = steps.into_iter().map(String::from).collect();
-                Ok((text, steps))
+                // Its tags are the scored positions, by definition.
+                let ends = text.match_indices(tag).map(|(i, m)| i + m.len()).collect();
+                let (steps, _) = split_tagged(text, tag);
+                Ok((text.clone(), ends, steps.into_iter().map(String::from).collect()))
             }
             Solution::Raw(text) => {
-                let split = split_solution(&self.neutralise(text));
-                Ok(tagged(split.preamble, split.steps))
+                let split = split_solution(text);
+                Ok(assemble(split.preamble, split.steps))
             }
             Solution::Steps(steps) => {
                 let mut out = Vec::with_capacity(steps.len());
@@ -192,29 +280,32 @@ impl PromptBuilder {
                     if s.is_empty() {
                         return Err(Error::input(format!("steps[{i}]"), "must not be empty"));
                     }
-                    let s = self.neutralise(s);
                     out.push(match &self.profile.step_prefix {
-                        Some(p) if !has_marker(&s) => format!("{}{s}", p.replace("{n}", &(i + 1).to_string())),
-                        _ => s,
+                        Some(p) if !has_marker(s) => format!("{}{s}", p.replace("{n}", &(i + 1).to_string())),
+                        _ => s.to_string(),
                     });
                 }
-                Ok(tagged(None, out))
+                Ok(assemble(None, out))
             }
         }
     }
 
-    /// Renders the prompt text for one solution.
-    fn render(&self, ctx: &Context, solution_text: &str) -> Result<String> {
+    /// Renders the prompt text for one solution whose tags end at `tag_ends`.
+    fn render(&self, ctx: &Context, solution_text: &str, tag_ends: &[usize]) -> Result<String> {
         let docs: String = ctx
             .documents
             .iter()
             .enumerate()
             .map(|(i, d)| fill(&self.profile.document_format, &[("n", &(i + 1).to_string()), ("text", d)]))
             .collect();
-        let user = fill(
+        let (user, at) = fill_tracked(
             &self.profile.user_format,
             &[("documents", &docs), ("question", &ctx.question), ("solution", solution_text)],
         );
+        let sol_at = at.iter().find(|(k, _)| *k == "solution").map(|a| a.1).expect("user_format has {solution}");
+        let tag_len = self.profile.step_tag.len();
+        let ours: Vec<std::ops::Range<usize>> = tag_ends.iter().map(|&e| sol_at + e - tag_len..sol_at + e).collect();
+        let user = self.neutralise_except(&user, &ours);
         match &self.template {
             None => Ok(user),
             Some(t) => {
@@ -230,8 +321,8 @@ impl PromptBuilder {
 
     /// Renders and tokenizes one candidate.
     pub fn prompt(&self, ctx: &Context, solution: &Solution) -> Result<Prompt> {
-        let (sol_text, steps) = self.solution_text(solution)?;
-        let text = self.render(ctx, &sol_text)?;
+        let (sol_text, sol_tag_ends, steps) = self.solution_text(solution)?;
+        let text = self.render(ctx, &sol_text, &sol_tag_ends)?;
         let enc = self.tokenizer.encode(&text)?;
         let tag = self.profile.step_tag.as_str();
         let tag_ends: Vec<usize> = text.match_indices(tag).map(|(i, m)| i + m.len()).collect();
@@ -265,13 +356,16 @@ impl PromptBuilder {
             tag_rows.push(row);
             tok = row + 1;
         }
+        // The shared part ends with the last marker before the first step tag. (Any common token
+        // prefix gives identical keys and values; the marker only bounds what we try to share.)
         let shared_text_end = self.profile.shared_prefix_marker.as_deref().and_then(|m| {
-            // The solution is the last thing of the user message; the marker right before it ends
-            // the part every candidate shares.
-            let sol_at = text.rfind(py_strip(&sol_text)).unwrap_or(text.len());
-            text[..sol_at].rfind(m).map(|i| i + m.len())
+            let first_tag = tag_ends.first().map_or(text.len(), |e| e - tag.len());
+            text[..first_tag].rfind(m).map(|i| i + m.len())
         });
-        Ok(Prompt { text, ids: enc.ids, tag_rows, steps, shared_text_end })
+        let shared_tokens = shared_text_end
+            .map(|end| enc.offsets.iter().take_while(|&&(_, e)| e <= end).count())
+            .unwrap_or(0);
+        Ok(Prompt { text, ids: enc.ids, tag_rows, steps, shared_text_end, shared_tokens })
     }
 }
 

@@ -325,3 +325,32 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     .unwrap();
     assert_eq!(code, Some(0));
 }
+
+#[tokio::test]
+async fn rank_with_prefix_sharing_equals_rank_without() {
+    let shared = Server::ready(&[]).await;
+    let plain = Server::ready(&["--no-prefix-sharing"]).await;
+    let c = reqwest::Client::new();
+    let cases = raw_cases();
+    let base = cases.iter().find(|c| c["name"] == "docs_overflow_budget").unwrap();
+    let cands: Vec<Value> = cases.iter().take(5).map(|c| json!({"solution": c["solution"]})).collect();
+    let body = json!({"question": base["question"], "documents": base["related_docs"], "candidates": cands});
+    let (s1, h1, v1) = post(&c, shared.url("/v1/rank"), &body).await;
+    let (s2, h2, v2) = post(&c, plain.url("/v1/rank"), &body).await;
+    assert_eq!((s1, s2), (200, 200));
+    let (a, b) = (all_scores(&v1), all_scores(&v2));
+    for ((_, x), (_, y)) in a.iter().zip(&b) {
+        for (p, q) in x.iter().zip(y) {
+            assert!((p - q).abs() <= 1e-5, "shared {p} vs whole {q}");
+        }
+    }
+    assert_eq!(v1["selected"]["index"], v2["selected"]["index"]);
+    assert_eq!(v1["selected"]["answer"], v2["selected"]["answer"]);
+    assert!((v1["selected"]["score"].as_f64().unwrap() - v2["selected"]["score"].as_f64().unwrap()).abs() <= 1e-5);
+    assert_eq!(v1["usage"], v2["usage"]);
+    // The shared prefix is computed once: far fewer compute tokens.
+    let tokens = |h: &reqwest::header::HeaderMap| h["x-compute-tokens"].to_str().unwrap().parse::<usize>().unwrap();
+    assert!(tokens(&h1) * 2 < tokens(&h2), "{} vs {}", tokens(&h1), tokens(&h2));
+    let info: Value = c.get(plain.url("/info")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["limits"]["prefix_sharing"], false);
+}

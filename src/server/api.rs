@@ -100,7 +100,8 @@ pub struct DocumentsUsed {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Usage {
-    /// Prompt tokens of all candidates.
+    /// Prompt tokens of all candidates (a shared prefix counted for each; `x-compute-tokens`
+    /// counts it once).
     pub prompt_tokens: usize,
     pub candidates: usize,
     pub steps: usize,
@@ -159,6 +160,8 @@ pub struct Limits {
     pub max_candidates: usize,
     pub payload_limit: usize,
     pub tokenization_workers: usize,
+    /// Whether rank requests share their question+documents prefix across candidates.
+    pub prefix_sharing: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

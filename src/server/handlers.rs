@@ -112,6 +112,11 @@ async fn score_candidates(
         .await
         .ok_or_else(|| ApiError::Backend("tokenization worker stopped".into()))??;
     let (kept, doc_tokens, prompts) = built;
+    let shared_prefix = if state.cfg.no_prefix_sharing {
+        0
+    } else {
+        crate::prompt::shared_prefix_len(&prompts.iter().collect::<Vec<_>>())
+    };
     let mut timings = Timings { tokenization: t0.elapsed(), ..Default::default() };
     state.metrics.tokenization_duration.observe(timings.tokenization.as_secs_f64());
     for (i, p) in prompts.iter().enumerate() {
@@ -124,13 +129,13 @@ async fn score_candidates(
             )));
         }
     }
-    timings.compute_tokens = prompts.iter().map(|p| p.ids.len()).sum();
+    timings.compute_tokens = prompts.iter().map(|p| p.ids.len()).sum::<usize>() - shared_prefix * n.saturating_sub(1);
     state.metrics.input_tokens.observe(timings.compute_tokens as f64);
     state.metrics.candidates.observe(n as f64);
     state.metrics.steps.observe(prompts.iter().map(|p| p.tag_rows.len()).sum::<usize>() as f64);
 
     let (tx, rx) = tokio::sync::oneshot::channel();
-    state.queue.append(Job { prompts, enqueued: Instant::now(), reply: tx });
+    state.queue.append(Job { prompts, shared_prefix, enqueued: Instant::now(), reply: tx });
     // If this future is dropped (client gone), `rx` closes and the queue skips the job.
     let result = rx.await.map_err(|_| ApiError::Backend("the model backend stopped".into()))?;
     drop(permit);
@@ -308,7 +313,7 @@ pub async fn rank(State(state): State<Arc<AppState>>, body: Result<ApiJson<RankR
             })
             .collect();
         let usage = Usage {
-            prompt_tokens: scored.timings.compute_tokens,
+            prompt_tokens: scored.prompts.iter().map(|p| p.ids.len()).sum(),
             candidates: n,
             steps: scored.scores.iter().map(Vec::len).sum(),
         };
@@ -353,6 +358,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<InfoResponse> {
             max_candidates: c.max_candidates,
             payload_limit: c.payload_limit,
             tokenization_workers: c.tokenization_workers,
+            prefix_sharing: !c.no_prefix_sharing,
         },
         auth: c.api_key.is_some(),
         documents_source: "caller".into(),

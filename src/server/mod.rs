@@ -84,6 +84,10 @@ pub struct ServeConfig {
     /// Require `Authorization: Bearer <key>` on the /v1 routes (health, ready, info, metrics stay open).
     #[arg(long, env = "MEDPRM_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Score every candidate of a rank request whole instead of running the shared
+    /// question+documents prefix once (for comparison).
+    #[arg(long, env = "MEDPRM_NO_PREFIX_SHARING")]
+    pub no_prefix_sharing: bool,
     /// Log as JSON lines.
     #[arg(long, env = "MEDPRM_JSON_LOGS")]
     pub json_logs: bool,

@@ -25,6 +25,9 @@ use super::metrics::Metrics;
 
 pub struct Job {
     pub prompts: Vec<Prompt>,
+    /// Leading tokens all prompts share (0: score them whole). Such a job is one unit: its
+    /// prefix runs once and its suffixes reuse the prefix K/V.
+    pub shared_prefix: usize,
     pub enqueued: Instant,
     pub reply: tokio::sync::oneshot::Sender<JobResult>,
 }
@@ -32,6 +35,10 @@ pub struct Job {
 impl Job {
     fn max_len(&self) -> usize {
         self.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0)
+    }
+    /// Tokens the forward passes of this job compute (a shared prefix counted once).
+    fn compute_tokens(&self) -> usize {
+        self.tokens() - self.shared_prefix * self.prompts.len().saturating_sub(1)
     }
     fn tokens(&self) -> usize {
         self.prompts.iter().map(|p| p.ids.len()).sum()
@@ -92,11 +99,18 @@ impl Queue {
     }
 }
 
-/// Takes jobs from the front while they fit; always at least one.
+/// Takes jobs from the front while they fit; always at least one. A shared-prefix job runs
+/// alone (its prefix once, then its suffixes in budget-sized passes).
 fn take_batch(queue: &mut VecDeque<Job>, cfg: &BatchConfig) -> Vec<Job> {
     let mut batch: Vec<Job> = Vec::new();
     let (mut longest, mut seqs) = (0usize, 0usize);
+    if queue.front().is_some_and(|j| j.shared_prefix > 0) {
+        return queue.pop_front().into_iter().collect();
+    }
     while let Some(job) = queue.front() {
+        if job.shared_prefix > 0 {
+            break;
+        }
         let l = longest.max(job.max_len());
         let n = seqs + job.prompts.len();
         if !batch.is_empty() && (l * n > cfg.max_batch_tokens || n > cfg.max_batch_requests) {
@@ -112,6 +126,9 @@ fn take_batch(queue: &mut VecDeque<Job>, cfg: &BatchConfig) -> Vec<Job> {
 fn batch_full(queue: &VecDeque<Job>, cfg: &BatchConfig) -> bool {
     let (mut longest, mut seqs) = (0usize, 0usize);
     for job in queue {
+        if job.shared_prefix > 0 {
+            return true;
+        }
         let l = longest.max(job.max_len());
         let n = seqs + job.prompts.len();
         if seqs > 0 && (l * n > cfg.max_batch_tokens || n > cfg.max_batch_requests) {
@@ -150,7 +167,7 @@ fn queue_loop(rx: Receiver<Cmd>, cfg: BatchConfig, metrics: Arc<Metrics>) {
             }
         }
         metrics.queue_requests.set(queue.len() as i64);
-        metrics.queue_tokens.set(queue.iter().map(|j| j.tokens() as i64).sum());
+        metrics.queue_tokens.set(queue.iter().map(|j| j.compute_tokens() as i64).sum());
     }
 }
 
@@ -177,6 +194,23 @@ fn forward(engine: &Engine, prompts: &[&Prompt], budget: usize, metrics: &Metric
     Ok(out)
 }
 
+/// Runs a shared-prefix job: the prefix once, the suffixes in budget-sized passes.
+fn forward_shared(engine: &Engine, prompts: &[&Prompt], prefix: usize, budget: usize, metrics: &Metrics) -> Result<Vec<Vec<f32>>, String> {
+    let longest = prompts.iter().map(|p| p.ids.len() - prefix).max().unwrap_or(0);
+    let real: usize = prompts.iter().map(|p| p.ids.len() - prefix).sum();
+    metrics.batch_size.observe(prompts.len() as f64);
+    metrics.batch_tokens.observe((prefix + longest * prompts.len()) as f64);
+    metrics.padding_ratio.observe(1.0 - real as f64 / (longest * prompts.len()).max(1) as f64);
+    let t = Instant::now();
+    let res = std::panic::catch_unwind(AssertUnwindSafe(|| engine.score_shared(prompts, prefix, budget)));
+    metrics.inference_duration.observe(t.elapsed().as_secs_f64());
+    match res {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the model panicked on this batch".into()),
+    }
+}
+
 /// The backend thread body: owns the engine, runs batches until the queue closes.
 pub fn backend_loop(engine: Engine, queue: Queue, cfg: BatchConfig, metrics: Arc<Metrics>) {
     while let Some(batch) = queue.next_batch() {
@@ -187,7 +221,13 @@ pub fn backend_loop(engine: Engine, queue: Queue, cfg: BatchConfig, metrics: Arc
         let start = Instant::now();
         let prompts: Vec<&Prompt> = batch.iter().flat_map(|j| j.prompts.iter()).collect();
         let n_seqs = prompts.len();
-        let results: Vec<Result<Vec<Vec<f32>>, String>> = match forward(&engine, &prompts, cfg.max_batch_tokens, &metrics) {
+        let shared = batch[0].shared_prefix;
+        let results: Vec<Result<Vec<Vec<f32>>, String>> = if shared > 0 {
+            metrics.shared_prefix_tokens.observe(shared as f64);
+            metrics.prefix_saved_tokens.add((shared * (n_seqs - 1)) as f64);
+            vec![forward_shared(&engine, &prompts, shared, cfg.max_batch_tokens, &metrics)]
+        } else {
+            match forward(&engine, &prompts, cfg.max_batch_tokens, &metrics) {
             Ok(all) => {
                 let mut it = all.into_iter();
                 batch.iter().map(|j| Ok(it.by_ref().take(j.prompts.len()).collect())).collect()
@@ -197,6 +237,7 @@ pub fn backend_loop(engine: Engine, queue: Queue, cfg: BatchConfig, metrics: Arc
                 .iter()
                 .map(|j| forward(&engine, &j.prompts.iter().collect::<Vec<_>>(), cfg.max_batch_tokens, &metrics))
                 .collect(),
+            }
         };
         let inference_time = start.elapsed();
         for (job, scores) in batch.into_iter().zip(results) {
@@ -214,11 +255,11 @@ mod tests {
     fn job(lens: &[usize]) -> Job {
         let prompts = lens
             .iter()
-            .map(|&n| Prompt { text: String::new(), ids: vec![0; n], tag_rows: vec![], steps: vec![], shared_text_end: None })
+            .map(|&n| Prompt { text: String::new(), ids: vec![0; n], tag_rows: vec![], steps: vec![], shared_text_end: None, shared_tokens: 0 })
             .collect();
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::mem::forget(rx); // keep the job "connected"
-        Job { prompts, enqueued: Instant::now(), reply: tx }
+        Job { prompts, shared_prefix: 0, enqueued: Instant::now(), reply: tx }
     }
 
     fn cfg() -> BatchConfig {
@@ -244,10 +285,21 @@ mod tests {
     }
 
     #[test]
+    fn shared_prefix_jobs_run_alone() {
+        let mut shared = job(&[500, 500]);
+        shared.shared_prefix = 400;
+        let mut q: VecDeque<Job> = [job(&[10]), shared, job(&[10])].into_iter().collect();
+        assert_eq!(take_batch(&mut q, &cfg()).len(), 1, "stops before the shared job");
+        let b = take_batch(&mut q, &cfg());
+        assert_eq!((b.len(), b[0].shared_prefix), (1, 400));
+        assert_eq!(b[0].compute_tokens(), 600);
+    }
+
+    #[test]
     fn cancelled_jobs_are_detected() {
         let (tx, rx) = tokio::sync::oneshot::channel::<JobResult>();
         drop(rx);
-        let j = Job { prompts: vec![], enqueued: Instant::now(), reply: tx };
+        let j = Job { prompts: vec![], shared_prefix: 0, enqueued: Instant::now(), reply: tx };
         assert!(j.cancelled());
     }
 }

@@ -389,6 +389,9 @@ pub fn split_paragraphs(text: &str) -> Vec<String> {
 pub fn parse_markdown(text: &str) -> (Option<String>, Vec<String>) {
     let mut heading = None;
     let mut body = String::new();
+    // A subheading stays with the paragraph under it: the blank lines after it are dropped, so
+    // a chunk never ends on a heading whose text is in the next chunk.
+    let mut after_heading = false;
     for line in text.lines() {
         let t = line.trim_start();
         if heading.is_none() && body.trim().is_empty() {
@@ -397,8 +400,12 @@ pub fn parse_markdown(text: &str) -> (Option<String>, Vec<String>) {
                 continue;
             }
         }
+        if after_heading && t.is_empty() {
+            continue;
+        }
         let hashes = t.len() - t.trim_start_matches('#').len();
-        if (1..=6).contains(&hashes) && t[hashes..].starts_with(' ') {
+        after_heading = (1..=6).contains(&hashes) && t[hashes..].starts_with(' ');
+        if after_heading {
             body.push_str(t[hashes..].trim());
         } else {
             body.push_str(line);
@@ -432,7 +439,7 @@ mod tests {
         let md = "# Rate Control — X 2023\n\n## Targets\n\nKeep the rate **below 110**.\nSecond line.\n\n\n- item one\n- item two\n";
         let (h, p) = parse_markdown(md);
         assert_eq!(h.as_deref(), Some("Rate Control — X 2023"));
-        assert_eq!(p, vec!["Targets", "Keep the rate below 110.\nSecond line.", "- item one\n- item two"]);
+        assert_eq!(p, vec!["Targets\nKeep the rate below 110.\nSecond line.", "- item one\n- item two"]);
         // No heading: the file stem names the section.
         let (h, p) = parse_markdown("Just text.\n# Not a title\n");
         assert_eq!(h, None);

@@ -403,6 +403,10 @@ pub fn parse_markdown(text: &str) -> (Option<String>, Vec<String>) {
         if after_heading && t.is_empty() {
             continue;
         }
+        // Horizontal rules and table separator rows (`---`, `|---|:--|`) carry no text.
+        if !t.is_empty() && t.chars().all(|c| matches!(c, '-' | '|' | ':' | ' ' | '*' | '_')) && t.contains(['-', '*', '_']) {
+            continue;
+        }
         let hashes = t.len() - t.trim_start_matches('#').len();
         after_heading = (1..=6).contains(&hashes) && t[hashes..].starts_with(' ');
         if after_heading {
@@ -436,10 +440,10 @@ mod tests {
 
     #[test]
     fn markdown_heading_and_paragraphs() {
-        let md = "# Rate Control — X 2023\n\n## Targets\n\nKeep the rate **below 110**.\nSecond line.\n\n\n- item one\n- item two\n";
+        let md = "# Rate Control — X 2023\n\n## Targets\n\nKeep the rate **below 110**.\nSecond line.\n\n---\n\n- item one\n- item two\n\n| a | b |\n|---|:--|\n| 1 | 2 |\n";
         let (h, p) = parse_markdown(md);
         assert_eq!(h.as_deref(), Some("Rate Control — X 2023"));
-        assert_eq!(p, vec!["Targets\nKeep the rate below 110.\nSecond line.", "- item one\n- item two"]);
+        assert_eq!(p, vec!["Targets\nKeep the rate below 110.\nSecond line.", "- item one\n- item two", "| a | b |\n| 1 | 2 |"]);
         // No heading: the file stem names the section.
         let (h, p) = parse_markdown("Just text.\n# Not a title\n");
         assert_eq!(h, None);

@@ -52,6 +52,9 @@ pub struct EvalArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also list the questions some mode does not rank first, with each mode's rank.
+    #[arg(long)]
+    pub per_question: bool,
 }
 
 pub fn run_index(a: &IndexArgs) -> Result<()> {
@@ -96,7 +99,12 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
     } else {
         println!("index: {} ({} chunks)", a.index.display(), index.info().chunks);
-        report.print(&mut std::io::stdout()).map_err(|e| crate::error::Error::bad_file("<stdout>", e))?;
+        let out = &mut std::io::stdout();
+        report.print(out).map_err(|e| crate::error::Error::bad_file("<stdout>", e))?;
+        if a.per_question {
+            println!();
+            report.print_disagreements(out).map_err(|e| crate::error::Error::bad_file("<stdout>", e))?;
+        }
     }
     Ok(())
 }

@@ -41,6 +41,9 @@ pub struct Report {
     pub modes: Vec<ModeReport>,
     /// Questions (ids) whose labelled section no mode ranks in the top 10.
     pub missed_by_all: Vec<String>,
+    /// Per question: its id and the rank of its first relevant chunk in each mode (bm25, dense,
+    /// hybrid; `None` when not in the top 10).
+    pub per_question: Vec<(String, [Option<usize>; 3])>,
 }
 
 /// Reads a question file and checks every label against the index's sections.
@@ -99,7 +102,8 @@ fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
 pub fn evaluate(index: &Index, questions: &[Question], repeats: usize) -> Result<Report> {
     let mut modes = Vec::new();
     let mut found_by_any = vec![false; questions.len()];
-    for mode in Mode::ALL {
+    let mut per_question: Vec<(String, [Option<usize>; 3])> = questions.iter().map(|q| (q.id.clone(), [None; 3])).collect();
+    for (mi, mode) in Mode::ALL.into_iter().enumerate() {
         let mut at = [0usize; 3];
         let mut rr = 0.0;
         let mut lat = Vec::new();
@@ -112,6 +116,7 @@ pub fn evaluate(index: &Index, questions: &[Question], repeats: usize) -> Result
                     continue;
                 }
                 if let Some(r) = first_relevant(&hits, &q.relevant) {
+                    per_question[qi].1[mi] = Some(r);
                     found_by_any[qi] = true;
                     rr += 1.0 / r as f64;
                     for (slot, k) in [1, 5, 10].into_iter().enumerate() {
@@ -135,10 +140,23 @@ pub fn evaluate(index: &Index, questions: &[Question], repeats: usize) -> Result
         });
     }
     let missed_by_all = questions.iter().zip(&found_by_any).filter(|(_, f)| !**f).map(|(q, _)| q.id.clone()).collect();
-    Ok(Report { questions: questions.len(), modes, missed_by_all })
+    Ok(Report { questions: questions.len(), modes, missed_by_all, per_question })
 }
 
 impl Report {
+    /// Questions not ranked first by every mode, with each mode's rank (`-`: not in the top 10).
+    pub fn print_disagreements(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        writeln!(w, "| question | bm25 | dense | hybrid |")?;
+        writeln!(w, "|---|---|---|---|")?;
+        let show = |r: Option<usize>| r.map_or("-".to_string(), |r| r.to_string());
+        for (id, ranks) in &self.per_question {
+            if ranks.iter().any(|r| *r != Some(1)) {
+                writeln!(w, "| {id} | {} | {} | {} |", show(ranks[0]), show(ranks[1]), show(ranks[2]))?;
+            }
+        }
+        Ok(())
+    }
+
     /// A markdown table.
     pub fn print(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
         writeln!(w, "questions: {}", self.questions)?;

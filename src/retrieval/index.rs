@@ -53,8 +53,8 @@ pub struct Index {
     pub(crate) reader: tantivy::IndexReader,
     pub(crate) tantivy: tantivy::Index,
     pub(crate) text_field: tantivy::schema::Field,
-    /// Row-major `[chunks, dimension]`, unit rows.
-    pub(crate) embeddings: Vec<f32>,
+    /// `[chunks, dimension]` f32, unit rows.
+    pub(crate) embeddings: Tensor,
     pub(crate) embedder: Embedder,
 }
 
@@ -172,6 +172,12 @@ fn info_of(m: &Manifest) -> IndexInfo {
 impl Index {
     /// Opens an index written by [`build_index`], with the embedder recorded in its manifest.
     pub fn open(dir: &Path) -> Result<Index> {
+        Self::open_with_embedder(dir, None)
+    }
+
+    /// Opens an index with the embedder at `embedder_dir` instead of the manifest's path (for an
+    /// index moved to another machine). It must be the model the index was built with.
+    pub fn open_with_embedder(dir: &Path, embedder_dir: Option<&Path>) -> Result<Index> {
         if !dir.is_dir() {
             return Err(Error::input("index", format!("{}: no such index directory", dir.display())));
         }
@@ -229,12 +235,12 @@ impl Index {
                 format!("shape {:?} {:?}, expected [{}, {}] f32", t.dims(), t.dtype(), chunks.len(), manifest.dimension),
             ));
         }
-        let embeddings = t.flatten_all()?.to_vec1::<f32>()?;
+        let embeddings = t.contiguous()?;
 
-        let embedder = Embedder::load(Path::new(&manifest.embedder_dir))?;
+        let embedder = Embedder::load(embedder_dir.unwrap_or(Path::new(&manifest.embedder_dir)))?;
         if embedder.dimension() != manifest.dimension {
             return Err(Error::bad_file(
-                &manifest.embedder_dir,
+                embedder.dir(),
                 format!("embedder dimension {} but the index was built with {}", embedder.dimension(), manifest.dimension),
             ));
         }

@@ -96,9 +96,9 @@ impl Index {
     /// (HNSW, IVF-PQ) would take over, with this exact scan kept for re-scoring its candidates.
     pub fn dense(&self, query: &str, n: usize) -> Result<Ranking> {
         let q = self.embedder.embed(query)?;
-        let d = q.len();
-        let mut r: Ranking =
-            self.embeddings.chunks_exact(d).enumerate().map(|(i, row)| (i, dot(row, &q))).collect();
+        let q = candle_core::Tensor::from_vec(q, (self.manifest.dimension, 1), self.embeddings.device())?;
+        let scores = self.embeddings.matmul(&q)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut r: Ranking = scores.into_iter().enumerate().collect();
         let n = n.min(r.len());
         if n < r.len() {
             r.select_nth_unstable_by(n, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -111,10 +111,6 @@ impl Index {
     fn err(&self, e: tantivy::TantivyError) -> Error {
         Error::bad_file(self.dir.join("tantivy"), format!("tantivy: {e}"))
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Reciprocal rank fusion: each chunk scores the sum over rankings of `1 / (RRF_K + rank)`.

@@ -12,6 +12,7 @@ pub mod error;
 pub mod model;
 pub mod profile;
 pub mod prompt;
+pub mod retrieval;
 pub mod rng;
 pub mod server;
 pub mod steps;

@@ -97,6 +97,12 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Build a retrieval index (chunks, BM25, embeddings) from a guideline corpus.
+    Index(medprm::retrieval::cli::IndexArgs),
+    /// Search a retrieval index.
+    Search(medprm::retrieval::cli::SearchArgs),
+    /// Recall@k, MRR and latency of BM25, dense and hybrid retrieval on labelled questions.
+    EvalRetrieval(medprm::retrieval::cli::EvalArgs),
 }
 
 #[derive(Subcommand)]
@@ -157,6 +163,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("throughput       {:.0} tokens/s", r.tokens_per_s);
             println!("model compute    {:.1} GFLOP/s = {:.0}% of gemm peak", r.model_gflops, 100.0 * r.model_gflops / r.gemm_gflops);
         }
+        Command::Index(a) => medprm::retrieval::cli::run_index(&a)?,
+        Command::Search(a) => medprm::retrieval::cli::run_search(&a)?,
+        Command::EvalRetrieval(a) => medprm::retrieval::cli::run_eval(&a)?,
     }
     Ok(())
 }

@@ -1,0 +1,266 @@
+//! The on-disk index. A directory holding
+//!
+//! * `manifest.json`: format version, corpus path and format, chunk count, embedder, dimension,
+//!   chunk token cap;
+//! * `chunks.jsonl`: one [`Chunk`] per line, in index order (the order every tie is broken by);
+//! * `tantivy/`: the BM25 index of the rendered chunk texts, built by one thread into ONE segment
+//!   so that document i is chunk i and scores never depend on segment layout;
+//! * `embeddings.safetensors`: tensor `embeddings`, f32 `[chunks, dimension]`, L2-normalised rows.
+//!
+//! An index is built into a temporary sibling directory and renamed into place when complete.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use tantivy::schema::{IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
+
+use super::corpus::{self, Chunk, CorpusFormat};
+use super::embed::Embedder;
+use super::{IndexInfo, MAX_CHUNK_TOKENS};
+use crate::error::{Error, Result};
+
+pub const FORMAT_VERSION: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+const CHUNKS: &str = "chunks.jsonl";
+const TANTIVY: &str = "tantivy";
+const EMBEDDINGS: &str = "embeddings.safetensors";
+const EMBEDDINGS_TENSOR: &str = "embeddings";
+/// The tantivy analyzer: simple word split, lower case, English (Porter) stemming.
+pub(crate) const ANALYZER: &str = "en_stem";
+pub(crate) const TEXT_FIELD: &str = "text";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub corpus: String,
+    pub corpus_format: CorpusFormat,
+    pub chunks: usize,
+    pub embedder: String,
+    pub embedder_dir: String,
+    pub dimension: usize,
+    pub max_chunk_tokens: usize,
+    pub analyzer: String,
+}
+
+/// A loaded index. Searching takes `&self`; share it across threads behind an `Arc`.
+pub struct Index {
+    pub(crate) dir: PathBuf,
+    pub(crate) manifest: Manifest,
+    pub(crate) chunks: Vec<Chunk>,
+    pub(crate) reader: tantivy::IndexReader,
+    pub(crate) tantivy: tantivy::Index,
+    pub(crate) text_field: tantivy::schema::Field,
+    /// `[chunks, dimension]` f32, unit rows.
+    pub(crate) embeddings: Tensor,
+    pub(crate) embedder: Embedder,
+}
+
+fn schema() -> (Schema, tantivy::schema::Field) {
+    let mut b = Schema::builder();
+    let opts = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqs),
+    );
+    let text = b.add_text_field(TEXT_FIELD, opts);
+    (b.build(), text)
+}
+
+fn tantivy_err(path: &Path, e: tantivy::TantivyError) -> Error {
+    Error::bad_file(path, format!("tantivy: {e}"))
+}
+
+/// Reads and chunks `corpus`, embeds every chunk with the embedder in `embedder_dir` and writes
+/// the index into `out`, which must not exist yet or be an empty directory.
+pub fn build_index(corpus: &Path, out: &Path, embedder_dir: &Path) -> Result<IndexInfo> {
+    corpus::detect_format(corpus)?;
+    if out.exists() {
+        let empty = out.is_dir() && std::fs::read_dir(out).map_err(|e| Error::bad_file(out, e))?.next().is_none();
+        if !empty {
+            return Err(Error::input("out", format!("{} already exists and is not an empty directory", out.display())));
+        }
+    }
+    let embedder = Embedder::load(embedder_dir)?;
+    let t = Instant::now();
+    let (format, chunks) = corpus::load(corpus, embedder.tokenizer(), MAX_CHUNK_TOKENS)?;
+    tracing::info!(chunks = chunks.len(), secs = t.elapsed().as_secs_f32(), "corpus chunked");
+
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::bad_file(&parent, e))?;
+    let name = out.file_name().ok_or_else(|| Error::input("out", format!("{}: not a directory name", out.display())))?;
+    let tmp = parent.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::bad_file(&tmp, e))?;
+    let info = match write_index(&tmp, corpus, format, &chunks, &embedder) {
+        Ok(info) => info,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if out.exists() {
+        std::fs::remove_dir(out).map_err(|e| Error::bad_file(out, e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| Error::bad_file(out, e))?;
+    Ok(info)
+}
+
+fn write_index(dir: &Path, corpus: &Path, format: CorpusFormat, chunks: &[Chunk], embedder: &Embedder) -> Result<IndexInfo> {
+    // Chunks.
+    let path = dir.join(CHUNKS);
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&path).map_err(|e| Error::bad_file(&path, e))?);
+    for c in chunks {
+        serde_json::to_writer(&mut w, c).map_err(|e| Error::bad_file(&path, e))?;
+        w.write_all(b"\n").map_err(|e| Error::bad_file(&path, e))?;
+    }
+    w.flush().map_err(|e| Error::bad_file(&path, e))?;
+
+    // BM25: one thread, one commit, merged to one segment if the memory budget ever split it.
+    let tdir = dir.join(TANTIVY);
+    std::fs::create_dir_all(&tdir).map_err(|e| Error::bad_file(&tdir, e))?;
+    let (schema, text) = schema();
+    let index = tantivy::Index::create_in_dir(&tdir, schema).map_err(|e| tantivy_err(&tdir, e))?;
+    let mut writer: tantivy::IndexWriter =
+        index.writer_with_num_threads(1, 200_000_000).map_err(|e| tantivy_err(&tdir, e))?;
+    for c in chunks {
+        let mut doc = tantivy::TantivyDocument::default();
+        doc.add_text(text, &c.text);
+        writer.add_document(doc).map_err(|e| tantivy_err(&tdir, e))?;
+    }
+    writer.commit().map_err(|e| tantivy_err(&tdir, e))?;
+    let segments = index.searchable_segment_ids().map_err(|e| tantivy_err(&tdir, e))?;
+    if segments.len() > 1 {
+        writer.merge(&segments).wait().map_err(|e| tantivy_err(&tdir, e))?;
+    }
+    writer.wait_merging_threads().map_err(|e| tantivy_err(&tdir, e))?;
+
+    // Dense.
+    let t = Instant::now();
+    let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+    let vectors = embedder.embed_all(&texts)?;
+    tracing::info!(chunks = chunks.len(), secs = t.elapsed().as_secs_f32(), "chunks embedded");
+    let flat: Vec<f32> = vectors.into_iter().flatten().collect();
+    let tensor = Tensor::from_vec(flat, (chunks.len(), embedder.dimension()), &Device::Cpu)?;
+    let path = dir.join(EMBEDDINGS);
+    tensor.save_safetensors(EMBEDDINGS_TENSOR, &path)?;
+
+    let manifest = Manifest {
+        version: FORMAT_VERSION,
+        corpus: corpus.canonicalize().unwrap_or_else(|_| corpus.to_path_buf()).display().to_string(),
+        corpus_format: format,
+        chunks: chunks.len(),
+        embedder: embedder.name().to_string(),
+        embedder_dir: embedder.dir().canonicalize().unwrap_or_else(|_| embedder.dir().to_path_buf()).display().to_string(),
+        dimension: embedder.dimension(),
+        max_chunk_tokens: MAX_CHUNK_TOKENS,
+        analyzer: ANALYZER.to_string(),
+    };
+    let path = dir.join(MANIFEST);
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::bad_file(&path, e))?;
+    std::fs::write(&path, text + "\n").map_err(|e| Error::bad_file(&path, e))?;
+    Ok(info_of(&manifest))
+}
+
+fn info_of(m: &Manifest) -> IndexInfo {
+    IndexInfo { chunks: m.chunks, corpus: m.corpus.clone(), embedder: m.embedder.clone(), dimension: m.dimension }
+}
+
+impl Index {
+    /// Opens an index written by [`build_index`], with the embedder recorded in its manifest.
+    pub fn open(dir: &Path) -> Result<Index> {
+        Self::open_with_embedder(dir, None)
+    }
+
+    /// Opens an index with the embedder at `embedder_dir` instead of the manifest's path (for an
+    /// index moved to another machine). It must be the model the index was built with.
+    pub fn open_with_embedder(dir: &Path, embedder_dir: Option<&Path>) -> Result<Index> {
+        if !dir.is_dir() {
+            return Err(Error::input("index", format!("{}: no such index directory", dir.display())));
+        }
+        let path = dir.join(MANIFEST);
+        if !path.is_file() {
+            return Err(Error::input("index", format!("{}: not an index (no {MANIFEST}; build one with `medprm index`)", dir.display())));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::bad_file(&path, e))?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| Error::bad_file(&path, e))?;
+        if manifest.version != FORMAT_VERSION {
+            return Err(Error::bad_file(&path, format!("index format {} (this build reads {FORMAT_VERSION}): rebuild it", manifest.version)));
+        }
+
+        let path = dir.join(CHUNKS);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::bad_file(&path, e))?;
+        let chunks: Vec<Chunk> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::bad_file(&path, format!("line {}: {e}", i + 1))))
+            .collect::<Result<_>>()?;
+        if chunks.len() != manifest.chunks {
+            return Err(Error::bad_file(&path, format!("{} chunks, the manifest says {}", chunks.len(), manifest.chunks)));
+        }
+
+        let tdir = dir.join(TANTIVY);
+        let tantivy = tantivy::Index::open_in_dir(&tdir).map_err(|e| tantivy_err(&tdir, e))?;
+        let text_field = tantivy.schema().get_field(TEXT_FIELD).map_err(|e| tantivy_err(&tdir, e))?;
+        let reader = tantivy
+            .reader_builder()
+            .reload_policy(tantivy::ReloadPolicy::Manual)
+            .try_into()
+            .map_err(|e| tantivy_err(&tdir, e))?;
+        {
+            let searcher = reader.searcher();
+            let segs = searcher.segment_readers();
+            if segs.len() != 1 || segs[0].num_docs() as usize != chunks.len() || segs[0].num_deleted_docs() != 0 {
+                return Err(Error::bad_file(
+                    &tdir,
+                    format!("expected one segment of {} documents, found {} segment(s)", chunks.len(), segs.len()),
+                ));
+            }
+        }
+
+        let path = dir.join(EMBEDDINGS);
+        if !path.is_file() {
+            return Err(Error::MissingFile(path));
+        }
+        let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu)?;
+        let t = tensors
+            .remove(EMBEDDINGS_TENSOR)
+            .ok_or_else(|| Error::bad_file(&path, format!("no tensor `{EMBEDDINGS_TENSOR}`")))?;
+        if t.dims() != [chunks.len(), manifest.dimension] || t.dtype() != candle_core::DType::F32 {
+            return Err(Error::bad_file(
+                &path,
+                format!("shape {:?} {:?}, expected [{}, {}] f32", t.dims(), t.dtype(), chunks.len(), manifest.dimension),
+            ));
+        }
+        let embeddings = t.contiguous()?;
+
+        let embedder = Embedder::load(embedder_dir.unwrap_or(Path::new(&manifest.embedder_dir)))?;
+        if embedder.dimension() != manifest.dimension {
+            return Err(Error::bad_file(
+                embedder.dir(),
+                format!("embedder dimension {} but the index was built with {}", embedder.dimension(), manifest.dimension),
+            ));
+        }
+        Ok(Index { dir: dir.to_path_buf(), manifest, chunks, reader, tantivy, text_field, embeddings, embedder })
+    }
+
+    pub fn info(&self) -> IndexInfo {
+        info_of(&self.manifest)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The chunks in index order.
+    pub fn chunks(&self) -> &[Chunk] {
+        &self.chunks
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

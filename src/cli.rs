@@ -62,6 +62,8 @@ pub struct ScoreArgs {
     pub progress: bool,
     /// Run each record's shared question+documents prefix once for all its solutions.
     pub prefix_sharing: bool,
+    /// Retrieve each record's documents from this index (k, mode) instead of `related_docs`.
+    pub retrieve: Option<(crate::retrieval::Index, usize, crate::retrieval::Mode)>,
 }
 
 /// Summary of an offline run.
@@ -112,6 +114,13 @@ pub fn score_file(engine: &Engine, args: &ScoreArgs) -> Result<ScoreSummary> {
                 .collect::<Result<_>>()?,
             Some(_) => return Err(Error::input(format!("records[{ri}].related_docs"), "not an array")),
         };
+        let (docs, retrieved) = match &args.retrieve {
+            None => (docs, None),
+            Some((index, k, mode)) => {
+                let hits = index.search(&crate::retrieval::query_for(&question, &[], false), *k, *mode)?;
+                (hits.iter().map(|h| h.text.clone()).collect(), Some(hits))
+            }
+        };
         let ctx = engine.builder.context(&question, &docs)?;
         let sols = rec.get("solutions").and_then(|s| s.as_array()).cloned().unwrap_or_default();
         let prompts: Vec<Prompt> = sols
@@ -152,6 +161,14 @@ pub fn score_file(engine: &Engine, args: &ScoreArgs) -> Result<ScoreSummary> {
         let best = best_of_n(&agg);
         if let Value::Object(o) = &mut rec {
             o.insert("_n_docs_kept".into(), json!(ctx.n_docs_kept));
+            if let Some(hits) = &retrieved {
+                let cites: Vec<Value> = hits
+                    .iter()
+                    .take(ctx.n_docs_kept)
+                    .map(|h| json!({"id": h.id, "title": h.title, "source": h.source, "rank": h.rank, "score": h.score}))
+                    .collect();
+                o.insert("_retrieved_docs".into(), json!(cites));
+            }
             o.insert("_best_of_n".into(), best.map(|b| json!(b)).unwrap_or(Value::Null));
         }
 

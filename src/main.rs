@@ -81,6 +81,18 @@ enum Command {
         /// Score every solution whole instead of running each record's shared prefix once.
         #[arg(long)]
         no_prefix_sharing: bool,
+        /// Retrieve each record's documents from --index (query: the question) instead of using
+        /// `related_docs`; the kept ones are written to `_retrieved_docs`.
+        #[arg(long, requires = "index")]
+        retrieve: bool,
+        /// Guideline index built by `medprm index`.
+        #[arg(long)]
+        index: Option<PathBuf>,
+        /// Documents retrieved per record (the budget keeps a prefix of them).
+        #[arg(long, default_value_t = 5)]
+        retrieve_k: usize,
+        #[arg(long, value_enum, default_value = "hybrid")]
+        retrieve_mode: medprm::retrieval::Mode,
     },
     /// Write the deterministic Med-PRM-shaped test model (needs the fetched assets).
     GenTestModel {
@@ -126,7 +138,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(cfg) => medprm::server::run(*cfg)?,
         Command::Openapi => print!("{}", medprm::server::openapi_json()),
-        Command::Score { model, input, output, max_token_len, doc_reserve, aggregation, max_batch_tokens, quiet, no_prefix_sharing } => {
+        Command::Score {
+            model,
+            input,
+            output,
+            max_token_len,
+            doc_reserve,
+            aggregation,
+            max_batch_tokens,
+            quiet,
+            no_prefix_sharing,
+            retrieve,
+            index,
+            retrieve_k,
+            retrieve_mode,
+        } => {
             let mut opts = model.options()?;
             opts.max_token_len = max_token_len;
             opts.doc_reserve = doc_reserve;
@@ -139,6 +165,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_batch_tokens,
                 progress: !quiet,
                 prefix_sharing: !no_prefix_sharing,
+                retrieve: match (retrieve, index) {
+                    (true, Some(dir)) => Some((medprm::retrieval::Index::open(&dir)?, retrieve_k, retrieve_mode)),
+                    _ => None,
+                },
             };
             let summary = medprm::cli::score_file(&engine, &args)?;
             summary.print(&mut std::io::stderr())?;

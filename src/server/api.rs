@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 use crate::aggregate::{Aggregation, Selection};
 use crate::engine::ModelInfo;
 use crate::prompt::Solution;
+use crate::retrieval::{Hit, IndexInfo, Mode};
 
 use super::error::ApiError;
 
@@ -27,6 +28,72 @@ pub struct ScoreRequest {
     /// Solution score reported as `score` (default: the profile's, `min` for med-prm).
     #[serde(default)]
     pub aggregation: Option<Aggregation>,
+    /// Retrieve the documents from the server's index (when `documents` is absent).
+    #[serde(default)]
+    pub retrieve: Option<RetrieveOptions>,
+}
+
+/// Retrieval for a scoring request: one search per request, shared by all its candidates.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrieveOptions {
+    /// Documents to retrieve before the budget keeps a prefix of them (default: the server's
+    /// `--retrieve-k`, else 5).
+    #[serde(default)]
+    pub k: Option<usize>,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Add the solution's steps to the query (the question alone is Med-PRM's practice);
+    /// /v1/score only.
+    #[serde(default)]
+    pub include_steps: bool,
+}
+
+/// Search the guideline index.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrieveRequest {
+    pub query: String,
+    /// 1..=100 (default 5).
+    #[serde(default)]
+    pub k: Option<usize>,
+    /// Default `hybrid`.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetrievedDocument {
+    pub id: String,
+    pub title: String,
+    /// The document as the PRM prompt holds it.
+    pub text: String,
+    /// Guideline and section it comes from.
+    pub source: String,
+    pub score: f32,
+    /// 1-based.
+    pub rank: usize,
+}
+
+impl From<&Hit> for RetrievedDocument {
+    fn from(h: &Hit) -> Self {
+        RetrievedDocument { id: h.id.clone(), title: h.title.clone(), text: h.text.clone(), source: h.source.clone(), score: h.score, rank: h.rank }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetrieveResponse {
+    pub documents: Vec<RetrievedDocument>,
+}
+
+/// A retrieved document the budget kept: what a caller can cite.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Citation {
+    pub id: String,
+    pub title: String,
+    pub source: String,
+    pub rank: usize,
+    pub score: f32,
 }
 
 /// One candidate solution of a rank request.
@@ -58,6 +125,10 @@ pub struct RankRequest {
     /// Return only the best `top_n` candidates (all are scored).
     #[serde(default)]
     pub top_n: Option<usize>,
+    /// Retrieve the documents from the server's index (when `documents` is absent); one search
+    /// shared by all candidates.
+    #[serde(default)]
+    pub retrieve: Option<RetrieveOptions>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -91,6 +162,11 @@ impl Aggregates {
 /// The documents the budget kept (a prefix of those supplied or retrieved).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DocumentsUsed {
+    /// `caller`, `retrieval` or `none`.
+    pub source: String,
+    /// Kept retrieved documents, in prompt order (empty for caller documents).
+    pub citations: Vec<Citation>,
+    /// Documents supplied or retrieved before the budget.
     pub supplied: usize,
     pub kept: usize,
     /// Tokens the kept documents use (each counted with its +1), out of `budget`.
@@ -172,8 +248,12 @@ pub struct InfoResponse {
     pub model: Option<ModelInfo>,
     pub limits: Limits,
     pub auth: bool,
-    /// Where documents come from: `caller` (supplied in requests only).
+    /// Where documents come from: `caller` (supplied in requests only) or `caller+retrieval`.
     pub documents_source: String,
+    /// The guideline index, when the server has one.
+    pub index: Option<IndexInfo>,
+    /// Documents retrieved for requests without `documents` (0: only when a request asks).
+    pub default_retrieve_k: usize,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -13,6 +13,7 @@ use axum::Json;
 
 use crate::aggregate::{best_of_n, extract_answer, majority_vote, weighted_vote, Aggregation, Selection};
 use crate::prompt::{Prompt, Solution};
+use crate::retrieval::{Hit, Mode};
 
 use super::api::*;
 use super::error::ApiError;
@@ -46,6 +47,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
 /// Times of one scoring request, sent back as headers.
 #[derive(Default)]
 struct Timings {
+    retrieval: Duration,
     tokenization: Duration,
     queue: Duration,
     inference: Duration,
@@ -55,12 +57,76 @@ struct Timings {
 fn with_timing_headers(mut resp: Response, t: &Timings, start: Instant) -> Response {
     let ms = |d: Duration| HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3)).expect("ascii");
     let h = resp.headers_mut();
+    h.insert("x-retrieval-time", ms(t.retrieval));
     h.insert("x-tokenization-time", ms(t.tokenization));
     h.insert("x-queue-time", ms(t.queue));
     h.insert("x-inference-time", ms(t.inference));
     h.insert("x-total-time", ms(start.elapsed()));
     h.insert("x-compute-tokens", HeaderValue::from(t.compute_tokens));
     resp
+}
+
+/// Where a scoring request's documents come from.
+enum Docs {
+    Caller(Vec<String>),
+    Retrieve { query: String, k: usize, mode: Mode },
+}
+
+/// `documents`, `retrieve` or the server default; `steps_query` is the solution text added to
+/// the query when `retrieve.include_steps` is allowed (/v1/score).
+fn resolve_docs(
+    state: &AppState,
+    question: &str,
+    documents: Option<Vec<String>>,
+    retrieve: Option<RetrieveOptions>,
+    steps_query: Option<Vec<String>>,
+) -> Result<Docs, ApiError> {
+    let opts = match (documents, retrieve) {
+        (Some(_), Some(_)) => return Err(ApiError::Validation("retrieve: give either `documents` or `retrieve`, not both".into())),
+        (Some(d), None) => return Ok(Docs::Caller(d)),
+        (None, Some(o)) => o,
+        (None, None) if state.cfg.retrieve_k > 0 => RetrieveOptions { k: None, mode: None, include_steps: false },
+        (None, None) => return Ok(Docs::Caller(vec![])),
+    };
+    if state.cfg.index.is_none() {
+        return Err(ApiError::Validation("retrieve: this server has no guideline index (start it with --index)".into()));
+    }
+    let k = opts.k.unwrap_or(if state.cfg.retrieve_k > 0 { state.cfg.retrieve_k } else { 5 });
+    if k == 0 || k > crate::retrieval::MAX_K {
+        return Err(ApiError::Validation(format!("retrieve.k: must be between 1 and {}", crate::retrieval::MAX_K)));
+    }
+    let query = match (opts.include_steps, steps_query) {
+        (false, _) => crate::retrieval::query_for(question, &[], false),
+        (true, Some(steps)) => crate::retrieval::query_for(question, &steps, true),
+        (true, None) => {
+            return Err(ApiError::Validation("retrieve.include_steps: only for /v1/score (rank candidates share one search)".into()))
+        }
+    };
+    Ok(Docs::Retrieve { query, k, mode: opts.mode.unwrap_or(state.cfg.retrieve_mode) })
+}
+
+/// Searches the index (through the LRU cache) on a worker thread.
+async fn search(state: &Arc<AppState>, query: String, k: usize, mode: Mode) -> Result<Arc<Vec<Hit>>, ApiError> {
+    let index = state.index.get().cloned().ok_or(ApiError::NotReady)?;
+    let key = (query, mode, k);
+    if let Some(hits) = state.retrieval_cache.lock().ok().and_then(|mut c| c.get(&key).cloned()) {
+        state.metrics.retrieval_cache.with_label_values(&["hit"]).inc();
+        return Ok(hits);
+    }
+    state.metrics.retrieval_cache.with_label_values(&["miss"]).inc();
+    let t = Instant::now();
+    let q = key.0.clone();
+    let hits = state
+        .workers
+        .run(move || index.search(&q, k, mode))
+        .await
+        .ok_or_else(|| ApiError::Backend("retrieval worker stopped".into()))??;
+    state.metrics.retrieval_duration.observe(t.elapsed().as_secs_f64());
+    let hits = Arc::new(hits);
+    if let Ok(mut c) = state.retrieval_cache.lock() {
+        c.put(key, hits.clone());
+    }
+    Ok(hits)
 }
 
 /// What scoring a request produced.
@@ -75,11 +141,12 @@ struct Scored {
 async fn score_candidates(
     state: &Arc<AppState>,
     question: String,
-    documents: Vec<String>,
+    docs: Docs,
     solutions: Vec<(String, Solution)>,
 ) -> Result<Scored, ApiError> {
     let builder = state.builder().ok_or(ApiError::NotReady)?;
-    if !builder.profile.uses_documents && !documents.is_empty() {
+    let retrieving = matches!(docs, Docs::Retrieve { .. });
+    if !builder.profile.uses_documents && (retrieving || matches!(&docs, Docs::Caller(d) if !d.is_empty())) {
         return Err(ApiError::Validation(format!(
             "documents: profile `{}` does not use documents",
             builder.profile.name
@@ -91,6 +158,15 @@ async fn score_candidates(
     state.metrics.in_flight_candidates.add(n as i64);
     let _release = scopeguard(state.clone(), n);
 
+    let t_retrieval = Instant::now();
+    let (documents, hits) = match docs {
+        Docs::Caller(d) => (d, None),
+        Docs::Retrieve { query, k, mode } => {
+            let hits = search(state, query, k, mode).await?;
+            (hits.iter().map(|h| h.text.clone()).collect(), Some(hits))
+        }
+    };
+    let retrieval_time = if hits.is_some() { t_retrieval.elapsed() } else { Duration::ZERO };
     let t0 = Instant::now();
     let b = builder.clone();
     let supplied = documents.len();
@@ -117,7 +193,7 @@ async fn score_candidates(
     } else {
         crate::prompt::shared_prefix_len(&prompts.iter().collect::<Vec<_>>())
     };
-    let mut timings = Timings { tokenization: t0.elapsed(), ..Default::default() };
+    let mut timings = Timings { tokenization: t0.elapsed(), retrieval: retrieval_time, ..Default::default() };
     state.metrics.tokenization_duration.observe(timings.tokenization.as_secs_f64());
     for (i, p) in prompts.iter().enumerate() {
         if p.ids.len() > state.cfg.max_input_tokens {
@@ -146,7 +222,23 @@ async fn score_candidates(
     Ok(Scored {
         prompts: result.prompts,
         scores,
-        documents: DocumentsUsed { supplied, kept, tokens: doc_tokens, budget },
+        documents: DocumentsUsed {
+            source: match (&hits, supplied) {
+                (Some(_), _) => "retrieval",
+                (None, 0) => "none",
+                (None, _) => "caller",
+            }
+            .into(),
+            citations: hits
+                .iter()
+                .flat_map(|h| h.iter().take(kept))
+                .map(|h| Citation { id: h.id.clone(), title: h.title.clone(), source: h.source.clone(), rank: h.rank, score: h.score })
+                .collect(),
+            supplied,
+            kept,
+            tokens: doc_tokens,
+            budget,
+        },
         timings,
     })
 }
@@ -214,7 +306,12 @@ pub async fn score(State(state): State<Arc<AppState>>, body: Result<ApiJson<Scor
         }
         let solution = solution_of(req.steps, req.solution, "body")?;
         let aggregation = req.aggregation.unwrap_or_else(|| default_aggregation(&state));
-        let scored = score_candidates(&state, req.question, req.documents.unwrap_or_default(), vec![("body".into(), solution)]).await?;
+        let steps_query = match &solution {
+            Solution::Steps(s) => s.clone(),
+            Solution::Raw(t) | Solution::Tagged(t) => crate::steps::split_solution(t).steps,
+        };
+        let docs = resolve_docs(&state, &req.question, req.documents, req.retrieve, Some(steps_query))?;
+        let scored = score_candidates(&state, req.question, docs, vec![("body".into(), solution)]).await?;
         let (p, s) = (&scored.prompts[0], &scored.scores[0]);
         let resp = ScoreResponse {
             steps: step_scores(p, s),
@@ -276,7 +373,8 @@ pub async fn rank(State(state): State<Arc<AppState>>, body: Result<ApiJson<RankR
             given_answers.push(c.answer);
         }
         let n = solutions.len();
-        let scored = score_candidates(&state, req.question, req.documents.unwrap_or_default(), solutions).await?;
+        let docs = resolve_docs(&state, &req.question, req.documents, req.retrieve, None)?;
+        let scored = score_candidates(&state, req.question, docs, solutions).await?;
         let answers: Vec<Option<String>> = given_answers
             .into_iter()
             .zip(&scored.prompts)
@@ -324,6 +422,42 @@ pub async fn rank(State(state): State<Arc<AppState>>, body: Result<ApiJson<RankR
     observe(&state, "rank", start, r)
 }
 
+/// Search the guideline index (BM25, dense or hybrid).
+#[utoipa::path(post, path = "/v1/retrieve", request_body = RetrieveRequest, tag = "retrieval",
+    responses(
+        (status = 200, description = "Documents, best first", body = RetrieveResponse, headers(("x-retrieval-time" = String))),
+        (status = 400, description = "Malformed JSON", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = super::error::ErrorBody),
+        (status = 422, description = "Invalid input, or no index on this server", body = super::error::ErrorBody),
+        (status = 503, description = "Index not open yet", body = super::error::ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, name = "retrieve")]
+pub async fn retrieve(State(state): State<Arc<AppState>>, body: Result<ApiJson<RetrieveRequest>, ApiError>) -> Response {
+    let start = Instant::now();
+    state.metrics.requests.with_label_values(&["retrieve"]).inc();
+    let r = async {
+        let ApiJson(req) = body?;
+        if state.cfg.index.is_none() {
+            return Err(ApiError::Validation("retrieve: this server has no guideline index (start it with --index)".into()));
+        }
+        if req.query.trim().is_empty() {
+            return Err(ApiError::Validation("query: must not be empty".into()));
+        }
+        let k = req.k.unwrap_or(5);
+        if k == 0 || k > crate::retrieval::MAX_K {
+            return Err(ApiError::Validation(format!("k: must be between 1 and {}", crate::retrieval::MAX_K)));
+        }
+        let hits = search(&state, req.query, k, req.mode.unwrap_or(state.cfg.retrieve_mode)).await?;
+        let resp = RetrieveResponse { documents: hits.iter().map(RetrievedDocument::from).collect() };
+        let mut resp = Json(resp).into_response();
+        let ms = format!("{:.3}", start.elapsed().as_secs_f64() * 1e3);
+        resp.headers_mut().insert("x-retrieval-time", HeaderValue::from_str(&ms).expect("ascii"));
+        Ok(resp)
+    }
+    .await;
+    observe(&state, "retrieve", start, r)
+}
+
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = HealthResponse)))]
 pub async fn health() -> Json<HealthResponse> {
@@ -361,7 +495,9 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<InfoResponse> {
             prefix_sharing: !c.no_prefix_sharing,
         },
         auth: c.api_key.is_some(),
-        documents_source: "caller".into(),
+        documents_source: if c.index.is_some() { "caller+retrieval" } else { "caller" }.into(),
+        index: state.index.get().map(|i| i.info()),
+        default_retrieve_k: c.retrieve_k,
     })
 }
 

@@ -88,6 +88,20 @@ pub struct ServeConfig {
     /// question+documents prefix once (for comparison).
     #[arg(long, env = "MEDPRM_NO_PREFIX_SHARING")]
     pub no_prefix_sharing: bool,
+    /// Guideline index built by `medprm index`: enables retrieval (`/v1/retrieve`, and `retrieve`
+    /// in scoring requests). Without it the server scores caller-supplied documents only.
+    #[arg(long, env = "MEDPRM_INDEX")]
+    pub index: Option<PathBuf>,
+    /// Retrieve this many documents for scoring requests that carry no `documents` (0: only
+    /// when a request asks with `retrieve`). Needs --index.
+    #[arg(long, env = "MEDPRM_RETRIEVE_K", default_value_t = 0)]
+    pub retrieve_k: usize,
+    /// Retrieval mode for requests that do not name one: bm25, dense or hybrid.
+    #[arg(long, env = "MEDPRM_RETRIEVE_MODE", value_enum, default_value = "hybrid")]
+    pub retrieve_mode: crate::retrieval::Mode,
+    /// Entries of the retrieval cache, keyed by (query, mode, k).
+    #[arg(long, env = "MEDPRM_RETRIEVE_CACHE", default_value_t = 1024)]
+    pub retrieve_cache: usize,
     /// Log as JSON lines.
     #[arg(long, env = "MEDPRM_JSON_LOGS")]
     pub json_logs: bool,
@@ -114,6 +128,8 @@ impl ServeConfig {
         anyhow::ensure!(self.max_batch_requests > 0, "--max-batch-requests must be positive");
         anyhow::ensure!(self.max_candidates > 0, "--max-candidates must be positive");
         anyhow::ensure!(self.tokenization_workers > 0, "--tokenization-workers must be positive");
+        anyhow::ensure!(self.retrieve_k == 0 || self.index.is_some(), "--retrieve-k needs --index");
+        anyhow::ensure!(self.retrieve_k <= crate::retrieval::MAX_K, "--retrieve-k must be at most {}", crate::retrieval::MAX_K);
         anyhow::ensure!(
             self.max_candidates <= self.max_concurrent_requests,
             "--max-candidates ({}) must not exceed --max-concurrent-requests ({})",
@@ -167,8 +183,13 @@ impl Workers {
     }
 }
 
+/// Search results by (query, mode, k).
+pub type RetrievalCache = Mutex<lru::LruCache<(String, crate::retrieval::Mode, usize), Arc<Vec<crate::retrieval::Hit>>>>;
+
 pub struct AppState {
     pub cfg: ServeConfig,
+    pub index: OnceLock<Arc<crate::retrieval::Index>>,
+    pub retrieval_cache: RetrievalCache,
     builder: OnceLock<Arc<PromptBuilder>>,
     pub info: OnceLock<ModelInfo>,
     ready: AtomicBool,
@@ -190,9 +211,10 @@ impl AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "medprm", description = "Process reward model serving for medical reasoning: per-step rewards and Best-of-N ranking."),
-    paths(handlers::score, handlers::rank, handlers::health, handlers::ready, handlers::info, handlers::metrics),
+    paths(handlers::score, handlers::rank, handlers::retrieve, handlers::health, handlers::ready, handlers::info, handlers::metrics),
     components(schemas(error::ErrorBody)),
-    tags((name = "scoring", description = "Step rewards and Best-of-N"), (name = "operations", description = "Probes, info and metrics"))
+    tags((name = "scoring", description = "Step rewards and Best-of-N"), (name = "retrieval", description = "Guideline search"),
+         (name = "operations", description = "Probes, info and metrics"))
 )]
 pub struct ApiDoc;
 
@@ -228,6 +250,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let scoring = Router::new()
         .route("/v1/score", post(handlers::score))
         .route("/v1/rank", post(handlers::rank))
+        .route("/v1/retrieve", post(handlers::retrieve))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(scoring)
@@ -254,6 +277,24 @@ fn start_backend(state: Arc<AppState>) {
     std::thread::Builder::new()
         .name("medprm-backend".into())
         .spawn(move || {
+            if let Some(dir) = &state.cfg.index {
+                let t = Instant::now();
+                match crate::retrieval::Index::open(dir) {
+                    Ok(ix) => {
+                        let i = ix.info();
+                        tracing::info!(index = %dir.display(), chunks = i.chunks, embedder = %i.embedder,
+                                       seconds = t.elapsed().as_secs_f64(), "guideline index opened");
+                        let _ = state.index.set(Arc::new(ix));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot open the index");
+                        eprintln!("error: cannot open the index: {e}");
+                        std::process::exit(2);
+                    }
+                }
+            } else {
+                tracing::info!("no --index: scoring uses caller-supplied documents only");
+            }
             let t = Instant::now();
             let engine = match state.cfg.load_options().and_then(|o| Engine::load(&o)) {
                 Ok(e) => e,
@@ -326,6 +367,10 @@ pub fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         workers: Workers::new(cfg.tokenization_workers),
         builder: OnceLock::new(),
         info: OnceLock::new(),
+        index: OnceLock::new(),
+        retrieval_cache: Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(cfg.retrieve_cache.max(1)).expect("positive"),
+        )),
         ready: AtomicBool::new(false),
         metrics,
         cfg,

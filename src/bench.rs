@@ -73,3 +73,82 @@ pub fn bench_engine(engine: &Engine, tokens: usize, batch: usize, iters: usize) 
         model_gflops: flops / best / 1e9,
     })
 }
+
+/// Prefix sharing on a Best-of-N workload: N candidates sharing ~`prefix_tokens` of system
+/// prompt, documents and question, each with its own ~`suffix_tokens` of steps (±20%).
+pub struct PrefixBench {
+    pub candidates: usize,
+    pub prefix_tokens: usize,
+    pub mean_suffix_tokens: usize,
+    pub one_s: f64,
+    pub shared_s: f64,
+    pub whole_s: f64,
+    /// Bytes of the shared prefix K/V (all layers), computed once per request.
+    pub prefix_kv_bytes: usize,
+    /// Transient bytes per candidate while one layer runs (prefix K/V view copied into the
+    /// candidate's attention, its own K/V and scores of one query block).
+    pub per_candidate_layer_bytes: usize,
+}
+
+pub fn bench_prefix(engine: &Engine, candidates: usize, prefix_tokens: usize, suffix_tokens: usize, max_batch_tokens: usize) -> Result<PrefixBench> {
+    let data: serde_json::Value = serde_json::from_str(include_str!("../data/bench-records.json")).expect("bench records");
+    let recs = data["records"].as_array().expect("records");
+    let tok = &engine.builder.tokenizer;
+    // Documents: the bench documents, then guideline-like sentences, to reach the prefix size.
+    let mut docs: Vec<String> = data["documents"].as_array().expect("docs").iter().map(|d| d.as_str().unwrap_or_default().to_string()).collect();
+    let filler = "Guideline -- Recommendations. In adults with sepsis, measure lactate, obtain blood cultures before antimicrobials, and give 30 mL/kg of crystalloid for hypotension within the first three hours. ";
+    let question = recs[0]["question"].as_str().unwrap_or_default().to_string();
+    loop {
+        let ctx = engine.builder.context(&question, &docs)?;
+        let p = engine.builder.prompt(&ctx, &Solution::Steps(vec!["x".into()]))?;
+        if p.ids.len() >= prefix_tokens || ctx.n_docs_kept < docs.len() {
+            break;
+        }
+        let missing = prefix_tokens - p.ids.len();
+        let per = tok.count(filler)?.max(1);
+        docs.push(filler.repeat((missing / per).clamp(1, 10)));
+    }
+    let ctx = engine.builder.context(&question, &docs)?;
+    let mut prompts = Vec::with_capacity(candidates);
+    for i in 0..candidates {
+        let target = suffix_tokens * (8 + (i % 5)) / 10; // 80%..120%
+        let pool: Vec<&str> = (0..recs.len())
+            .flat_map(|r| recs[(i + r) % recs.len()]["steps"].as_array().expect("steps").iter().filter_map(|s| s.as_str()))
+            .collect();
+        let mut steps: Vec<String> = Vec::new();
+        while tok.count(&steps.join(" "))? < target {
+            steps.push(pool[steps.len() % pool.len()].to_string());
+        }
+        prompts.push(engine.builder.prompt(&ctx, &Solution::Steps(steps))?);
+    }
+    let refs: Vec<&Prompt> = prompts.iter().collect();
+    let k = crate::prompt::shared_prefix_len(&refs);
+    let mean_suffix = refs.iter().map(|p| p.ids.len() - k).sum::<usize>() / candidates.max(1);
+    let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
+        let t = Instant::now();
+        f()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let _ = engine.score(&refs[..1])?; // warm up
+    let one_s = time(&|| engine.score(&refs[..1]).map(|_| ()))?;
+    let shared_s = time(&|| engine.score_shared(&refs, k, max_batch_tokens).map(|_| ()))?;
+    let whole_s = time(&|| engine.score_all(&refs, max_batch_tokens).map(|_| ()))?;
+    let c = &engine.model.cfg;
+    let f32b = 4;
+    let kv_per_token_layer = 2 * c.num_kv_heads * c.head_dim * f32b;
+    let prefix_kv_bytes = c.num_layers * k * kv_per_token_layer;
+    let keys = k + mean_suffix;
+    let per_candidate_layer_bytes = k * kv_per_token_layer
+        + 2 * c.num_heads * keys * c.head_dim * f32b
+        + c.num_heads * mean_suffix.min(512) * keys * f32b;
+    Ok(PrefixBench {
+        candidates,
+        prefix_tokens: k,
+        mean_suffix_tokens: mean_suffix,
+        one_s,
+        shared_s,
+        whole_s,
+        prefix_kv_bytes,
+        per_candidate_layer_bytes,
+    })
+}

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod loadgen;
 pub mod model;
 pub mod profile;
 pub mod prompt;

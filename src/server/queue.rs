@@ -224,7 +224,7 @@ pub fn backend_loop(engine: Engine, queue: Queue, cfg: BatchConfig, metrics: Arc
         let shared = batch[0].shared_prefix;
         let results: Vec<Result<Vec<Vec<f32>>, String>> = if shared > 0 {
             metrics.shared_prefix_tokens.observe(shared as f64);
-            metrics.prefix_saved_tokens.add((shared * (n_seqs - 1)) as f64);
+            metrics.prefix_saved_tokens.inc_by((shared * (n_seqs - 1)) as f64);
             vec![forward_shared(&engine, &prompts, shared, cfg.max_batch_tokens, &metrics)]
         } else {
             match forward(&engine, &prompts, cfg.max_batch_tokens, &metrics) {

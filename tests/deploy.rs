@@ -483,6 +483,18 @@ fn every_env_var_is_a_serve_flag() {
         assert!(flags.contains(name), "{file}: {name} is not a `medprm serve` flag (flags: {flags:?})");
     }
 
+    // Kubernetes injects `<SERVICE>_PORT=tcp://ip:port` (and more) for every Service in the
+    // namespace unless service links are off: for a Service named medprm that is MEDPRM_PORT,
+    // a serve flag.
+    let svc = one(&all, "Service");
+    let svc_prefix = s(&svc["metadata"]["name"], "Service name").to_ascii_uppercase().replace('-', "_") + "_";
+    if flags.iter().any(|f| f.starts_with(&svc_prefix)) {
+        assert_eq!(
+            dep["spec"]["template"]["spec"]["enableServiceLinks"], false,
+            "service links would set {svc_prefix}PORT=tcp://... in the pod; set enableServiceLinks: false"
+        );
+    }
+
     // envFrom loads that ConfigMap; the API key comes from an optional Secret, never the ConfigMap.
     let refs: Vec<&str> = c["envFrom"].as_array().unwrap().iter().map(|e| s(&e["configMapRef"]["name"], "configMapRef")).collect();
     assert_eq!(refs, ["medprm-config"]);

@@ -35,15 +35,7 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn options(&self) -> anyhow::Result<LoadOptions> {
-        let mut o = LoadOptions::new(&self.model, &self.profile);
-        o.dtype = medprm::model::parse_dtype(&self.dtype)?;
-        o.device = medprm::model::select_device(&self.device)?;
-        o.gguf_dequantize = match self.gguf_matmul.as_str() {
-            "quantized" => Some(false),
-            "dequantized" => Some(true),
-            _ => None,
-        };
-        Ok(o)
+        Ok(LoadOptions::from_flags(&self.model, &self.profile, &self.dtype, &self.device, &self.gguf_matmul)?)
     }
 }
 

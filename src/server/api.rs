@@ -63,27 +63,9 @@ pub struct RetrieveRequest {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct RetrievedDocument {
-    pub id: String,
-    pub title: String,
-    /// The document as the PRM prompt holds it.
-    pub text: String,
-    /// Guideline and section it comes from.
-    pub source: String,
-    pub score: f32,
-    /// 1-based.
-    pub rank: usize,
-}
-
-impl From<&Hit> for RetrievedDocument {
-    fn from(h: &Hit) -> Self {
-        RetrievedDocument { id: h.id.clone(), title: h.title.clone(), text: h.text.clone(), source: h.source.clone(), score: h.score, rank: h.rank }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct RetrieveResponse {
-    pub documents: Vec<RetrievedDocument>,
+    /// Best first; each with its text as the PRM prompt holds it, its source and metadata.
+    pub documents: Vec<Hit>,
 }
 
 /// A retrieved document the budget kept: what a caller can cite.

@@ -448,7 +448,7 @@ pub async fn retrieve(State(state): State<Arc<AppState>>, body: Result<ApiJson<R
             return Err(ApiError::Validation(format!("k: must be between 1 and {}", crate::retrieval::MAX_K)));
         }
         let hits = search(&state, req.query, k, req.mode.unwrap_or(state.cfg.retrieve_mode)).await?;
-        let resp = RetrieveResponse { documents: hits.iter().map(RetrievedDocument::from).collect() };
+        let resp = RetrieveResponse { documents: hits.as_ref().clone() };
         let mut resp = Json(resp).into_response();
         let ms = format!("{:.3}", start.elapsed().as_secs_f64() * 1e3);
         resp.headers_mut().insert("x-retrieval-time", HeaderValue::from_str(&ms).expect("ascii"));

@@ -112,15 +112,7 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     fn load_options(&self) -> crate::error::Result<LoadOptions> {
-        let mut o = LoadOptions::new(&self.model, &self.profile);
-        o.dtype = crate::model::parse_dtype(&self.dtype)?;
-        o.device = crate::model::select_device(&self.device)?;
-        o.gguf_dequantize = match self.gguf_matmul.as_str() {
-            "quantized" => Some(false),
-            "dequantized" => Some(true),
-            _ => None,
-        };
-        Ok(o)
+        LoadOptions::from_flags(&self.model, &self.profile, &self.dtype, &self.device, &self.gguf_matmul)
     }
 
     fn validate(&self) -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 //! prompts. [`PromptBuilder`] (thread-safe, shared by tokenization workers) turns requests into
 //! [`Prompt`]s; [`Engine::score`] runs one forward pass over a batch and returns p(+) per step.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
@@ -202,10 +202,6 @@ impl Engine {
             out.extend(self.score(&chunk)?);
         }
         Ok(out)
-    }
-
-    pub fn model_path(&self) -> &Path {
-        Path::new(&self.info.model)
     }
 }
 

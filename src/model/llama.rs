@@ -15,9 +15,11 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
 
 type Result<T> = candle_core::Result<T>;
-
-/// Query rows per attention block: bounds the (heads × rows × keys) score matrix.
-const QUERY_BLOCK: usize = 512;
+/// Largest query block (rows of the score matrix per pass).
+const MAX_QUERY_BLOCK: usize = 512;
+/// The score matrix of one attention pass (batch × heads × rows × keys) stays under this many
+/// elements (256 MiB in f32): large transient tensors cost page faults, not just memory.
+const MAX_SCORE_ELEMS: usize = 64 << 20;
 
 /// A projection: dense weights (f32/f16/bf16) or a quantized GGUF tensor.
 pub enum Linear {
@@ -178,18 +180,24 @@ impl Llama {
         Tensor::from_vec(m, (q_pos.len(), n_keys), &self.device)
     }
 
-    /// softmax(q kᵀ / √d + mask) v for q (b, H, tq, d), k/v (b, H, s, d); mask (tq, s).
+    /// softmax(q kᵀ / √d + mask) v for q (b, H, tq, d), k/v (b, kv_heads, s, d); mask (tq, s).
+    /// Grouped-query attention without copying K/V per head: the `n_rep` query heads that share
+    /// a kv head are stacked as rows, (b, kv, n_rep·tq, d) against (b, kv, s, d).
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, h, tq, d) = q.dims4()?;
+        let (kv, s) = (k.dim(1)?, k.dim(2)?);
+        let n_rep = h / kv;
         let scale = 1.0 / (self.cfg.head_dim as f64).sqrt();
+        let q = q.contiguous()?.reshape((b, kv, n_rep * tq, d))?;
         let att = (q.matmul(&k.t()?)? * scale)?;
-        let att = att.to_dtype(DType::F32)?.broadcast_add(mask)?;
+        let att = att.to_dtype(DType::F32)?.reshape((b, kv, n_rep, tq, s))?.broadcast_add(mask)?;
         let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(v.dtype())?;
-        att.matmul(v)
+        att.reshape((b, kv, n_rep * tq, s))?.matmul(v)?.reshape((b, h, tq, d))
     }
 
-    fn repeat_kv(&self, x: Tensor) -> Result<Tensor> {
-        let n_rep = self.cfg.num_heads / self.cfg.num_kv_heads;
-        candle_transformers::utils::repeat_kv(x, n_rep)?.contiguous()
+    /// Query rows per attention pass for this batch and key count.
+    fn query_block(&self, b: usize, n_keys: usize) -> usize {
+        (MAX_SCORE_ELEMS / (b * self.cfg.num_heads * n_keys).max(1)).clamp(16, MAX_QUERY_BLOCK)
     }
 
     /// Runs the layers over a right-padded batch.
@@ -216,9 +224,10 @@ impl Llama {
         let (cos, sin) = self.rope_tables(&positions)?;
         // The causal masks of the query blocks are the same in every layer.
         let n_keys = off + t;
+        let block = self.query_block(b, n_keys);
         let block_masks: Vec<Tensor> = (0..t)
-            .step_by(QUERY_BLOCK)
-            .map(|start| self.mask(&positions[start..(start + QUERY_BLOCK).min(t)], n_keys))
+            .step_by(block)
+            .map(|start| self.mask(&positions[start..(start + block).min(t)], n_keys))
             .collect::<Result<_>>()?;
         let n_layers = self.layers.len();
         let mut kv_out = rows.is_none().then(|| KvPrefix { k: vec![], v: vec![], len: off + t });
@@ -245,8 +254,7 @@ impl Llama {
                     break;
                 }
             }
-            let k = self.repeat_kv(k)?;
-            let v = self.repeat_kv(v)?;
+            let (k, v) = (k.contiguous()?, v.contiguous()?);
 
             match rows {
                 Some(rows) if last => {
@@ -287,8 +295,8 @@ impl Llama {
                     let q = self.rope(&q, &cos, &sin)?;
                     let mut blocks = Vec::new();
                     for (bi, mask) in block_masks.iter().enumerate() {
-                        let start = bi * QUERY_BLOCK;
-                        let qb = q.narrow(2, start, QUERY_BLOCK.min(t - start))?;
+                        let start = bi * block;
+                        let qb = q.narrow(2, start, block.min(t - start))?;
                         blocks.push(self.attend(&qb, &k, &v, mask)?);
                     }
                     let attn = Tensor::cat(&blocks, 2)?;

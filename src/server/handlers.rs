@@ -156,7 +156,7 @@ async fn score_candidates(
     // Permits are counted in candidates; a full server refuses at once.
     let permit = state.permits.clone().try_acquire_many_owned(n as u32).map_err(|_| ApiError::Overloaded)?;
     state.metrics.in_flight_candidates.add(n as i64);
-    let _release = scopeguard(state.clone(), n);
+    let _release = InFlight(state.clone(), n);
 
     let t_retrieval = Instant::now();
     let (documents, hits) = match docs {
@@ -250,10 +250,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.metrics.in_flight_candidates.sub(self.1 as i64);
     }
-}
-
-fn scopeguard(state: Arc<AppState>, n: usize) -> InFlight {
-    InFlight(state, n)
 }
 
 fn step_scores(p: &Prompt, scores: &[f32]) -> Vec<StepScore> {

@@ -55,8 +55,6 @@ pub struct JobResult {
     pub scores: Result<Vec<Vec<f32>>, String>,
     pub queue_time: Duration,
     pub inference_time: Duration,
-    /// Sequences in the forward pass(es) this job ran in.
-    pub batch_size: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -243,7 +241,7 @@ pub fn backend_loop(engine: Engine, queue: Queue, cfg: BatchConfig, metrics: Arc
         for (job, scores) in batch.into_iter().zip(results) {
             let queue_time = start.saturating_duration_since(job.enqueued);
             metrics.queue_duration.observe(queue_time.as_secs_f64());
-            let _ = job.reply.send(JobResult { prompts: job.prompts, scores, queue_time, inference_time, batch_size: n_seqs });
+            let _ = job.reply.send(JobResult { prompts: job.prompts, scores, queue_time, inference_time });
         }
     }
 }

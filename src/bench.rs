@@ -137,10 +137,11 @@ pub fn bench_prefix(engine: &Engine, candidates: usize, prefix_tokens: usize, su
     let f32b = 4;
     let kv_per_token_layer = 2 * c.num_kv_heads * c.head_dim * f32b;
     let prefix_kv_bytes = c.num_layers * k * kv_per_token_layer;
+    // Per candidate while a layer runs: its keys/values (the prefix's view-copied in front of its
+    // own, kv heads only) and its rows of the score matrix for one query block.
     let keys = k + mean_suffix;
-    let per_candidate_layer_bytes = k * kv_per_token_layer
-        + 2 * c.num_heads * keys * c.head_dim * f32b
-        + c.num_heads * mean_suffix.min(512) * keys * f32b;
+    let block = engine.model.query_block(candidates.min(max_batch_tokens / mean_suffix.max(1)).max(1), keys);
+    let per_candidate_layer_bytes = keys * kv_per_token_layer + c.num_heads * block.min(mean_suffix) * keys * f32b;
     Ok(PrefixBench {
         candidates,
         prefix_tokens: k,

@@ -196,7 +196,7 @@ impl Llama {
     }
 
     /// Query rows per attention pass for this batch and key count.
-    fn query_block(&self, b: usize, n_keys: usize) -> usize {
+    pub fn query_block(&self, b: usize, n_keys: usize) -> usize {
         (MAX_SCORE_ELEMS / (b * self.cfg.num_heads * n_keys).max(1)).clamp(16, MAX_QUERY_BLOCK)
     }
 

@@ -77,22 +77,31 @@ pub fn smollm2_dequantized() -> Result<PathBuf> {
     })
 }
 
-/// `$MEDPRM_HOME/test-models/<name>`, made by `make` on first use. The directory is written
-/// beside and renamed into place, so concurrent test processes never see a half-made one.
+/// `$MEDPRM_HOME/test-models/<name>`, made by `make` on first use. Threads of one process take
+/// turns; the directory is written under a name unique to this call and renamed into place, so
+/// concurrent processes never see a half-made one either.
 pub fn cached_dir(name: &str, make: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = medprm_home().join("test-models").join(name);
+    if dir.join(".complete").is_file() {
+        return Ok(dir);
+    }
+    let _turn = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if dir.join(".complete").is_file() {
         return Ok(dir);
     }
     let parent = dir.parent().expect("has parent");
     std::fs::create_dir_all(parent).map_err(|e| Error::bad_file(parent, e))?;
-    let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = parent.join(format!(".{name}.{}.{serial}.tmp", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     make(&tmp)?;
     std::fs::write(tmp.join(".complete"), name).map_err(|e| Error::bad_file(&tmp, e))?;
     match std::fs::rename(&tmp, &dir) {
         Ok(()) => Ok(dir),
         Err(_) if dir.join(".complete").is_file() => {
+            // Another process finished first.
             let _ = std::fs::remove_dir_all(&tmp);
             Ok(dir)
         }

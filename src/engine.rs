@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use candle_core::{DType, Device};
 use serde::Serialize;
@@ -176,10 +177,27 @@ impl Engine {
     /// K/V serve every suffix; suffixes run in batches whose padded suffix size fits
     /// `max_batch_tokens`. `prefix_len` comes from [`crate::prompt::shared_prefix_len`].
     pub fn score_shared(&self, prompts: &[&Prompt], prefix_len: usize, max_batch_tokens: usize) -> Result<Vec<Vec<f32>>> {
-        if prefix_len == 0 {
-            return self.score_all(prompts, max_batch_tokens);
-        }
-        let prefix = self.model.prefill(&prompts[0].ids[..prefix_len])?;
+        self.score_passes(prompts, prefix_len, max_batch_tokens, &mut |_| {})
+    }
+
+    /// Scores many prompts in batches whose padded size (longest × count) stays within
+    /// `max_batch_tokens` (a longer prompt runs alone). Results keep the input order.
+    pub fn score_all(&self, prompts: &[&Prompt], max_batch_tokens: usize) -> Result<Vec<Vec<f32>>> {
+        self.score_passes(prompts, 0, max_batch_tokens, &mut |_| {})
+    }
+
+    /// The one scoring loop: an optional shared prefix (`prefix_len` > 0) run once, then the
+    /// (suffixes of the) prompts in consecutive passes whose padded size fits `max_batch_tokens`;
+    /// `on_pass` hears of every forward pass (the prefix's time counts in the first one).
+    pub fn score_passes(
+        &self,
+        prompts: &[&Prompt],
+        prefix_len: usize,
+        max_batch_tokens: usize,
+        on_pass: &mut dyn FnMut(Pass),
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut start = Instant::now();
+        let prefix = if prefix_len > 0 { Some(self.model.prefill(&prompts[0].ids[..prefix_len])?) } else { None };
         let rows: Vec<Vec<usize>> =
             prompts.iter().map(|p| p.tag_rows.iter().map(|&r| r - prefix_len).collect()).collect();
         let mut out = Vec::with_capacity(prompts.len());
@@ -187,22 +205,33 @@ impl Engine {
             let seqs: Vec<SeqRows<'_>> = range
                 .map(|i| SeqRows { ids: &prompts[i].ids[prefix_len..], rows: &rows[i] })
                 .collect();
-            let logits = self.model.label_logits(&seqs, Some(&prefix))?;
+            let logits = self.model.label_logits(&seqs, prefix.as_ref())?;
             out.extend(logits.into_iter().map(|r| r.into_iter().map(positive_probability).collect::<Vec<_>>()));
+            let longest = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+            on_pass(Pass {
+                sequences: seqs.len(),
+                tokens: seqs.iter().map(|s| s.ids.len()).sum(),
+                padded_tokens: longest * seqs.len(),
+                prefix_tokens: prefix_len,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+            start = Instant::now();
         }
         Ok(out)
     }
+}
 
-    /// Scores many prompts in batches whose padded size (longest × count) stays within
-    /// `max_batch_tokens` (a longer prompt runs alone). Results keep the input order.
-    pub fn score_all(&self, prompts: &[&Prompt], max_batch_tokens: usize) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(prompts.len());
-        for batch in plan_batches(prompts.iter().map(|p| p.ids.len()), max_batch_tokens) {
-            let chunk: Vec<&Prompt> = batch.map(|i| prompts[i]).collect();
-            out.extend(self.score(&chunk)?);
-        }
-        Ok(out)
-    }
+/// One forward pass of [`Engine::score_passes`].
+#[derive(Debug, Clone, Copy)]
+pub struct Pass {
+    pub sequences: usize,
+    /// Real (unpadded) tokens of the sequences, without a shared prefix.
+    pub tokens: usize,
+    /// Longest sequence × sequences.
+    pub padded_tokens: usize,
+    /// The shared prefix the sequences continue (0 without one).
+    pub prefix_tokens: usize,
+    pub seconds: f64,
 }
 
 /// Consecutive index ranges whose padded token count (max length × count) fits the budget.

@@ -18,7 +18,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::{plan_batches, Engine};
+use crate::engine::{Engine, Pass};
 use crate::prompt::Prompt;
 
 use super::metrics::Metrics;
@@ -169,40 +169,16 @@ fn queue_loop(rx: Receiver<Cmd>, cfg: BatchConfig, metrics: Arc<Metrics>) {
     }
 }
 
-/// Runs one group of prompts through the model, split into budget-sized passes when needed.
-fn forward(engine: &Engine, prompts: &[&Prompt], budget: usize, metrics: &Metrics) -> Result<Vec<Vec<f32>>, String> {
-    let mut out = Vec::with_capacity(prompts.len());
-    for range in plan_batches(prompts.iter().map(|p| p.ids.len()), budget) {
-        let chunk = &prompts[range];
-        let longest = chunk.iter().map(|p| p.ids.len()).max().unwrap_or(0);
-        let real: usize = chunk.iter().map(|p| p.ids.len()).sum();
-        let padded = longest * chunk.len();
-        metrics.batch_size.observe(chunk.len() as f64);
-        metrics.batch_tokens.observe(padded as f64);
-        metrics.padding_ratio.observe(if padded == 0 { 0.0 } else { 1.0 - real as f64 / padded as f64 });
-        let t = Instant::now();
-        let res = std::panic::catch_unwind(AssertUnwindSafe(|| engine.score(chunk)));
-        metrics.inference_duration.observe(t.elapsed().as_secs_f64());
-        match res {
-            Ok(Ok(s)) => out.extend(s),
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("the model panicked on this batch".into()),
-        }
-    }
-    Ok(out)
-}
-
-/// Runs a shared-prefix job: the prefix once, the suffixes in budget-sized passes.
-fn forward_shared(engine: &Engine, prompts: &[&Prompt], prefix: usize, budget: usize, metrics: &Metrics) -> Result<Vec<Vec<f32>>, String> {
-    let longest = prompts.iter().map(|p| p.ids.len() - prefix).max().unwrap_or(0);
-    let real: usize = prompts.iter().map(|p| p.ids.len() - prefix).sum();
-    metrics.batch_size.observe(prompts.len() as f64);
-    metrics.batch_tokens.observe((prefix + longest * prompts.len()) as f64);
-    metrics.padding_ratio.observe(1.0 - real as f64 / (longest * prompts.len()).max(1) as f64);
-    let t = Instant::now();
-    let res = std::panic::catch_unwind(AssertUnwindSafe(|| engine.score_shared(prompts, prefix, budget)));
-    metrics.inference_duration.observe(t.elapsed().as_secs_f64());
-    match res {
+/// Runs prompts through the model (their shared prefix, if any, once), recording every forward
+/// pass in the metrics; a panic in the model becomes an error for these prompts only.
+fn forward(engine: &Engine, prompts: &[&Prompt], prefix: usize, budget: usize, metrics: &Metrics) -> Result<Vec<Vec<f32>>, String> {
+    let mut observe = |p: Pass| {
+        metrics.batch_size.observe(p.sequences as f64);
+        metrics.batch_tokens.observe((p.prefix_tokens + p.padded_tokens) as f64);
+        metrics.padding_ratio.observe(1.0 - p.tokens as f64 / p.padded_tokens.max(1) as f64);
+        metrics.inference_duration.observe(p.seconds);
+    };
+    match std::panic::catch_unwind(AssertUnwindSafe(|| engine.score_passes(prompts, prefix, budget, &mut observe))) {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("the model panicked on this batch".into()),
@@ -223,9 +199,9 @@ pub fn backend_loop(engine: Engine, queue: Queue, cfg: BatchConfig, metrics: Arc
         let results: Vec<Result<Vec<Vec<f32>>, String>> = if shared > 0 {
             metrics.shared_prefix_tokens.observe(shared as f64);
             metrics.prefix_saved_tokens.inc_by((shared * (n_seqs - 1)) as f64);
-            vec![forward_shared(&engine, &prompts, shared, cfg.max_batch_tokens, &metrics)]
+            vec![forward(&engine, &prompts, shared, cfg.max_batch_tokens, &metrics)]
         } else {
-            match forward(&engine, &prompts, cfg.max_batch_tokens, &metrics) {
+            match forward(&engine, &prompts, 0, cfg.max_batch_tokens, &metrics) {
             Ok(all) => {
                 let mut it = all.into_iter();
                 batch.iter().map(|j| Ok(it.by_ref().take(j.prompts.len()).collect())).collect()
@@ -233,7 +209,7 @@ pub fn backend_loop(engine: Engine, queue: Queue, cfg: BatchConfig, metrics: Arc
             Err(e) if batch.len() == 1 => vec![Err(e)],
             Err(_) => batch
                 .iter()
-                .map(|j| forward(&engine, &j.prompts.iter().collect::<Vec<_>>(), cfg.max_batch_tokens, &metrics))
+                .map(|j| forward(&engine, &j.prompts.iter().collect::<Vec<_>>(), 0, cfg.max_batch_tokens, &metrics))
                 .collect(),
             }
         };

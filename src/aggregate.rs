@@ -120,6 +120,53 @@ pub fn weighted_vote(answers: &[Option<String>], scores: &[Option<f32>]) -> Opti
     best.map(|b| (b.0.to_string(), b.2))
 }
 
+/// The candidate a selection picks: Best-of-N's argmax; for votes the best-scored candidate
+/// with the winning answer (for a majority vote whose winners are all unscored, its first).
+pub fn select(selection: Selection, answers: &[Option<String>], scores: &[Option<f32>]) -> Option<usize> {
+    match selection {
+        Selection::BestOfN => best_of_n(scores),
+        Selection::MajorityVote => majority_vote(answers).map(|(a, first)| {
+            best_of_n(&answers.iter().zip(scores).map(|(x, s)| if *x == a { *s } else { None }).collect::<Vec<_>>())
+                .unwrap_or(first)
+        }),
+        Selection::WeightedVote => weighted_vote(answers, scores).map(|(_, i)| i),
+    }
+}
+
+/// The candidates of one question, scored, ordered and selected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranking {
+    /// Each candidate's solution score, in request order (`None`: no step).
+    pub scores: Vec<Option<f32>>,
+    /// Candidate indices, best first (ties keep request order; unscored last), cut to `top_n`.
+    pub order: Vec<usize>,
+    /// The selection's pick (`None` when no candidate can be picked).
+    pub selected: Option<usize>,
+}
+
+/// Ranks candidates from their step scores and answers: every route and `medprm score` rank
+/// through this one function.
+pub fn rank(
+    step_scores: &[&[f32]],
+    answers: &[Option<String>],
+    aggregation: Aggregation,
+    selection: Selection,
+    top_n: Option<usize>,
+) -> Ranking {
+    let scores: Vec<Option<f32>> = step_scores.iter().map(|s| aggregation.apply(s)).collect();
+    let selected = select(selection, answers, &scores);
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    // Stable sort: ties keep request order.
+    order.sort_by(|&a, &b| match (scores[a], scores[b]) {
+        (Some(x), Some(y)) => y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    });
+    order.truncate(top_n.unwrap_or(order.len()));
+    Ranking { scores, order, selected }
+}
+
 fn answer_patterns() -> &'static [Regex] {
     static RE: OnceLock<Vec<Regex>> = OnceLock::new();
     RE.get_or_init(|| {
@@ -178,6 +225,29 @@ mod tests {
         assert_eq!(w, Some(("A".into(), 0)));
         let w = weighted_vote(&a(&["A", "B", "B"]), &[Some(0.8), Some(0.5), Some(0.4)]);
         assert_eq!(w, Some(("B".into(), 1)));
+    }
+
+    #[test]
+    fn rank_orders_cuts_and_selects() {
+        let a = |s: &[&str]| s.iter().map(|x| Some(x.to_string())).collect::<Vec<_>>();
+        let steps: [&[f32]; 5] = [&[0.5, 0.4], &[], &[0.9], &[0.4], &[0.9, 0.95]];
+        let answers = a(&["A", "B", "B", "A", "C"]);
+        let r = rank(&steps, &answers, Aggregation::Min, Selection::BestOfN, None);
+        assert_eq!(r.scores, vec![Some(0.4), None, Some(0.9), Some(0.4), Some(0.9)]);
+        assert_eq!(r.order, vec![2, 4, 0, 3, 1], "ties keep request order, unscored last");
+        assert_eq!(r.selected, Some(2));
+        let r = rank(&steps, &answers, Aggregation::Last, Selection::BestOfN, Some(2));
+        assert_eq!((r.order, r.selected), (vec![4, 2], Some(4)));
+        // Majority: A and B tie at two votes, A seen first; its best-scored candidate is 0.
+        let r = rank(&steps, &answers, Aggregation::Min, Selection::MajorityVote, None);
+        assert_eq!(r.selected, Some(0));
+        // Weighted: A sums 0.8, B 0.9 (the unscored B adds nothing), C 0.9 seen later.
+        let r = rank(&steps, &answers, Aggregation::Min, Selection::WeightedVote, None);
+        assert_eq!(r.selected, Some(2));
+        // A majority whose candidates are all unscored still selects its first.
+        let r = rank(&[&[], &[], &[0.3]], &a(&["B", "B", "A"]), Aggregation::Min, Selection::MajorityVote, None);
+        assert_eq!(r.selected, Some(0));
+        assert_eq!(rank(&[&[]], &[None], Aggregation::Min, Selection::BestOfN, None).selected, None);
     }
 
     #[test]

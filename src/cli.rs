@@ -1,17 +1,22 @@
-//! Offline subcommands: `medprm score` (a drop-in for the official Med-PRM scoring script),
-//! `medprm gen-test-model` and `medprm convert-gguf`.
+//! `medprm score`: a drop-in for the official Med-PRM scoring script. It reads test-set records,
+//! runs each through the same scoring core as the server ([`crate::infer`], in process) and
+//! writes the official output fields and an accuracy summary.
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::aggregate::{best_of_n, extract_answer, majority_vote, weighted_vote, Aggregation};
+use crate::aggregate::{extract_answer, select, Aggregation, Selection};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::prompt::{Prompt, Solution};
+use crate::infer::{BatchConfig, Candidate, Documents, Infer, InferConfig, ScoreJob};
+use crate::metrics::Metrics;
+use crate::prompt::Solution;
+use crate::retrieval::Mode;
 
 /// Reads a JSON array or JSONL file of records.
 pub fn read_records(path: &Path) -> Result<Vec<Value>> {
@@ -75,7 +80,40 @@ pub struct ScoreSummary {
     pub accuracy: Vec<(String, usize, f64, f64, f64)>,
 }
 
-pub fn score_file(engine: &Engine, args: &ScoreArgs) -> Result<ScoreSummary> {
+/// The scoring core for one offline run: the request limits of a server do not apply.
+fn offline_core(args: &ScoreArgs) -> Infer {
+    let (retrieve_k, retrieve_mode) = args.retrieve.as_ref().map_or((0, Mode::default()), |(_, k, m)| (*k, *m));
+    let cfg = InferConfig {
+        batch: BatchConfig { max_batch_tokens: args.max_batch_tokens, max_batch_requests: usize::MAX, max_queue_delay: Duration::ZERO },
+        max_concurrent_candidates: tokio::sync::Semaphore::MAX_PERMITS,
+        max_candidates: usize::MAX,
+        max_input_tokens: usize::MAX,
+        tokenization_workers: 1,
+        prefix_sharing: args.prefix_sharing,
+        retrieval: args.retrieve.is_some(),
+        retrieve_k,
+        retrieve_mode,
+        retrieve_cache: 64,
+    };
+    Infer::new(cfg, Arc::new(Metrics::new()))
+}
+
+/// The answer a record's solution gives: its `answer` field (`null`: none), else the one its
+/// scored steps commit to.
+fn record_answer(sol: &Value, steps: &[String]) -> Option<String> {
+    match sol.get("answer") {
+        Some(Value::String(a)) => Some(a.trim().to_string()),
+        Some(Value::Null) => None,
+        Some(other) => Some(other.to_string()),
+        None => extract_answer(&steps.join(" ")),
+    }
+}
+
+/// Scores a Med-PRM test-set style file through the same core as the server (in process).
+pub fn score_file(engine: Engine, mut args: ScoreArgs) -> Result<ScoreSummary> {
+    if let Some((_, k, _)) = &args.retrieve {
+        crate::retrieval::check_k(*k, "--retrieve-k")?;
+    }
     let records = read_records(&args.input)?;
     let n_records = records.len();
     let out_file = std::fs::File::create(&args.output).map_err(|e| Error::bad_file(&args.output, e))?;
@@ -92,62 +130,28 @@ pub fn score_file(engine: &Engine, args: &ScoreArgs) -> Result<ScoreSummary> {
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let infer = offline_core(&args);
+    if let Some((index, _, _)) = args.retrieve.take() {
+        infer.set_index(index);
+    }
+    // The backend thread lives until the process ends (it owns the engine).
+    infer.start(engine);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Backend(e.to_string()))?;
     let start = Instant::now();
     let (mut tokens, mut solutions) = (0usize, 0usize);
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     for (ri, mut rec) in records.into_iter().enumerate() {
-        let question = rec
-            .get("question")
-            .and_then(|q| q.as_str())
-            .ok_or_else(|| Error::input(format!("records[{ri}].question"), "missing or not a string"))?
-            .to_string();
-        let docs: Vec<String> = match rec.get("related_docs") {
-            None | Some(Value::Null) => vec![],
-            Some(Value::Array(a)) => a
-                .iter()
-                .enumerate()
-                .map(|(di, d)| {
-                    d.as_str().map(String::from).ok_or_else(|| {
-                        Error::input(format!("records[{ri}].related_docs[{di}]"), "not a string")
-                    })
-                })
-                .collect::<Result<_>>()?,
-            Some(_) => return Err(Error::input(format!("records[{ri}].related_docs"), "not an array")),
-        };
-        let (docs, retrieved) = match &args.retrieve {
-            None => (docs, None),
-            Some((index, k, mode)) => {
-                let hits = index.search(&crate::retrieval::query_for(&question, &[], false), *k, *mode)?;
-                (hits.iter().map(|h| h.text.clone()).collect(), Some(hits))
-            }
-        };
-        let ctx = engine.builder.context(&question, &docs)?;
-        let sols = rec.get("solutions").and_then(|s| s.as_array()).cloned().unwrap_or_default();
-        let prompts: Vec<Prompt> = sols
-            .iter()
-            .enumerate()
-            .map(|(si, s)| engine.builder.prompt(&ctx, &solution_of(s, &format!("records[{ri}].solutions[{si}]"))?))
-            .collect::<Result<_>>()?;
-        let refs: Vec<&Prompt> = prompts.iter().collect();
-        let shared = if args.prefix_sharing { crate::prompt::shared_prefix_len(&refs) } else { 0 };
-        let scores = engine.score_shared(&refs, shared, args.max_batch_tokens)?;
-        tokens += prompts.iter().map(|p| p.ids.len()).sum::<usize>();
-        solutions += prompts.len();
-        bar.inc(prompts.len() as u64);
+        let job = record_job(&rec, ri, &args, infer.config())?;
+        let scored = rt.block_on(infer.score(job))?;
+        tokens += scored.usage.prompt_tokens;
+        solutions += scored.candidates.len();
+        bar.inc(scored.candidates.len() as u64);
 
-        let agg: Vec<Option<f32>> = scores.iter().map(|s| args.aggregation.apply(s)).collect();
-        let answers: Vec<Option<String>> = sols
-            .iter()
-            .zip(&prompts)
-            .map(|(s, p)| match s.get("answer") {
-                Some(Value::String(a)) => Some(a.trim().to_string()),
-                Some(Value::Null) => None,
-                Some(other) => Some(other.to_string()),
-                None => extract_answer(&p.steps.join(" ")),
-            })
-            .collect();
+        let sols = rec.get("solutions").and_then(|s| s.as_array()).cloned().unwrap_or_default();
+        let answers: Vec<Option<String>> = sols.iter().zip(&scored.candidates).map(|(s, c)| record_answer(s, &c.steps)).collect();
         if let Some(arr) = rec.get_mut("solutions").and_then(|s| s.as_array_mut()) {
-            for (sol, s) in arr.iter_mut().zip(&scores) {
+            for (sol, c) in arr.iter_mut().zip(&scored.candidates) {
+                let s = &c.scores;
                 if let Value::Object(o) = sol {
                     o.insert("PRM_score_list".into(), json!(s.iter().map(|&v| v as f64).collect::<Vec<_>>()));
                     o.insert("PRM_min_score".into(), score_value(Aggregation::Min.apply(s)));
@@ -158,16 +162,11 @@ pub fn score_file(engine: &Engine, args: &ScoreArgs) -> Result<ScoreSummary> {
                 }
             }
         }
-        let best = best_of_n(&agg);
+        let best = scored.ranking.selected;
         if let Value::Object(o) = &mut rec {
-            o.insert("_n_docs_kept".into(), json!(ctx.n_docs_kept));
-            if let Some(hits) = &retrieved {
-                let cites: Vec<Value> = hits
-                    .iter()
-                    .take(ctx.n_docs_kept)
-                    .map(|h| json!({"id": h.id, "title": h.title, "source": h.source, "rank": h.rank, "score": h.score}))
-                    .collect();
-                o.insert("_retrieved_docs".into(), json!(cites));
+            o.insert("_n_docs_kept".into(), json!(scored.documents.kept));
+            if scored.documents.source == "retrieval" {
+                o.insert("_retrieved_docs".into(), json!(scored.documents.citations));
             }
             o.insert("_best_of_n".into(), best.map(|b| json!(b)).unwrap_or(Value::Null));
         }
@@ -178,15 +177,18 @@ pub fn score_file(engine: &Engine, args: &ScoreArgs) -> Result<ScoreSummary> {
                 Some(s) => s == 1.0,
                 None => answers[i].as_deref() == Some(correct.as_str()),
             };
+            let gives_correct = |sel: Selection| {
+                select(sel, &answers, &scored.ranking.scores).is_some_and(|i| answers[i].as_deref() == Some(correct.as_str()))
+            };
             let t = tallies.entry(source).or_default();
             t.questions += 1;
             if best.is_some_and(is_right) {
                 t.best_of_n += 1;
             }
-            if majority_vote(&answers).is_some_and(|(a, _)| a.as_deref() == Some(correct.as_str())) {
+            if gives_correct(Selection::MajorityVote) {
                 t.majority += 1;
             }
-            if weighted_vote(&answers, &agg).is_some_and(|(a, _)| a == correct) {
+            if gives_correct(Selection::WeightedVote) {
                 t.weighted += 1;
             }
         }
@@ -206,6 +208,44 @@ pub fn score_file(engine: &Engine, args: &ScoreArgs) -> Result<ScoreSummary> {
             .map(|(k, t)| (k, t.questions, pct(t.best_of_n, t.questions), pct(t.majority, t.questions), pct(t.weighted, t.questions)))
             .collect(),
     })
+}
+
+/// One record as a scoring job: its question, its solutions as candidates, and its
+/// `related_docs` (or one search of the index).
+fn record_job(rec: &Value, ri: usize, args: &ScoreArgs, cfg: &InferConfig) -> Result<ScoreJob> {
+    let question = rec
+        .get("question")
+        .and_then(|q| q.as_str())
+        .ok_or_else(|| Error::input(format!("records[{ri}].question"), "missing or not a string"))?
+        .to_string();
+    let docs: Vec<String> = match rec.get("related_docs") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(di, d)| {
+                d.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| Error::input(format!("records[{ri}].related_docs[{di}]"), "not a string"))
+            })
+            .collect::<Result<_>>()?,
+        Some(_) => return Err(Error::input(format!("records[{ri}].related_docs"), "not an array")),
+    };
+    let documents = if cfg.retrieval {
+        Documents::Retrieve { query: crate::retrieval::query_for(&question, &[], false), k: cfg.retrieve_k, mode: cfg.retrieve_mode }
+    } else {
+        Documents::Caller(docs)
+    };
+    let sols = rec.get("solutions").and_then(|s| s.as_array()).map(Vec::as_slice).unwrap_or_default();
+    let candidates = sols
+        .iter()
+        .enumerate()
+        .map(|(si, s)| {
+            let field = format!("records[{ri}].solutions[{si}]");
+            Ok(Candidate { solution: solution_of(s, &field)?, field, answer: None })
+        })
+        .collect::<Result<_>>()?;
+    Ok(ScoreJob { question, candidates, documents, aggregation: args.aggregation, selection: Selection::BestOfN, top_n: None })
 }
 
 impl ScoreSummary {

@@ -1,5 +1,6 @@
 //! Errors of the scoring core. Loading problems say which file and what is wrong with it;
-//! input problems name the field.
+//! input problems name the field; `NotReady`, `Overloaded` and `Backend` are the serving core's
+//! answers that the HTTP layer turns into 503, 429 and 424.
 
 use std::path::PathBuf;
 
@@ -23,6 +24,15 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The model is still loading or warming up.
+    #[error("not ready: the model is loading or warming up")]
+    NotReady,
+    /// Too many candidates in flight; the caller should retry later.
+    #[error("overloaded: too many candidates in flight")]
+    Overloaded,
+    /// A worker, the queue or the model failed on this request.
+    #[error("{0}")]
+    Backend(String),
 }
 
 impl Error {

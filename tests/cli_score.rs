@@ -12,7 +12,7 @@ fn golden_cases() -> Vec<Value> {
 
 #[test]
 fn score_writes_official_fields_and_summary() {
-    let model = medprm::testmodel::ensure().expect("test model");
+    let model = medprm::tools::testmodel::ensure().expect("test model");
     let cases = golden_cases();
     let pick = |n: &str| cases.iter().find(|c| c["name"] == n).unwrap().clone();
     let group: Vec<Value> = (0..4).map(|j| pick(&format!("rank_group_{j}"))).collect();
@@ -84,7 +84,7 @@ fn score_writes_official_fields_and_summary() {
 
 #[test]
 fn score_reports_bad_input_by_field() {
-    let model = medprm::testmodel::ensure().expect("test model");
+    let model = medprm::tools::testmodel::ensure().expect("test model");
     let dir = std::env::temp_dir().join(format!("medprm-cli-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let input = dir.join("in.json");

@@ -16,7 +16,7 @@ fn load(path: std::path::PathBuf, dequantize: Option<bool>) -> Engine {
 
 fn gguf_dequantized() -> &'static Engine {
     static E: OnceLock<Engine> = OnceLock::new();
-    E.get_or_init(|| load(medprm::testmodel::smollm2_gguf().expect("assets"), Some(true)))
+    E.get_or_init(|| load(medprm::tools::testmodel::smollm2_gguf().expect("assets"), Some(true)))
 }
 
 fn prompts(e: &Engine) -> Vec<Prompt> {
@@ -69,7 +69,7 @@ fn smollm2_gguf_loads_with_its_metadata_tokenizer_and_template() {
 
 #[test]
 fn gguf_scores_agree_with_the_dequantized_safetensors_directory() {
-    let hf = load(medprm::testmodel::smollm2_dequantized().expect("convert"), None);
+    let hf = load(medprm::tools::testmodel::smollm2_dequantized().expect("convert"), None);
     let g = gguf_dequantized();
     // Same tokenizer and template carried over.
     let (pg, ph) = (prompts(g), prompts(&hf));
@@ -85,7 +85,7 @@ fn gguf_scores_agree_with_the_dequantized_safetensors_directory() {
 
 #[test]
 fn quantized_kernels_agree_with_dequantized_weights() {
-    let q = load(medprm::testmodel::smollm2_gguf().expect("assets"), Some(false));
+    let q = load(medprm::tools::testmodel::smollm2_gguf().expect("assets"), Some(false));
     assert!(q.model.quantized());
     // candle's Q4_1 kernels quantize activations to 8 bits per block: close, not identical.
     let (a, b) = (scores(&q), scores(gguf_dequantized()));

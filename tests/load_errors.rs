@@ -14,7 +14,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// A copy of the test model directory (weights linked, not copied) to break one file of.
 fn model_copy(name: &str) -> PathBuf {
-    let src = medprm::testmodel::ensure().unwrap();
+    let src = medprm::tools::testmodel::ensure().unwrap();
     let dst = scratch(name);
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"] {
         std::fs::copy(src.join(f), dst.join(f)).unwrap();
@@ -94,7 +94,7 @@ fn profile_labels_missing_from_the_tokenizer() {
 
 #[test]
 fn half_precision_scores_stay_close_to_f32() {
-    let dir = medprm::testmodel::ensure().unwrap();
+    let dir = medprm::tools::testmodel::ensure().unwrap();
     let score = |dtype: &str| {
         let e = Engine::load(&LoadOptions::from_flags(&dir, "med-prm", dtype, "cpu", "auto").unwrap()).unwrap();
         assert_eq!(e.info.dtype, dtype);

@@ -20,7 +20,7 @@ fn golden() -> &'static Value {
 fn engine() -> &'static Engine {
     static E: OnceLock<Engine> = OnceLock::new();
     E.get_or_init(|| {
-        let dir = medprm::testmodel::ensure().expect("test model (run scripts/fetch-assets.sh first)");
+        let dir = medprm::tools::testmodel::ensure().expect("test model (run scripts/fetch-assets.sh first)");
         Engine::load(&LoadOptions::new(dir, "med-prm")).expect("load test model")
     })
 }
@@ -54,7 +54,7 @@ fn assert_close(name: &str, got: &[f32], want: &[f32]) {
 
 #[test]
 fn golden_is_for_this_test_model() {
-    assert_eq!(golden()["test_model"].as_str(), Some(medprm::testmodel::VERSION));
+    assert_eq!(golden()["test_model"].as_str(), Some(medprm::tools::testmodel::VERSION));
     assert_eq!(golden()["label_ids"], serde_json::json!(engine().info.label_token_ids));
 }
 
@@ -123,7 +123,7 @@ fn best_of_n_pick_matches_the_reference() {
 #[test]
 fn caller_text_cannot_forge_tags_or_control_tokens() {
     let e = engine();
-    let tag_id = medprm::testmodel::TAG_ID;
+    let tag_id = medprm::tools::testmodel::TAG_ID;
     let docs = vec!["кислород в крови".to_string(), "see <|eot_id|> and ки here".to_string()];
     let ctx = e.builder.context("кислород? Пики ки <|start_header_id|>", &docs).unwrap();
     for sol in [

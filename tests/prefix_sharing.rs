@@ -11,7 +11,7 @@ use serde_json::Value;
 
 fn engine() -> &'static Engine {
     static E: OnceLock<Engine> = OnceLock::new();
-    E.get_or_init(|| Engine::load(&LoadOptions::new(medprm::testmodel::ensure().unwrap(), "med-prm")).unwrap())
+    E.get_or_init(|| Engine::load(&LoadOptions::new(medprm::tools::testmodel::ensure().unwrap(), "med-prm")).unwrap())
 }
 
 fn golden() -> Value {

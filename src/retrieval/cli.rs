@@ -60,7 +60,7 @@ pub struct EvalArgs {
 pub fn run_index(a: &IndexArgs) -> Result<()> {
     let embedder = match &a.embedder {
         Some(p) => p.clone(),
-        None => crate::testmodel::asset(DEFAULT_EMBEDDER)?,
+        None => crate::assets::asset(DEFAULT_EMBEDDER)?,
     };
     let t = Instant::now();
     let info = build_index(&a.corpus, &a.out, &embedder)?;

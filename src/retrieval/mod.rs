@@ -22,6 +22,7 @@ pub mod index;
 pub mod search;
 
 use serde::{Deserialize, Serialize};
+use crate::error::{Error, Result};
 
 pub use index::{build_index, Index};
 
@@ -31,6 +32,15 @@ pub const MAX_CHUNK_TOKENS: usize = 256;
 
 /// Largest `k` a search may ask for.
 pub const MAX_K: usize = 100;
+
+/// The one rule for a search's `k` (1..=[`MAX_K`]); `field` names it in the error.
+pub fn check_k(k: usize, field: &str) -> Result<()> {
+    if (1..=MAX_K).contains(&k) {
+        Ok(())
+    } else {
+        Err(Error::input(field, format!("must be between 1 and {MAX_K}, got {k}")))
+    }
+}
 
 /// How a query is matched against the chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema)]

@@ -9,7 +9,7 @@ use tantivy::query::BooleanQuery;
 use tantivy::Term;
 
 use super::index::Index;
-use super::{Hit, Mode, MAX_K};
+use super::{Hit, Mode};
 use crate::error::{Error, Result};
 
 /// Each ranking contributes its top `FUSION_DEPTH` (or `k`, if larger) to the fusion.
@@ -27,9 +27,7 @@ fn sort_ranking(r: &mut Ranking) {
 impl Index {
     /// The `k` best chunks for `query` (k in 1..=100).
     pub fn search(&self, query: &str, k: usize, mode: Mode) -> Result<Vec<Hit>> {
-        if !(1..=MAX_K).contains(&k) {
-            return Err(Error::input("k", format!("must be between 1 and {MAX_K}, got {k}")));
-        }
+        super::check_k(k, "k")?;
         if query.trim().is_empty() {
             return Err(Error::input("query", "must not be empty"));
         }

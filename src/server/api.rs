@@ -5,10 +5,10 @@ use utoipa::ToSchema;
 
 use crate::aggregate::{Aggregation, Selection};
 use crate::engine::ModelInfo;
-use crate::prompt::Solution;
+use crate::infer::{CandidateRequest, Candidates, JobRequest, Scored, ScoredCandidate};
 use crate::retrieval::{Hit, IndexInfo, Mode};
 
-use super::error::ApiError;
+pub use crate::infer::{Citation, DocumentsUsed, RetrieveOptions, Usage};
 
 /// Score every step of one solution.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -33,22 +33,6 @@ pub struct ScoreRequest {
     pub retrieve: Option<RetrieveOptions>,
 }
 
-/// Retrieval for a scoring request: one search per request, shared by all its candidates.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetrieveOptions {
-    /// Documents to retrieve before the budget keeps a prefix of them (default: the server's
-    /// `--retrieve-k`, else 5).
-    #[serde(default)]
-    pub k: Option<usize>,
-    #[serde(default)]
-    pub mode: Option<Mode>,
-    /// Add the solution's steps to the query (the question alone is Med-PRM's practice);
-    /// /v1/score only.
-    #[serde(default)]
-    pub include_steps: bool,
-}
-
 /// Search the guideline index.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -66,16 +50,6 @@ pub struct RetrieveRequest {
 pub struct RetrieveResponse {
     /// Best first; each with its text as the PRM prompt holds it, its source and metadata.
     pub documents: Vec<Hit>,
-}
-
-/// A retrieved document the budget kept: what a caller can cite.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Citation {
-    pub id: String,
-    pub title: String,
-    pub source: String,
-    pub rank: usize,
-    pub score: f32,
 }
 
 /// One candidate solution of a rank request.
@@ -139,30 +113,6 @@ impl Aggregates {
             prod: Aggregation::Prod.apply(scores),
         }
     }
-}
-
-/// The documents the budget kept (a prefix of those supplied or retrieved).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DocumentsUsed {
-    /// `caller`, `retrieval` or `none`.
-    pub source: String,
-    /// Kept retrieved documents, in prompt order (empty for caller documents).
-    pub citations: Vec<Citation>,
-    /// Documents supplied or retrieved before the budget.
-    pub supplied: usize,
-    pub kept: usize,
-    /// Tokens the kept documents use (each counted with its +1), out of `budget`.
-    pub tokens: usize,
-    pub budget: usize,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Usage {
-    /// Prompt tokens of all candidates (a shared prefix counted for each; `x-compute-tokens`
-    /// counts it once).
-    pub prompt_tokens: usize,
-    pub candidates: usize,
-    pub steps: usize,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -243,14 +193,78 @@ pub struct HealthResponse {
     pub status: String,
 }
 
-/// A caller's solution: exactly one of `steps` or `solution`.
-pub fn solution_of(steps: Option<Vec<String>>, solution: Option<String>, field: &str) -> Result<Solution, ApiError> {
-    match (steps, solution) {
-        (Some(_), Some(_)) => Err(ApiError::Validation(format!("{field}: give either `steps` or `solution`, not both"))),
-        (None, None) => Err(ApiError::Validation(format!("{field}: `steps` or `solution` is required"))),
-        (Some(s), None) if s.is_empty() => Err(ApiError::Validation(format!("{field}.steps: must not be empty"))),
-        (Some(s), None) => Ok(Solution::Steps(s)),
-        (None, Some(t)) if t.trim().is_empty() => Err(ApiError::Validation(format!("{field}.solution: must not be empty"))),
-        (None, Some(t)) => Ok(Solution::Raw(t)),
+impl From<ScoreRequest> for JobRequest {
+    fn from(r: ScoreRequest) -> Self {
+        JobRequest {
+            question: r.question,
+            candidates: Candidates::One(CandidateRequest { steps: r.steps, solution: r.solution, answer: None }),
+            documents: r.documents,
+            retrieve: r.retrieve,
+            aggregation: r.aggregation,
+            selection: None,
+            top_n: None,
+        }
+    }
+}
+
+impl From<RankRequest> for JobRequest {
+    fn from(r: RankRequest) -> Self {
+        JobRequest {
+            question: r.question,
+            candidates: Candidates::Many(
+                r.candidates
+                    .into_iter()
+                    .map(|c| CandidateRequest { steps: c.steps, solution: c.solution, answer: c.answer })
+                    .collect(),
+            ),
+            documents: r.documents,
+            retrieve: r.retrieve,
+            aggregation: r.aggregation,
+            selection: r.selection,
+            top_n: r.top_n,
+        }
+    }
+}
+
+fn step_scores(c: &ScoredCandidate) -> Vec<StepScore> {
+    c.steps.iter().zip(&c.scores).enumerate().map(|(index, (text, &score))| StepScore { index, text: text.clone(), score }).collect()
+}
+
+impl From<Scored> for ScoreResponse {
+    fn from(s: Scored) -> Self {
+        let c = &s.candidates[0];
+        ScoreResponse {
+            steps: step_scores(c),
+            aggregates: Aggregates::of(&c.scores),
+            aggregation: s.aggregation,
+            score: s.ranking.scores[0],
+            answer: c.answer.clone(),
+            documents: s.documents,
+            usage: s.usage,
+        }
+    }
+}
+
+impl From<Scored> for RankResponse {
+    fn from(s: Scored) -> Self {
+        let (c, r) = (&s.candidates, &s.ranking);
+        RankResponse {
+            candidates: r
+                .order
+                .iter()
+                .map(|&i| RankedCandidate {
+                    index: i,
+                    score: r.scores[i],
+                    steps: step_scores(&c[i]),
+                    aggregates: Aggregates::of(&c[i].scores),
+                    answer: c[i].answer.clone(),
+                })
+                .collect(),
+            selected: r.selected.map(|i| Selected { index: i, answer: c[i].answer.clone(), score: r.scores[i] }),
+            selection: s.selection,
+            aggregation: s.aggregation,
+            documents: s.documents,
+            usage: s.usage,
+        }
     }
 }

@@ -14,7 +14,7 @@ pub struct Server {
 impl Server {
     /// Starts the server on the test model with extra flags; does not wait for readiness.
     pub fn start(args: &[&str]) -> Server {
-        let model = medprm::testmodel::ensure().expect("test model (run scripts/fetch-assets.sh)");
+        let model = medprm::tools::testmodel::ensure().expect("test model (run scripts/fetch-assets.sh)");
         Self::start_model(&model, args)
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const RECORDS: &str = include_str!("../data/bench-records.json");
+const RECORDS: &str = include_str!("../../data/bench-records.json");
 
 #[derive(Debug, Clone)]
 pub struct LoadConfig {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::engine::{Engine, Pass};
 use crate::prompt::Prompt;
 
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 pub struct Job {
     pub prompts: Vec<Prompt>,
@@ -37,7 +37,7 @@ impl Job {
         self.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0)
     }
     /// Tokens the forward passes of this job compute (a shared prefix counted once).
-    fn compute_tokens(&self) -> usize {
+    pub fn compute_tokens(&self) -> usize {
         self.tokens() - self.shared_prefix * self.prompts.len().saturating_sub(1)
     }
     fn tokens(&self) -> usize {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
+use crate::assets::{asset, medprm_home};
 use crate::error::{Error, Result};
 use crate::model::gguf::write_json;
 use crate::rng::SplitMix64;
@@ -29,34 +30,7 @@ pub const KV_HEADS: usize = 2;
 pub const VOCAB: usize = 128_257;
 pub const TAG_ID: u32 = 128_256;
 
-pub const LLAMA31_TEMPLATE: &str = include_str!("../templates/llama-3.1.jinja");
-
-/// Where the fetched assets are: `$MEDPRM_ASSETS`, else `$MEDPRM_HOME/assets`, else
-/// `~/.cache/medprm/assets` (what `scripts/fetch-assets.sh` fills).
-pub fn assets_dir() -> PathBuf {
-    if let Ok(p) = std::env::var("MEDPRM_ASSETS") {
-        return PathBuf::from(p);
-    }
-    medprm_home().join("assets")
-}
-
-pub fn medprm_home() -> PathBuf {
-    if let Ok(p) = std::env::var("MEDPRM_HOME") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-    PathBuf::from(home).join(".cache").join("medprm")
-}
-
-/// A file of the fetched assets, with a clear error when the assets were not fetched.
-pub fn asset(rel: &str) -> Result<PathBuf> {
-    let p = assets_dir().join(rel);
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(Error::bad_file(&p, "asset missing: run scripts/fetch-assets.sh (or `make assets`)"))
-    }
-}
+pub const LLAMA31_TEMPLATE: &str = include_str!("../../templates/llama-3.1.jinja");
 
 /// The test model directory, generated on first use under `$MEDPRM_HOME/test-models/`.
 pub fn ensure() -> Result<PathBuf> {

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
+use crate::assets::synthetic_prompt;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::prompt::{Prompt, Solution};
@@ -22,20 +23,6 @@ pub fn gemm_peak(device: &Device, m: usize, k: usize, n: usize, iters: usize) ->
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * (m * k * n) as f64 / best / 1e9)
-}
-
-/// A synthetic Med-PRM-style prompt of about `tokens` tokens with `steps` steps.
-pub fn synthetic_prompt(engine: &Engine, tokens: usize, steps: usize) -> Result<Prompt> {
-    let sentence = "Chronic kidney disease is staged by eGFR and albuminuria; ACE inhibitors slow progression in albuminuric patients. ";
-    let per = engine.builder.tokenizer.count(sentence)?.max(1);
-    let doc_tokens = tokens.saturating_sub(steps * 40 + 200);
-    let docs: Vec<String> = (0..(doc_tokens / per).div_ceil(16).max(1))
-        .map(|_| sentence.repeat(16.min(doc_tokens / per).max(1)))
-        .collect();
-    let ctx = engine.builder.context("A 64-year-old man with diabetes has an eGFR of 38. Which drug slows progression?\n\n(A) Lisinopril\n(B) Ibuprofen", &docs)?;
-    let step = "The patient has stage 3b chronic kidney disease with diabetes, so renin-angiotensin blockade is indicated to reduce progression.";
-    let sol = Solution::Steps((0..steps).map(|_| step.to_string()).collect());
-    engine.builder.prompt(&ctx, &sol)
 }
 
 pub struct EngineBench {
@@ -91,7 +78,7 @@ pub struct PrefixBench {
 }
 
 pub fn bench_prefix(engine: &Engine, candidates: usize, prefix_tokens: usize, suffix_tokens: usize, max_batch_tokens: usize) -> Result<PrefixBench> {
-    let data: serde_json::Value = serde_json::from_str(include_str!("../data/bench-records.json")).expect("bench records");
+    let data: serde_json::Value = serde_json::from_str(include_str!("../../data/bench-records.json")).expect("bench records");
     let recs = data["records"].as_array().expect("records");
     let tok = &engine.builder.tokenizer;
     // Documents: the bench documents, then guideline-like sentences, to reach the prefix size.

@@ -1,0 +1,258 @@
+//! The scoring core: every route and `medprm score` run one [`ScoreJob`] through [`Infer::score`].
+//!
+//! permits (429 when full) → documents (caller's, or one cached search) → prompts and tokens on a
+//! worker thread → token limit → shared-prefix decision → [`queue`] → backend thread (owns the
+//! model) → step scores → answers and [`crate::aggregate::rank`] → [`Scored`].
+//!
+//! Requests enter through [`validate`] (request → job, errors naming the field); routes only
+//! translate their JSON to a [`validate::JobRequest`] and a [`Scored`] back.
+
+pub mod job;
+pub mod queue;
+mod retrieve;
+pub mod validate;
+mod workers;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+
+use crate::aggregate::{extract_answer, rank};
+use crate::engine::{Engine, ModelInfo};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::prompt::{shared_prefix_len, PromptBuilder};
+use crate::retrieval::{Index, Mode};
+
+pub use job::{Candidate, Citation, Documents, DocumentsUsed, ScoreJob, Scored, ScoredCandidate, Timings, Usage};
+pub use queue::BatchConfig;
+pub use validate::{CandidateRequest, Candidates, RetrieveOptions, JobRequest};
+use workers::Workers;
+
+/// Limits and defaults of the scoring core (`medprm serve` flags; `medprm score` lifts the
+/// request limits).
+#[derive(Debug, Clone)]
+pub struct InferConfig {
+    pub batch: BatchConfig,
+    /// Candidates in flight (queued or running) before a job is refused as overloaded.
+    pub max_concurrent_candidates: usize,
+    /// Candidates per request.
+    pub max_candidates: usize,
+    /// Longest prompt accepted, in tokens.
+    pub max_input_tokens: usize,
+    pub tokenization_workers: usize,
+    /// Run the question+documents prefix the candidates share once.
+    pub prefix_sharing: bool,
+    /// Whether an index is (or will be) open: retrieval requests are refused without one.
+    pub retrieval: bool,
+    /// Documents retrieved for requests that carry none (0: only when a request asks).
+    pub retrieve_k: usize,
+    pub retrieve_mode: Mode,
+    /// Entries of the retrieval cache.
+    pub retrieve_cache: usize,
+}
+
+pub struct Infer {
+    cfg: InferConfig,
+    builder: OnceLock<Arc<PromptBuilder>>,
+    info: OnceLock<ModelInfo>,
+    index: OnceLock<Arc<Index>>,
+    ready: AtomicBool,
+    permits: Arc<Semaphore>,
+    queue: queue::Queue,
+    workers: Workers,
+    retrieval_cache: retrieve::RetrievalCache,
+    metrics: Arc<Metrics>,
+}
+
+impl Infer {
+    /// Starts the queue and the worker threads; the model arrives later ([`Infer::set_model`],
+    /// [`Infer::start`]) so that a server can answer probes while it loads.
+    pub fn new(cfg: InferConfig, metrics: Arc<Metrics>) -> Self {
+        Infer {
+            permits: Arc::new(Semaphore::new(cfg.max_concurrent_candidates)),
+            queue: queue::Queue::spawn(cfg.batch, metrics.clone()),
+            workers: Workers::new(cfg.tokenization_workers),
+            retrieval_cache: retrieve::cache(cfg.retrieve_cache),
+            builder: OnceLock::new(),
+            info: OnceLock::new(),
+            index: OnceLock::new(),
+            ready: AtomicBool::new(false),
+            metrics,
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &InferConfig {
+        &self.cfg
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// What was loaded (`None` while the model loads).
+    pub fn info(&self) -> Option<&ModelInfo> {
+        self.info.get()
+    }
+
+    /// The guideline index (`None` without one, or while it opens).
+    pub fn index(&self) -> Option<&Arc<Index>> {
+        self.index.get()
+    }
+
+    pub fn set_index(&self, index: Index) {
+        let _ = self.index.set(Arc::new(index));
+    }
+
+    /// Model loaded and warmed up: jobs are accepted.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn builder(&self) -> Result<&Arc<PromptBuilder>> {
+        self.builder.get().ok_or(Error::NotReady)
+    }
+
+    /// Publishes the loaded model's prompt builder and info (not ready yet: see [`Infer::start`]).
+    pub fn set_model(&self, engine: &Engine) {
+        let i = &engine.info;
+        self.metrics.model_info.with_label_values(&[&i.model, &i.profile, &i.format, &i.dtype, &i.device]).set(1.0);
+        let _ = self.info.set(engine.info.clone());
+        let _ = self.builder.set(engine.builder.clone());
+    }
+
+    /// Hands the (warmed-up) engine to the backend thread that owns it from now on; jobs are
+    /// accepted from this call.
+    pub fn start(&self, engine: Engine) -> std::thread::JoinHandle<()> {
+        self.set_model(&engine);
+        let (q, cfg, metrics) = (self.queue.clone(), self.cfg.batch, self.metrics.clone());
+        let handle = std::thread::Builder::new()
+            .name("medprm-backend".into())
+            .spawn(move || {
+                queue::backend_loop(engine, q, cfg, metrics.clone());
+                metrics.backend_up.set(0);
+            })
+            .expect("spawn backend thread");
+        self.metrics.backend_up.set(1);
+        self.metrics.ready.set(1);
+        self.ready.store(true, Ordering::Release);
+        handle
+    }
+
+    /// Scores, ranks and selects the candidates of one job.
+    pub async fn score(&self, job: ScoreJob) -> Result<Scored> {
+        let builder = self.builder()?.clone();
+        let n = job.candidates.len();
+        // Permits are counted in candidates; a full core refuses at once.
+        let permit = self.permits.clone().try_acquire_many_owned(n as u32).map_err(|_| Error::Overloaded)?;
+        self.metrics.in_flight_candidates.add(n as i64);
+        let _in_flight = InFlight(&self.metrics, n);
+        let mut timings = Timings::default();
+
+        let t = Instant::now();
+        let (documents, hits) = match job.documents {
+            Documents::Caller(d) => (d, None),
+            Documents::Retrieve { query, k, mode } => {
+                let hits = self.search(query, k, mode).await?;
+                timings.retrieval = t.elapsed();
+                (hits.iter().map(|h| h.text.clone()).collect(), Some(hits))
+            }
+        };
+        let supplied = documents.len();
+
+        let t = Instant::now();
+        let (solutions, answers): (Vec<_>, Vec<_>) =
+            job.candidates.into_iter().map(|c| ((c.field, c.solution), c.answer)).unzip();
+        let (b, question) = (builder.clone(), job.question);
+        let (kept, doc_tokens, prompts) = self
+            .workers
+            .run(move || -> Result<_> {
+                let ctx = b.context(&question, &documents)?;
+                let prompts = solutions
+                    .iter()
+                    .map(|(field, s)| {
+                        b.prompt(&ctx, s).map_err(|e| match e {
+                            Error::Input { field: f, reason } => Error::input(format!("{field}.{f}"), reason),
+                            other => other,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((ctx.n_docs_kept, ctx.document_tokens, prompts))
+            })
+            .await
+            .ok_or_else(|| Error::Backend("tokenization worker stopped".into()))??;
+        timings.tokenization = t.elapsed();
+        self.metrics.tokenization_duration.observe(timings.tokenization.as_secs_f64());
+        for (i, p) in prompts.iter().enumerate() {
+            if p.ids.len() > self.cfg.max_input_tokens {
+                let field = if n == 1 { "input".to_string() } else { format!("candidates[{i}]") };
+                return Err(Error::input(
+                    field,
+                    format!("the prompt has {} tokens, more than --max-input-tokens {}", p.ids.len(), self.cfg.max_input_tokens),
+                ));
+            }
+        }
+        let shared_prefix = if self.cfg.prefix_sharing { shared_prefix_len(&prompts.iter().collect::<Vec<_>>()) } else { 0 };
+        self.metrics.candidates.observe(n as f64);
+        self.metrics.steps.observe(prompts.iter().map(|p| p.tag_rows.len()).sum::<usize>() as f64);
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let entry = queue::Job { prompts, shared_prefix, enqueued: Instant::now(), reply: tx };
+        timings.compute_tokens = entry.compute_tokens();
+        self.metrics.input_tokens.observe(timings.compute_tokens as f64);
+        self.queue.append(entry);
+        // If this future is dropped (client gone), `rx` closes and the queue skips the job.
+        let result = rx.await.map_err(|_| Error::Backend("the model backend stopped".into()))?;
+        drop(permit);
+        timings.queue = result.queue_time;
+        timings.inference = result.inference_time;
+        let scores = result.scores.map_err(Error::Backend)?;
+
+        let candidates: Vec<ScoredCandidate> = result
+            .prompts
+            .into_iter()
+            .zip(scores)
+            .zip(answers)
+            .map(|((p, scores), answer)| ScoredCandidate {
+                answer: answer.map(|a| a.trim().to_string()).or_else(|| extract_answer(&p.steps.join(" "))),
+                prompt_tokens: p.ids.len(),
+                steps: p.steps,
+                scores,
+            })
+            .collect();
+        let step_scores: Vec<&[f32]> = candidates.iter().map(|c| c.scores.as_slice()).collect();
+        let answers: Vec<Option<String>> = candidates.iter().map(|c| c.answer.clone()).collect();
+        let ranking = rank(&step_scores, &answers, job.aggregation, job.selection, job.top_n);
+        let usage = Usage {
+            prompt_tokens: candidates.iter().map(|c| c.prompt_tokens).sum(),
+            candidates: n,
+            steps: candidates.iter().map(|c| c.scores.len()).sum(),
+        };
+        let documents = DocumentsUsed {
+            source: match (&hits, supplied) {
+                (Some(_), _) => "retrieval",
+                (None, 0) => "none",
+                (None, _) => "caller",
+            }
+            .into(),
+            citations: hits.iter().flat_map(|h| h.iter().take(kept)).map(Citation::from).collect(),
+            supplied,
+            kept,
+            tokens: doc_tokens,
+            budget: builder.profile.document_budget(),
+        };
+        Ok(Scored { candidates, aggregation: job.aggregation, selection: job.selection, ranking, documents, usage, timings })
+    }
+}
+
+/// Keeps the in-flight gauge right however the job ends.
+struct InFlight<'a>(&'a Metrics, usize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight_candidates.sub(self.1 as i64);
+    }
+}

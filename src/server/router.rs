@@ -1,0 +1,54 @@
+//! Routes, middleware and the OpenAPI document.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+use utoipa::OpenApi;
+
+use super::{auth, error, handlers, AppState};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "medprm", description = "Process reward model serving for medical reasoning: per-step rewards and Best-of-N ranking."),
+    paths(handlers::score, handlers::rank, handlers::retrieve, handlers::health, handlers::ready, handlers::info, handlers::metrics),
+    components(schemas(error::ErrorBody)),
+    tags((name = "scoring", description = "Step rewards and Best-of-N"), (name = "retrieval", description = "Guideline search"),
+         (name = "operations", description = "Probes, info and metrics"))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as pretty JSON (what `proto-docs/openapi.json` holds).
+pub fn openapi_json() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc.to_pretty_json().expect("serializable OpenAPI") + "\n"
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let scoring = Router::new()
+        .route("/v1/score", post(handlers::score))
+        .route("/v1/rank", post(handlers::rank))
+        .route("/v1/retrieve", post(handlers::retrieve))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
+    Router::new()
+        .merge(scoring)
+        .route("/health", get(handlers::health))
+        .route("/ready", get(handlers::ready))
+        .route("/info", get(handlers::info))
+        .route("/metrics", get(handlers::metrics))
+        .route("/openapi.json", get(|| async { ([("content-type", "application/json")], openapi_json()) }))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs"))
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(state.cfg.payload_limit))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()))
+                // Error statuses are answers to clients (counted in medprm_request_failure), not
+                // server faults; backend failures are logged where they happen.
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .with_state(state)
+}

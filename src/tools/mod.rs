@@ -1,0 +1,6 @@
+//! Tools around the service, never imported by production code: benchmarks, the HTTP load
+//! generator and the deterministic test model.
+
+pub mod bench;
+pub mod loadgen;
+pub mod testmodel;

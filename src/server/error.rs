@@ -14,6 +14,25 @@ pub struct ErrorBody {
     pub error_type: String,
 }
 
+/// The error responses every scoring route documents in the OpenAPI document (never built: the
+/// handlers answer with [`ApiError`]).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum ScoringErrors {
+    #[response(status = 400, description = "Malformed JSON")]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "Missing or wrong API key")]
+    Unauthorized(ErrorBody),
+    #[response(status = 413, description = "Payload too large")]
+    PayloadTooLarge(ErrorBody),
+    #[response(status = 422, description = "Invalid input")]
+    Validation(ErrorBody),
+    #[response(status = 429, description = "Overloaded; see Retry-After")]
+    Overloaded(ErrorBody),
+    #[response(status = 503, description = "Model not ready")]
+    NotReady(ErrorBody),
+}
+
 #[derive(Debug)]
 pub enum ApiError {
     BadRequest(String),

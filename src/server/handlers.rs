@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::infer::{JobRequest, Scored, Timings};
 
 use super::api::*;
-use super::error::ApiError;
+use super::error::{ApiError, ScoringErrors};
 use super::AppState;
 
 /// `Json<T>` whose rejections are our error JSON (400 syntax, 413 size, 422 shape).
@@ -105,12 +105,7 @@ where
         (status = 200, description = "Step scores", body = ScoreResponse,
          headers(("x-tokenization-time" = String), ("x-queue-time" = String), ("x-inference-time" = String),
                  ("x-total-time" = String), ("x-compute-tokens" = String))),
-        (status = 400, description = "Malformed JSON", body = super::error::ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = super::error::ErrorBody),
-        (status = 413, description = "Payload too large", body = super::error::ErrorBody),
-        (status = 422, description = "Invalid input", body = super::error::ErrorBody),
-        (status = 429, description = "Overloaded; see Retry-After", body = super::error::ErrorBody),
-        (status = 503, description = "Model not ready", body = super::error::ErrorBody),
+        ScoringErrors,
     ))]
 #[tracing::instrument(skip_all, name = "score")]
 pub async fn score(State(state): State<Arc<AppState>>, body: Result<ApiJson<ScoreRequest>, ApiError>) -> Response {
@@ -123,12 +118,7 @@ pub async fn score(State(state): State<Arc<AppState>>, body: Result<ApiJson<Scor
         (status = 200, description = "Candidates sorted by score and the selection", body = RankResponse,
          headers(("x-tokenization-time" = String), ("x-queue-time" = String), ("x-inference-time" = String),
                  ("x-total-time" = String), ("x-compute-tokens" = String))),
-        (status = 400, description = "Malformed JSON", body = super::error::ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = super::error::ErrorBody),
-        (status = 413, description = "Payload too large", body = super::error::ErrorBody),
-        (status = 422, description = "Invalid input", body = super::error::ErrorBody),
-        (status = 429, description = "Overloaded; see Retry-After", body = super::error::ErrorBody),
-        (status = 503, description = "Model not ready", body = super::error::ErrorBody),
+        ScoringErrors,
     ))]
 #[tracing::instrument(skip_all, name = "rank")]
 pub async fn rank(State(state): State<Arc<AppState>>, body: Result<ApiJson<RankRequest>, ApiError>) -> Response {

@@ -245,7 +245,7 @@ fn record_job(rec: &Value, ri: usize, args: &ScoreArgs, cfg: &InferConfig) -> Re
             Ok(Candidate { solution: solution_of(s, &field)?, field, answer: None })
         })
         .collect::<Result<_>>()?;
-    Ok(ScoreJob { question, candidates, documents, aggregation: args.aggregation, selection: Selection::BestOfN, top_n: None })
+    Ok(ScoreJob { name: format!("records[{ri}]"), question, candidates, documents, aggregation: args.aggregation, selection: Selection::BestOfN, top_n: None })
 }
 
 impl ScoreSummary {

@@ -30,6 +30,13 @@ pub enum Solution {
     Tagged(String),
 }
 
+/// A prompt its caller built (vLLM `/pooling`): text to tokenize as it is, or token ids.
+#[derive(Debug, Clone)]
+pub enum RawInput {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
 /// Question and documents shared by every candidate of a request.
 pub struct Context {
     question: String,
@@ -97,6 +104,8 @@ pub struct PromptBuilder {
     /// Indices into `neutral` by the first byte of the text.
     neutral_by_byte: Vec<Vec<usize>>,
     label_ids: [u32; 2],
+    /// The step tag's id when the tag is one token (raw prompts are scored at it).
+    tag_id: Option<u32>,
 }
 
 fn neutralised(s: &str) -> String {
@@ -170,7 +179,8 @@ impl PromptBuilder {
         for (i, (t, _)) in neutral.iter().enumerate() {
             neutral_by_byte[t.as_bytes()[0] as usize].push(i);
         }
-        Ok(PromptBuilder { profile, tokenizer, template, neutral, neutral_by_byte, label_ids })
+        let tag_id = tokenizer.single_token(&profile.step_tag);
+        Ok(PromptBuilder { profile, tokenizer, template, neutral, neutral_by_byte, label_ids, tag_id })
     }
 
     /// Token ids of the positive and negative labels.
@@ -366,6 +376,35 @@ impl PromptBuilder {
             .map(|end| enc.offsets.iter().take_while(|&&(_, e)| e <= end).count())
             .unwrap_or(0);
         Ok(Prompt { text, ids: enc.ids, tag_rows, steps, shared_text_end, shared_tokens })
+    }
+}
+
+impl PromptBuilder {
+    /// A prompt its caller built: text tokenized as it is (with the tokenizer's special tokens,
+    /// as `add_special_tokens` does) or ids taken as they are; every position holding the step-tag
+    /// token is scored, and nothing is neutralised (the caller owns the whole prompt).
+    pub fn raw_prompt(&self, input: &RawInput) -> Result<Prompt> {
+        let tag = self.tag_id.ok_or_else(|| {
+            Error::input(
+                "input",
+                format!("profile `{}`: the step tag `{}` is not one token, so raw prompts cannot be scored", self.profile.name, self.profile.step_tag),
+            )
+        })?;
+        let (text, ids) = match input {
+            RawInput::Text(t) => (t.clone(), self.tokenizer.encode(t)?.ids),
+            RawInput::Ids(ids) => {
+                let vocab = self.tokenizer.vocab_size();
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(Error::input("input", format!("token id {bad} is outside the vocabulary ({vocab} tokens)")));
+                }
+                (String::new(), ids.clone())
+            }
+        };
+        if ids.is_empty() {
+            return Err(Error::input("input", "must not be empty"));
+        }
+        let tag_rows: Vec<usize> = ids.iter().enumerate().filter(|(_, &id)| id == tag).map(|(i, _)| i).collect();
+        Ok(Prompt { text, ids, steps: vec![String::new(); tag_rows.len()], tag_rows, shared_text_end: None, shared_tokens: 0 })
     }
 }
 

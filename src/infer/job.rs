@@ -12,6 +12,8 @@ use crate::retrieval::{Hit, Mode};
 /// One question and its candidate solutions, validated: what [`super::Infer::score`] runs.
 #[derive(Debug, Clone)]
 pub struct ScoreJob {
+    /// How errors name the job's prompt when it has one candidate (`input`, `query[2]`).
+    pub name: String,
     pub question: String,
     pub candidates: Vec<Candidate>,
     pub documents: Documents,
@@ -60,6 +62,15 @@ pub struct ScoredCandidate {
     pub prompt_tokens: usize,
     /// The given answer (trimmed), else the one its steps commit to.
     pub answer: Option<String>,
+}
+
+/// Prompts their caller built, scored ([`super::Infer::score_prompts`]).
+#[derive(Debug)]
+pub struct ScoredPrompts {
+    /// p(+) at every step tag of each prompt, in input order.
+    pub scores: Vec<Vec<f32>>,
+    pub prompt_tokens: Vec<usize>,
+    pub timings: Timings,
 }
 
 /// A retrieved document the budget kept: what a caller can cite.

@@ -23,10 +23,10 @@ use crate::aggregate::{extract_answer, rank};
 use crate::engine::{Engine, ModelInfo};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::prompt::{shared_prefix_len, PromptBuilder};
+use crate::prompt::{shared_prefix_len, Prompt, PromptBuilder, RawInput};
 use crate::retrieval::{Index, Mode};
 
-pub use job::{Candidate, Citation, Documents, DocumentsUsed, ScoreJob, Scored, ScoredCandidate, Timings, Usage};
+pub use job::{Candidate, Citation, Documents, DocumentsUsed, ScoreJob, Scored, ScoredCandidate, ScoredPrompts, Timings, Usage};
 pub use queue::BatchConfig;
 pub use validate::{CandidateRequest, Candidates, RetrieveOptions, JobRequest};
 use workers::Workers;
@@ -142,14 +142,53 @@ impl Infer {
         handle
     }
 
+    /// Permits for `n` candidates (a full core refuses at once), held until the guard drops.
+    fn admit(&self, n: usize) -> Result<Admission<'_>> {
+        let permit = self.permits.clone().try_acquire_many_owned(n as u32).map_err(|_| Error::Overloaded)?;
+        self.metrics.in_flight_candidates.add(n as i64);
+        Ok(Admission { _permit: permit, metrics: &self.metrics, n })
+    }
+
+    /// Builds prompts on a worker thread.
+    async fn on_worker<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+        self.workers.run(f).await.ok_or_else(|| Error::Backend("tokenization worker stopped".into()))?
+    }
+
+    /// Token limit → shared-prefix decision → queue → backend: the prompts back with p(+) of
+    /// every step. `name` is how the token-limit error names a lone prompt.
+    async fn run(&self, prompts: Vec<Prompt>, name: &str, timings: &mut Timings) -> Result<(Vec<Prompt>, Vec<Vec<f32>>)> {
+        let n = prompts.len();
+        for (i, p) in prompts.iter().enumerate() {
+            if p.ids.len() > self.cfg.max_input_tokens {
+                let field = if n == 1 { name.to_string() } else { format!("candidates[{i}]") };
+                return Err(Error::input(
+                    field,
+                    format!("the prompt has {} tokens, more than --max-input-tokens {}", p.ids.len(), self.cfg.max_input_tokens),
+                ));
+            }
+        }
+        let shared_prefix = if self.cfg.prefix_sharing { shared_prefix_len(&prompts.iter().collect::<Vec<_>>()) } else { 0 };
+        self.metrics.candidates.observe(n as f64);
+        self.metrics.steps.observe(prompts.iter().map(|p| p.tag_rows.len()).sum::<usize>() as f64);
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let entry = queue::Job { prompts, shared_prefix, enqueued: Instant::now(), reply: tx };
+        timings.compute_tokens = entry.compute_tokens();
+        self.metrics.input_tokens.observe(timings.compute_tokens as f64);
+        self.queue.append(entry);
+        // If this future is dropped (client gone), `rx` closes and the queue skips the job.
+        let result = rx.await.map_err(|_| Error::Backend("the model backend stopped".into()))?;
+        timings.queue = result.queue_time;
+        timings.inference = result.inference_time;
+        let scores = result.scores.map_err(Error::Backend)?;
+        Ok((result.prompts, scores))
+    }
+
     /// Scores, ranks and selects the candidates of one job.
     pub async fn score(&self, job: ScoreJob) -> Result<Scored> {
         let builder = self.builder()?.clone();
         let n = job.candidates.len();
-        // Permits are counted in candidates; a full core refuses at once.
-        let permit = self.permits.clone().try_acquire_many_owned(n as u32).map_err(|_| Error::Overloaded)?;
-        self.metrics.in_flight_candidates.add(n as i64);
-        let _in_flight = InFlight(&self.metrics, n);
+        let _admission = self.admit(n)?;
         let mut timings = Timings::default();
 
         let t = Instant::now();
@@ -168,8 +207,7 @@ impl Infer {
             job.candidates.into_iter().map(|c| ((c.field, c.solution), c.answer)).unzip();
         let (b, question) = (builder.clone(), job.question);
         let (kept, doc_tokens, prompts) = self
-            .workers
-            .run(move || -> Result<_> {
+            .on_worker(move || {
                 let ctx = b.context(&question, &documents)?;
                 let prompts = solutions
                     .iter()
@@ -182,37 +220,12 @@ impl Infer {
                     .collect::<Result<Vec<_>>>()?;
                 Ok((ctx.n_docs_kept, ctx.document_tokens, prompts))
             })
-            .await
-            .ok_or_else(|| Error::Backend("tokenization worker stopped".into()))??;
+            .await?;
         timings.tokenization = t.elapsed();
         self.metrics.tokenization_duration.observe(timings.tokenization.as_secs_f64());
-        for (i, p) in prompts.iter().enumerate() {
-            if p.ids.len() > self.cfg.max_input_tokens {
-                let field = if n == 1 { "input".to_string() } else { format!("candidates[{i}]") };
-                return Err(Error::input(
-                    field,
-                    format!("the prompt has {} tokens, more than --max-input-tokens {}", p.ids.len(), self.cfg.max_input_tokens),
-                ));
-            }
-        }
-        let shared_prefix = if self.cfg.prefix_sharing { shared_prefix_len(&prompts.iter().collect::<Vec<_>>()) } else { 0 };
-        self.metrics.candidates.observe(n as f64);
-        self.metrics.steps.observe(prompts.iter().map(|p| p.tag_rows.len()).sum::<usize>() as f64);
+        let (prompts, scores) = self.run(prompts, &job.name, &mut timings).await?;
 
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let entry = queue::Job { prompts, shared_prefix, enqueued: Instant::now(), reply: tx };
-        timings.compute_tokens = entry.compute_tokens();
-        self.metrics.input_tokens.observe(timings.compute_tokens as f64);
-        self.queue.append(entry);
-        // If this future is dropped (client gone), `rx` closes and the queue skips the job.
-        let result = rx.await.map_err(|_| Error::Backend("the model backend stopped".into()))?;
-        drop(permit);
-        timings.queue = result.queue_time;
-        timings.inference = result.inference_time;
-        let scores = result.scores.map_err(Error::Backend)?;
-
-        let candidates: Vec<ScoredCandidate> = result
-            .prompts
+        let candidates: Vec<ScoredCandidate> = prompts
             .into_iter()
             .zip(scores)
             .zip(answers)
@@ -246,13 +259,49 @@ impl Infer {
         };
         Ok(Scored { candidates, aggregation: job.aggregation, selection: job.selection, ranking, documents, usage, timings })
     }
+
+    /// Scores prompts their caller built (vLLM `/pooling`): no template, no documents; every
+    /// position holding the step-tag token is scored. Returns p(+) per tag and the prompt
+    /// lengths, in input order.
+    pub async fn score_prompts(&self, inputs: Vec<RawInput>) -> Result<ScoredPrompts> {
+        if !self.is_ready() {
+            return Err(Error::NotReady);
+        }
+        let builder = self.builder()?.clone();
+        let _admission = self.admit(inputs.len())?;
+        let mut timings = Timings::default();
+        let t = Instant::now();
+        let prompts = self
+            .on_worker(move || {
+                inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, input)| {
+                        builder.raw_prompt(input).map_err(|e| match e {
+                            Error::Input { field, reason } => Error::input(format!("{field}[{i}]"), reason),
+                            other => other,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
+        timings.tokenization = t.elapsed();
+        self.metrics.tokenization_duration.observe(timings.tokenization.as_secs_f64());
+        let (prompts, scores) = self.run(prompts, "input", &mut timings).await?;
+        Ok(ScoredPrompts { prompt_tokens: prompts.iter().map(|p| p.ids.len()).collect(), scores, timings })
+    }
 }
 
-/// Keeps the in-flight gauge right however the job ends.
-struct InFlight<'a>(&'a Metrics, usize);
+/// What [`Infer::admit`] holds: the permits and the in-flight gauge, released however the job
+/// ends.
+struct Admission<'a> {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: &'a Metrics,
+    n: usize,
+}
 
-impl Drop for InFlight<'_> {
+impl Drop for Admission<'_> {
     fn drop(&mut self) {
-        self.0.in_flight_candidates.sub(self.1 as i64);
+        self.metrics.in_flight_candidates.sub(self.n as i64);
     }
 }

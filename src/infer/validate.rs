@@ -13,8 +13,10 @@ use super::job::{Candidate, Documents, ScoreJob};
 use super::Infer;
 
 /// A scoring request as a route received it, before validation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct JobRequest {
+    /// How errors name the request's prompt when it has one candidate (`input`, `query[2]`).
+    pub name: String,
     pub question: String,
     pub candidates: Candidates,
     pub documents: Option<Vec<String>>,
@@ -24,18 +26,12 @@ pub struct JobRequest {
     pub top_n: Option<usize>,
 }
 
-/// One solution (errors name it `body`; its steps may join the retrieval query) or N candidates
+/// One solution (errors name it `field`; its steps may join the retrieval query) or N candidates
 /// of one question (errors name them `candidates[i]`).
 #[derive(Debug)]
 pub enum Candidates {
-    One(CandidateRequest),
+    One { field: String, candidate: CandidateRequest },
     Many(Vec<CandidateRequest>),
-}
-
-impl Default for Candidates {
-    fn default() -> Self {
-        Candidates::Many(vec![])
-    }
 }
 
 /// A caller's solution: exactly one of `steps` or `solution`, and an optional answer.
@@ -84,10 +80,11 @@ impl Infer {
             return Err(Error::NotReady);
         }
         let cfg = self.config();
-        let (single, requests) = match req.candidates {
-            Candidates::One(c) => (true, vec![c]),
-            Candidates::Many(v) => (false, v),
+        let (one, requests) = match req.candidates {
+            Candidates::One { field, candidate } => (Some(field), vec![candidate]),
+            Candidates::Many(v) => (None, v),
         };
+        let single = one.is_some();
         if !single {
             if requests.is_empty() {
                 return Err(Error::input("candidates", "must not be empty"));
@@ -104,7 +101,7 @@ impl Infer {
         }
         let mut candidates = Vec::with_capacity(requests.len());
         for (i, c) in requests.into_iter().enumerate() {
-            let field = if single { "body".to_string() } else { format!("candidates[{i}]") };
+            let field = one.clone().unwrap_or_else(|| format!("candidates[{i}]"));
             let solution = solution(c.steps, c.solution, &field)?;
             candidates.push(Candidate { field, solution, answer: c.answer });
         }
@@ -119,6 +116,7 @@ impl Infer {
             return Err(Error::input("documents", format!("profile `{}` does not use documents", profile.name)));
         }
         Ok(ScoreJob {
+            name: req.name,
             question: req.question,
             candidates,
             documents,

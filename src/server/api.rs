@@ -196,8 +196,12 @@ pub struct HealthResponse {
 impl From<ScoreRequest> for JobRequest {
     fn from(r: ScoreRequest) -> Self {
         JobRequest {
+            name: "input".into(),
             question: r.question,
-            candidates: Candidates::One(CandidateRequest { steps: r.steps, solution: r.solution, answer: None }),
+            candidates: Candidates::One {
+                field: "body".into(),
+                candidate: CandidateRequest { steps: r.steps, solution: r.solution, answer: None },
+            },
             documents: r.documents,
             retrieve: r.retrieve,
             aggregation: r.aggregation,
@@ -210,6 +214,7 @@ impl From<ScoreRequest> for JobRequest {
 impl From<RankRequest> for JobRequest {
     fn from(r: RankRequest) -> Self {
         JobRequest {
+            name: "input".into(),
             question: r.question,
             candidates: Candidates::Many(
                 r.candidates

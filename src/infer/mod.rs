@@ -155,12 +155,11 @@ impl Infer {
     }
 
     /// Token limit → shared-prefix decision → queue → backend: the prompts back with p(+) of
-    /// every step. `name` is how the token-limit error names a lone prompt.
-    async fn run(&self, prompts: Vec<Prompt>, name: &str, timings: &mut Timings) -> Result<(Vec<Prompt>, Vec<Vec<f32>>)> {
+    /// every step. `fields[i]` names prompt i in the token-limit error.
+    async fn run(&self, prompts: Vec<Prompt>, fields: &[String], timings: &mut Timings) -> Result<(Vec<Prompt>, Vec<Vec<f32>>)> {
         let n = prompts.len();
-        for (i, p) in prompts.iter().enumerate() {
+        for (p, field) in prompts.iter().zip(fields) {
             if p.ids.len() > self.cfg.max_input_tokens {
-                let field = if n == 1 { name.to_string() } else { format!("candidates[{i}]") };
                 return Err(Error::input(
                     field,
                     format!("the prompt has {} tokens, more than --max-input-tokens {}", p.ids.len(), self.cfg.max_input_tokens),
@@ -203,6 +202,9 @@ impl Infer {
         let supplied = documents.len();
 
         let t = Instant::now();
+        // A lone prompt goes by the job's name in the token-limit error.
+        let fields: Vec<String> =
+            if n == 1 { vec![job.name.clone()] } else { job.candidates.iter().map(|c| c.field.clone()).collect() };
         let (solutions, answers): (Vec<_>, Vec<_>) =
             job.candidates.into_iter().map(|c| ((c.field, c.solution), c.answer)).unzip();
         let (b, question) = (builder.clone(), job.question);
@@ -223,7 +225,7 @@ impl Infer {
             .await?;
         timings.tokenization = t.elapsed();
         self.metrics.tokenization_duration.observe(timings.tokenization.as_secs_f64());
-        let (prompts, scores) = self.run(prompts, &job.name, &mut timings).await?;
+        let (prompts, scores) = self.run(prompts, &fields, &mut timings).await?;
 
         let candidates: Vec<ScoredCandidate> = prompts
             .into_iter()
@@ -271,6 +273,8 @@ impl Infer {
         let _admission = self.admit(inputs.len())?;
         let mut timings = Timings::default();
         let t = Instant::now();
+        let fields: Vec<String> =
+            if inputs.len() == 1 { vec!["input".into()] } else { (0..inputs.len()).map(|i| format!("input[{i}]")).collect() };
         let prompts = self
             .on_worker(move || {
                 inputs
@@ -287,7 +291,7 @@ impl Infer {
             .await?;
         timings.tokenization = t.elapsed();
         self.metrics.tokenization_duration.observe(timings.tokenization.as_secs_f64());
-        let (prompts, scores) = self.run(prompts, "input", &mut timings).await?;
+        let (prompts, scores) = self.run(prompts, &fields, &mut timings).await?;
         Ok(ScoredPrompts { prompt_tokens: prompts.iter().map(|p| p.ids.len()).collect(), scores, timings })
     }
 }

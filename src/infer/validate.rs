@@ -27,11 +27,11 @@ pub struct JobRequest {
 }
 
 /// One solution (errors name it `field`; its steps may join the retrieval query) or N candidates
-/// of one question (errors name them `candidates[i]`).
+/// of one question (errors name them `field[i]`: `candidates[2]`, `documents[2]`).
 #[derive(Debug)]
 pub enum Candidates {
     One { field: String, candidate: CandidateRequest },
-    Many(Vec<CandidateRequest>),
+    Many { field: String, candidates: Vec<CandidateRequest> },
 }
 
 /// A caller's solution: exactly one of `steps` or `solution`, and an optional answer.
@@ -80,18 +80,17 @@ impl Infer {
             return Err(Error::NotReady);
         }
         let cfg = self.config();
-        let (one, requests) = match req.candidates {
-            Candidates::One { field, candidate } => (Some(field), vec![candidate]),
-            Candidates::Many(v) => (None, v),
+        let (single, field, requests) = match req.candidates {
+            Candidates::One { field, candidate } => (true, field, vec![candidate]),
+            Candidates::Many { field, candidates } => (false, field, candidates),
         };
-        let single = one.is_some();
         if !single {
             if requests.is_empty() {
-                return Err(Error::input("candidates", "must not be empty"));
+                return Err(Error::input(&field, "must not be empty"));
             }
             if requests.len() > cfg.max_candidates {
                 return Err(Error::input(
-                    "candidates",
+                    &field,
                     format!("{} candidates, more than --max-candidates {}", requests.len(), cfg.max_candidates),
                 ));
             }
@@ -101,7 +100,7 @@ impl Infer {
         }
         let mut candidates = Vec::with_capacity(requests.len());
         for (i, c) in requests.into_iter().enumerate() {
-            let field = one.clone().unwrap_or_else(|| format!("candidates[{i}]"));
+            let field = if single { field.clone() } else { format!("{field}[{i}]") };
             let solution = solution(c.steps, c.solution, &field)?;
             candidates.push(Candidate { field, solution, answer: c.answer });
         }

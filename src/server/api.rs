@@ -216,12 +216,14 @@ impl From<RankRequest> for JobRequest {
         JobRequest {
             name: "input".into(),
             question: r.question,
-            candidates: Candidates::Many(
-                r.candidates
+            candidates: Candidates::Many {
+                field: "candidates".into(),
+                candidates: r
+                    .candidates
                     .into_iter()
                     .map(|c| CandidateRequest { steps: c.steps, solution: c.solution, answer: c.answer })
                     .collect(),
-            ),
+            },
             documents: r.documents,
             retrieve: r.retrieve,
             aggregation: r.aggregation,

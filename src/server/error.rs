@@ -1,7 +1,7 @@
 //! API errors: `{"error": "<message naming the field>", "error_type": "<snake_case>"}` with the
 //! status that says whose fault it is.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -72,7 +72,8 @@ impl ApiError {
         }
     }
 
-    fn message(&self) -> String {
+    /// What went wrong, naming the field.
+    pub fn message(&self) -> String {
         match self {
             ApiError::BadRequest(m) | ApiError::PayloadTooLarge(m) | ApiError::Validation(m) | ApiError::NotFound(m) | ApiError::Backend(m) => m.clone(),
             ApiError::Unauthorized => "authorization: missing or wrong bearer token".into(),
@@ -95,23 +96,24 @@ impl From<crate::error::Error> for ApiError {
     }
 }
 
+impl ApiError {
+    /// Headers the error answers with whatever the body's shape: `Retry-After` when the client
+    /// should come back, `WWW-Authenticate` for a missing key.
+    pub fn headers(&self) -> Option<(HeaderName, HeaderValue)> {
+        match self {
+            ApiError::Overloaded => Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
+            ApiError::NotReady => Some((header::RETRY_AFTER, HeaderValue::from_static("5"))),
+            ApiError::Unauthorized => Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
+            _ => None,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
         let body = ErrorBody { error: self.message(), error_type: self.error_type().into() };
-        let mut resp = (status, axum::Json(body)).into_response();
-        match self {
-            ApiError::Overloaded => {
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            ApiError::NotReady => {
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            }
-            ApiError::Unauthorized => {
-                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            _ => {}
-        }
+        let mut resp = (self.status(), axum::Json(body)).into_response();
+        resp.headers_mut().extend(self.headers());
         resp
     }
 }

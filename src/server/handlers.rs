@@ -45,7 +45,7 @@ fn ms(d: Duration) -> HeaderValue {
     HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3)).expect("ascii")
 }
 
-fn with_timing_headers(mut resp: Response, t: &Timings, start: Instant) -> Response {
+pub(crate) fn with_timing_headers(mut resp: Response, t: &Timings, start: Instant) -> Response {
     let h = resp.headers_mut();
     h.insert("x-retrieval-time", ms(t.retrieval));
     h.insert("x-tokenization-time", ms(t.tokenization));
@@ -57,9 +57,19 @@ fn with_timing_headers(mut resp: Response, t: &Timings, start: Instant) -> Respo
 }
 
 /// Runs a route's body and records its outcome in the metrics.
-async fn observed(
+pub(crate) async fn observed(
     state: &AppState,
     endpoint: &'static str,
+    body: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Response {
+    observed_as(state, endpoint, IntoResponse::into_response, body).await
+}
+
+/// [`observed`] for a route whose errors take another shape (`render`).
+pub(crate) async fn observed_as(
+    state: &AppState,
+    endpoint: &'static str,
+    render: fn(ApiError) -> Response,
     body: impl std::future::Future<Output = Result<Response, ApiError>>,
 ) -> Response {
     let start = Instant::now();
@@ -77,7 +87,7 @@ async fn observed(
             if matches!(e, ApiError::Backend(_)) {
                 tracing::error!(endpoint, error = ?e, "request failed in the backend");
             }
-            e.into_response()
+            render(e)
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod compat;
 pub mod config;
 pub mod error;
 pub mod handlers;

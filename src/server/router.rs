@@ -8,15 +8,18 @@ use axum::routing::{get, post};
 use axum::Router;
 use utoipa::OpenApi;
 
-use super::{auth, error, handlers, AppState};
+use super::{auth, compat, error, handlers, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "medprm", description = "Process reward model serving for medical reasoning: per-step rewards and Best-of-N ranking."),
-    paths(handlers::score, handlers::rank, handlers::retrieve, handlers::health, handlers::ready, handlers::info, handlers::metrics),
-    components(schemas(error::ErrorBody)),
+    paths(handlers::score, handlers::rank, handlers::retrieve, handlers::health, handlers::ready, handlers::info, handlers::metrics,
+          compat::openrlhf::get_reward, compat::rerank::rerank, compat::rerank::rerank_v1_doc, compat::rerank::rerank_bare_doc,
+          compat::pooling::pooling),
+    components(schemas(error::ErrorBody, compat::rerank::TeiRank)),
     tags((name = "scoring", description = "Step rewards and Best-of-N"), (name = "retrieval", description = "Guideline search"),
-         (name = "operations", description = "Probes, info and metrics"))
+         (name = "operations", description = "Probes, info and metrics"),
+         (name = "compatibility", description = "Protocols of existing clients: OpenRLHF, vLLM pooling, Cohere/Jina/TEI rerank"))
 )]
 pub struct ApiDoc;
 
@@ -32,6 +35,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/score", post(handlers::score))
         .route("/v1/rank", post(handlers::rank))
         .route("/v1/retrieve", post(handlers::retrieve))
+        .route("/get_reward", post(compat::openrlhf::get_reward))
+        .route("/pooling", post(compat::pooling::pooling))
+        .route("/v1/pooling", post(compat::pooling::pooling))
+        .route("/v2/rerank", post(compat::rerank::rerank))
+        .route("/v1/rerank", post(compat::rerank::rerank))
+        .route("/rerank", post(compat::rerank::rerank))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
     Router::new()
         .merge(scoring)

@@ -1,0 +1,148 @@
+//! vLLM's pooling protocol (`POST /pooling`, `/v1/pooling`) with STEP pooling: the caller has
+//! built the whole prompt (no template, no documents); every position holding the profile's
+//! step-tag token is scored, and each step answers `[p_neg, p_pos]`. Errors on these routes use
+//! vLLM's shape, `{"error": {"message", "type", "param", "code"}}`.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::prompt::RawInput;
+
+use super::super::error::{ApiError, ScoringErrors};
+use super::super::handlers::{observed_as, with_timing_headers, ApiJson};
+use super::super::AppState;
+use super::rerank::response_id;
+
+/// `input`: a prompt, a list of prompts, a list of token ids, or a list of such lists.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PoolingInput {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PoolingRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub input: PoolingInput,
+    /// Only `token_classify` (or absent) is served.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// Only `float` (or absent).
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolingData {
+    pub index: usize,
+    /// `pooling`.
+    pub object: String,
+    /// `[p_neg, p_pos]` at every step tag of the input, in order.
+    pub data: Vec<[f32; 2]>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolingUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolingResponse {
+    /// `pool-…`.
+    pub id: String,
+    /// `list`.
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub data: Vec<PoolingData>,
+    pub usage: PoolingUsage,
+}
+
+/// vLLM's error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VllmError {
+    pub error: VllmErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VllmErrorDetail {
+    pub message: String,
+    /// `BadRequestError`, `NotFoundError`, `InternalServerError`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: u16,
+}
+
+/// Our error in vLLM's shape (status and headers kept).
+fn vllm_error(e: ApiError) -> Response {
+    let status = e.status();
+    let kind = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY | StatusCode::PAYLOAD_TOO_LARGE => "BadRequestError",
+        StatusCode::UNAUTHORIZED => "AuthenticationError",
+        StatusCode::NOT_FOUND => "NotFoundError",
+        StatusCode::TOO_MANY_REQUESTS => "RateLimitError",
+        StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailableError",
+        _ => "InternalServerError",
+    };
+    let body = VllmError { error: VllmErrorDetail { message: e.message(), kind: kind.into(), param: None, code: status.as_u16() } };
+    let mut resp = (status, Json(body)).into_response();
+    resp.headers_mut().extend(e.headers());
+    resp
+}
+
+/// Step rewards of caller-built prompts (vLLM `/pooling`, STEP pooling; also `/v1/pooling`).
+#[utoipa::path(post, path = "/pooling", request_body = PoolingRequest, tag = "compatibility",
+    responses((status = 200, description = "`[p_neg, p_pos]` per step tag of each input", body = PoolingResponse), ScoringErrors))]
+#[tracing::instrument(skip_all, name = "pooling")]
+pub async fn pooling(State(state): State<Arc<AppState>>, body: Result<ApiJson<PoolingRequest>, ApiError>) -> Response {
+    observed_as(&state, "pooling", vllm_error, async {
+        let start = std::time::Instant::now();
+        let ApiJson(req) = body?;
+        if let Some(t) = req.task.as_deref().filter(|t| *t != "token_classify") {
+            return Err(ApiError::Validation(format!("task: `{t}` is not served here (token_classify only)")));
+        }
+        if let Some(f) = req.encoding_format.as_deref().filter(|f| *f != "float") {
+            return Err(ApiError::Validation(format!("encoding_format: `{f}` is not supported (float only)")));
+        }
+        let inputs: Vec<RawInput> = match req.input {
+            PoolingInput::Text(t) => vec![RawInput::Text(t)],
+            PoolingInput::Texts(v) => v.into_iter().map(RawInput::Text).collect(),
+            PoolingInput::Ids(ids) => vec![RawInput::Ids(ids)],
+            PoolingInput::IdLists(v) => v.into_iter().map(RawInput::Ids).collect(),
+        };
+        if inputs.is_empty() {
+            return Err(ApiError::Validation("input: must not be empty".into()));
+        }
+        let scored = state.infer.score_prompts(inputs).await?;
+        let tokens: usize = scored.prompt_tokens.iter().sum();
+        let body = PoolingResponse {
+            id: response_id("pool"),
+            object: "list".into(),
+            created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
+            model: req.model.unwrap_or_else(|| state.infer.info().map(|i| i.model.clone()).unwrap_or_default()),
+            data: scored
+                .scores
+                .iter()
+                .enumerate()
+                .map(|(index, s)| PoolingData { index, object: "pooling".into(), data: s.iter().map(|&p| [1.0 - p, p]).collect() })
+                .collect(),
+            usage: PoolingUsage { prompt_tokens: tokens, total_tokens: tokens, completion_tokens: 0 },
+        };
+        Ok(with_timing_headers(Json(body).into_response(), &scored.timings, start))
+    })
+    .await
+}

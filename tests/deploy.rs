@@ -414,6 +414,13 @@ fn ports_probes_and_routes_match_the_server() {
         let prefix = s(&r["matches"][0]["path"]["value"], "path match");
         assert_eq!(prefix, "/v1");
         assert!(paths.iter().any(|p| p.starts_with("/v1/")), "the prefix routes real endpoints");
+        for m in r["matches"].as_array().unwrap().iter().skip(1) {
+            let v = s(&m["path"]["value"], "path match");
+            match s(&m["path"]["type"], "path match type") {
+                "Exact" => assert!(paths.contains(v), "the route sends {v} to the server, which has no such path"),
+                other => panic!("match {v}: type {other}, expected Exact"),
+            }
+        }
         let req = duration(s(&r["timeouts"]["request"], "timeouts.request"));
         assert!(req > Duration::ZERO);
         if let Some(b) = r["timeouts"]["backendRequest"].as_str() {

@@ -19,7 +19,9 @@ pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next:
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|given| constant_time_eq(given.as_bytes(), key.as_bytes()));
         if !ok {
-            let endpoint = req.uri().path().trim_start_matches("/v1/").to_string();
+            // The label the route's own metrics use: `/v2/rerank` → `rerank`.
+            let path = req.uri().path().trim_start_matches('/');
+            let endpoint = path.strip_prefix("v1/").or_else(|| path.strip_prefix("v2/")).unwrap_or(path).to_string();
             state.infer.metrics().failures.with_label_values(&[endpoint.as_str(), "unauthorized"]).inc();
             return ApiError::Unauthorized.into_response();
         }

@@ -64,6 +64,34 @@ pub struct Prompt {
     pub shared_tokens: usize,
 }
 
+/// The scored row of each step tag: the last token whose span holds the tag's last byte
+/// (`tag_ends`: the byte offsets where the tags end, ascending).
+fn tag_rows(enc: &crate::tokenizer::Encoded, tag_ends: &[usize]) -> Result<Vec<usize>> {
+    let mut rows: Vec<usize> = Vec::with_capacity(tag_ends.len());
+    let mut tok = 0usize;
+    for &end in tag_ends {
+        let last_byte = end - 1;
+        let mut found = None;
+        while tok < enc.offsets.len() {
+            let (s, e) = enc.offsets[tok];
+            if s > last_byte && e > s {
+                break;
+            }
+            if s <= last_byte && last_byte < e {
+                found = Some(tok);
+            }
+            tok += 1;
+        }
+        let row = found.ok_or_else(|| Error::Tokenizer(format!("no token covers the step tag ending at byte {end}")))?;
+        if rows.last().is_some_and(|&r| r >= row) {
+            return Err(Error::Tokenizer("two step tags share one token".into()));
+        }
+        rows.push(row);
+        tok = row + 1;
+    }
+    Ok(rows)
+}
+
 /// Fewest tokens a shared prefix must have to be worth running separately.
 pub const MIN_SHARED_PREFIX: usize = 32;
 
@@ -343,29 +371,7 @@ impl PromptBuilder {
                 steps.len()
             )));
         }
-        let mut tag_rows = Vec::with_capacity(tag_ends.len());
-        let mut tok = 0usize;
-        for &end in &tag_ends {
-            let last_byte = end - 1;
-            // Advance to the last token whose span contains the tag's last byte.
-            let mut found = None;
-            while tok < enc.offsets.len() {
-                let (s, e) = enc.offsets[tok];
-                if s > last_byte && e > s {
-                    break;
-                }
-                if s <= last_byte && last_byte < e {
-                    found = Some(tok);
-                }
-                tok += 1;
-            }
-            let row = found.ok_or_else(|| Error::Tokenizer(format!("no token covers the step tag ending at byte {end}")))?;
-            if tag_rows.last().is_some_and(|&r| r >= row) {
-                return Err(Error::Tokenizer("two step tags share one token".into()));
-            }
-            tag_rows.push(row);
-            tok = row + 1;
-        }
+        let tag_rows = tag_rows(&enc, &tag_ends)?;
         // The shared part ends with the last marker before the first step tag. (Any common token
         // prefix gives identical keys and values; the marker only bounds what we try to share.)
         let shared_text_end = self.profile.shared_prefix_marker.as_deref().and_then(|m| {
@@ -381,29 +387,37 @@ impl PromptBuilder {
 
 impl PromptBuilder {
     /// A prompt its caller built: text tokenized as it is (with the tokenizer's special tokens,
-    /// as `add_special_tokens` does) or ids taken as they are; every position holding the step-tag
-    /// token is scored, and nothing is neutralised (the caller owns the whole prompt).
+    /// as `add_special_tokens` does; every occurrence of the step tag is scored at its last
+    /// token, as for our own prompts) or token ids taken as they are (every position holding the
+    /// step-tag token, which must then be one token). Nothing is neutralised: the caller owns the
+    /// whole prompt.
     pub fn raw_prompt(&self, input: &RawInput) -> Result<Prompt> {
-        let tag = self.tag_id.ok_or_else(|| {
-            Error::input(
-                "input",
-                format!("profile `{}`: the step tag `{}` is not one token, so raw prompts cannot be scored", self.profile.name, self.profile.step_tag),
-            )
-        })?;
-        let (text, ids) = match input {
-            RawInput::Text(t) => (t.clone(), self.tokenizer.encode(t)?.ids),
+        let tag = self.profile.step_tag.as_str();
+        let (text, ids, tag_rows) = match input {
+            RawInput::Text(t) => {
+                let enc = self.tokenizer.encode(t)?;
+                let ends: Vec<usize> = t.match_indices(tag).map(|(i, m)| i + m.len()).collect();
+                let rows = tag_rows(&enc, &ends).map_err(|e| Error::input("input", e.to_string()))?;
+                (t.clone(), enc.ids, rows)
+            }
             RawInput::Ids(ids) => {
+                let id = self.tag_id.ok_or_else(|| {
+                    Error::input(
+                        "input",
+                        format!("profile `{}`: the step tag `{tag}` is not one token of this tokenizer; send text, not ids", self.profile.name),
+                    )
+                })?;
                 let vocab = self.tokenizer.vocab_size();
-                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
                     return Err(Error::input("input", format!("token id {bad} is outside the vocabulary ({vocab} tokens)")));
                 }
-                (String::new(), ids.clone())
+                let rows = ids.iter().enumerate().filter(|(_, &t)| t == id).map(|(i, _)| i).collect();
+                (String::new(), ids.clone(), rows)
             }
         };
         if ids.is_empty() {
             return Err(Error::input("input", "must not be empty"));
         }
-        let tag_rows: Vec<usize> = ids.iter().enumerate().filter(|(_, &id)| id == tag).map(|(i, _)| i).collect();
         Ok(Prompt { text, ids, steps: vec![String::new(); tag_rows.len()], tag_rows, shared_text_end: None, shared_tokens: 0 })
     }
 }

@@ -18,22 +18,31 @@ use crate::metrics::Metrics;
 use crate::prompt::Solution;
 use crate::retrieval::Mode;
 
-/// Reads a JSON array or JSONL file of records.
+/// Reads the records of a JSON array, a single JSON object or a JSONL file.
 pub fn read_records(path: &Path) -> Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::bad_file(path, e))?;
-    if text.trim_start().starts_with('[') {
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::bad_file(path, e))?;
-        match v {
-            Value::Array(a) => Ok(a),
-            _ => Err(Error::bad_file(path, "expected a JSON array")),
+    let records = match text.trim_start().as_bytes().first() {
+        Some(b'[') | Some(b'{') if serde_json::from_str::<Value>(&text).is_ok() => {
+            match serde_json::from_str(&text).expect("parsed above") {
+                Value::Array(a) => a,
+                one => vec![one],
+            }
         }
-    } else {
-        text.lines()
+        Some(b'[') => {
+            let e = serde_json::from_str::<Value>(&text).expect_err("failed above");
+            return Err(Error::bad_file(path, e));
+        }
+        _ => text
+            .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::bad_file(path, format!("line {}: {e}", i + 1))))
-            .collect()
+            .collect::<Result<_>>()?,
+    };
+    if let Some(i) = records.iter().position(|r| !r.is_object()) {
+        return Err(Error::input(format!("records[{i}]"), "not a JSON object"));
     }
+    Ok(records)
 }
 
 fn solution_of(sol: &Value, field: &str) -> Result<Solution> {
@@ -109,13 +118,17 @@ fn record_answer(sol: &Value, steps: &[String]) -> Option<String> {
     }
 }
 
-/// Scores a Med-PRM test-set style file through the same core as the server (in process).
-pub fn score_file(engine: Engine, mut args: ScoreArgs) -> Result<ScoreSummary> {
+/// Scores a Med-PRM test-set style file through the same core as the server (in process). The
+/// input is read and every record checked before `load` runs, so a bad file fails at once.
+pub fn score_file(load: impl FnOnce() -> Result<Engine>, mut args: ScoreArgs) -> Result<ScoreSummary> {
     if let Some((_, k, _)) = &args.retrieve {
         crate::retrieval::check_k(*k, "--retrieve-k")?;
     }
     let records = read_records(&args.input)?;
     let n_records = records.len();
+    let infer = offline_core(&args);
+    let jobs = records.iter().enumerate().map(|(ri, r)| record_job(r, ri, &args, infer.config())).collect::<Result<Vec<_>>>()?;
+    let engine = load()?;
     let out_file = std::fs::File::create(&args.output).map_err(|e| Error::bad_file(&args.output, e))?;
     let mut out = BufWriter::new(out_file);
     let n_solutions: usize =
@@ -130,7 +143,6 @@ pub fn score_file(engine: Engine, mut args: ScoreArgs) -> Result<ScoreSummary> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let infer = offline_core(&args);
     if let Some((index, _, _)) = args.retrieve.take() {
         infer.set_index(index);
     }
@@ -140,8 +152,7 @@ pub fn score_file(engine: Engine, mut args: ScoreArgs) -> Result<ScoreSummary> {
     let start = Instant::now();
     let (mut tokens, mut solutions) = (0usize, 0usize);
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
-    for (ri, mut rec) in records.into_iter().enumerate() {
-        let job = record_job(&rec, ri, &args, infer.config())?;
+    for (mut rec, job) in records.into_iter().zip(jobs) {
         let scored = rt.block_on(infer.score(job))?;
         tokens += scored.usage.prompt_tokens;
         solutions += scored.candidates.len();

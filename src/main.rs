@@ -158,8 +158,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut opts = model.options()?;
             opts.max_token_len = max_token_len;
             opts.doc_reserve = doc_reserve;
-            let engine = Engine::load(&opts)?;
-            tracing::info!(model = %engine.info.model, profile = %engine.info.profile, "model loaded");
+            let load = || {
+                let engine = Engine::load(&opts)?;
+                tracing::info!(model = %engine.info.model, profile = %engine.info.profile, "model loaded");
+                Ok(engine)
+            };
             let args = medprm::cli::ScoreArgs {
                 input,
                 output,
@@ -172,7 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     _ => None,
                 },
             };
-            let summary = medprm::cli::score_file(engine, args)?;
+            let summary = medprm::cli::score_file(load, args)?;
             summary.print(&mut std::io::stderr())?;
         }
         Command::GenTestModel { out } => {
@@ -227,7 +230,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "medprm=info,warn".into());
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if matches!(&cli.command, Command::Serve(c) if c.json_logs) {
         fmt.json().init();
     } else {

@@ -100,3 +100,35 @@ fn score_reports_bad_input_by_field() {
     assert!(stderr.contains("records[0].solutions[0]"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn score_checks_the_input_before_loading_the_model() {
+    let dir = std::env::temp_dir().join(format!("medprm-cli-early-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |name: &str, content: &str| {
+        let input = dir.join(name);
+        std::fs::write(&input, content).unwrap();
+        // The model does not exist: only an error about the input proves the input came first.
+        let out = Command::new(env!("CARGO_BIN_EXE_medprm"))
+            .args(["score", "--quiet", "--model"]).arg(dir.join("no-such-model"))
+            .args(["--input"]).arg(&input)
+            .args(["--output"]).arg(dir.join("out.jsonl"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    // A single JSON object is one record; its missing question is named.
+    let e = run("one.json", r#"{"solutions": [{"solution": "Step 1: x."}]}"#);
+    assert!(e.contains("records[0].question"), "{e}");
+    // JSONL: the second record's bad document.
+    let e = run("two.jsonl", "{\"question\": \"Q?\", \"solutions\": []}\n{\"question\": \"Q?\", \"related_docs\": [1]}\n");
+    assert!(e.contains("records[1].related_docs[0]"), "{e}");
+    // Something that is not a record.
+    let e = run("num.jsonl", "3\n");
+    assert!(e.contains("records[0]: not a JSON object"), "{e}");
+    // With good records, the missing model is what fails.
+    let e = run("ok.json", r#"{"question": "Q?", "solutions": [{"solution": "Step 1: x."}]}"#);
+    assert!(e.contains("no-such-model"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

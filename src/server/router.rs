@@ -2,8 +2,12 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::middleware;
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use utoipa::OpenApi;
@@ -30,6 +34,16 @@ pub fn openapi_json() -> String {
     doc.to_pretty_json().expect("serializable OpenAPI") + "\n"
 }
 
+/// A 404 without a body (Swagger UI's, under /docs) gets the JSON error every other route gives.
+async fn json_not_found(req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::NOT_FOUND && resp.headers().get(header::CONTENT_TYPE).is_none() {
+        return handlers::not_found(path.parse().unwrap_or_default()).await.into_response();
+    }
+    resp
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     let scoring = Router::new()
         .route("/v1/score", post(handlers::score))
@@ -51,10 +65,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(|| async { ([("content-type", "application/json")], openapi_json()) }))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs"))
         .fallback(handlers::not_found)
+        .layer(middleware::from_fn(json_not_found))
         .layer(DefaultBodyLimit::max(state.cfg.payload_limit))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()))
+                // The access log: one line per request, never any request text.
+                .on_response(|resp: &Response, latency: Duration, _: &tracing::Span| {
+                    let tokens = resp.headers().get("x-compute-tokens").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info!(target: "medprm::access", status = resp.status().as_u16(),
+                                   ms = format!("{:.1}", latency.as_secs_f64() * 1e3), tokens, "request");
+                })
                 // Error statuses are answers to clients (counted in medprm_request_failure), not
                 // server faults; backend failures are logged where they happen.
                 .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),

@@ -593,6 +593,11 @@ fn shutdown_and_security_settings() {
         .unwrap();
     const MARGIN_S: i64 = 10;
     assert!(grace > sleep + drain + MARGIN_S, "terminationGracePeriodSeconds {grace} <= preStop {sleep} + drain {drain} + {MARGIN_S}");
+    // The server's own shutdown deadline lets the longest request finish and ends before the kill.
+    let cm = by_name(&all, "ConfigMap", "medprm-config");
+    let deadline: i64 = s(&cm["data"]["MEDPRM_SHUTDOWN_TIMEOUT_S"], "MEDPRM_SHUTDOWN_TIMEOUT_S").parse().unwrap();
+    assert!(deadline >= drain, "--shutdown-timeout-s {deadline} cuts requests the route still allows ({drain} s)");
+    assert!(sleep + deadline < grace, "preStop {sleep} + --shutdown-timeout-s {deadline} >= grace {grace}: Kubernetes kills first");
 
     // Non-root (the image's numeric user), read-only root, no privilege escalation, no capabilities.
     let psc = &pod["securityContext"];

@@ -354,3 +354,25 @@ async fn rank_with_prefix_sharing_equals_rank_without() {
     let info: Value = c.get(plain.url("/info")).send().await.unwrap().json().await.unwrap();
     assert_eq!(info["limits"]["prefix_sharing"], false);
 }
+
+#[tokio::test]
+async fn sigterm_ends_with_idle_and_slow_connections_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = Server::ready(&["--shutdown-timeout-s", "2"]).await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    // A keep-alive connection left idle after one answer, and one sending its headers slowly.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: medprm\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /v1/score HTTP/1.1\r\nHost: medprm\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = std::time::Instant::now();
+    s.terminate();
+    let code = tokio::task::spawn_blocking(move || s.child.wait().unwrap().code()).await.unwrap();
+    assert_eq!(code, Some(0), "nothing was in flight");
+    assert!(t.elapsed() < Duration::from_secs(10), "exited after {:?}", t.elapsed());
+    drop((idle, slow));
+}

@@ -64,6 +64,11 @@ pub struct ServeConfig {
     /// Log as JSON lines.
     #[arg(long, env = "MEDPRM_JSON_LOGS")]
     pub json_logs: bool,
+    /// After SIGTERM: seconds the requests in flight may take to finish; then the process exits
+    /// whatever connections are still open (idle, or sending their headers slowly), with status 1
+    /// if requests were cut, else 0.
+    #[arg(long, env = "MEDPRM_SHUTDOWN_TIMEOUT_S", default_value_t = 70)]
+    pub shutdown_timeout_s: u64,
     /// Wait this long before the warm-up (lets probes and tests observe the not-ready state).
     #[arg(long, env = "MEDPRM_WARMUP_DELAY_MS", default_value_t = 0)]
     pub warmup_delay_ms: u64,

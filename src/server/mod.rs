@@ -15,6 +15,7 @@ pub mod router;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::infer::Infer;
 use crate::metrics::Metrics;
@@ -25,6 +26,23 @@ pub use router::{openapi_json, router};
 pub struct AppState {
     pub cfg: ServeConfig,
     pub infer: Infer,
+}
+
+/// Resolves on SIGTERM or Ctrl-C (graceful shutdown begins) and arms the deadline: whatever still
+/// holds the server `timeout` later (a slow request, a half-open or idle connection) does not
+/// keep the process alive.
+async fn shutdown_with_deadline(timeout: Duration, metrics: Arc<Metrics>) {
+    shutdown_signal().await;
+    tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        let in_flight = metrics.in_flight_candidates.get();
+        if in_flight > 0 {
+            tracing::error!(in_flight, "shutdown deadline reached: exiting with candidates still in flight");
+            std::process::exit(1);
+        }
+        tracing::info!("shutdown deadline reached: closing the connections still open (no request in flight)");
+        std::process::exit(0);
+    });
 }
 
 async fn shutdown_signal() {
@@ -59,7 +77,8 @@ pub fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         println!("medprm listening on http://{local}");
         tracing::info!(%local, "listening; loading the model");
         backend::start(state.clone());
-        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+        let shutdown = shutdown_with_deadline(Duration::from_secs(state.cfg.shutdown_timeout_s), state.infer.metrics().clone());
+        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
         tracing::info!("stopped");
         anyhow::Ok(())
     })

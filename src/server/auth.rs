@@ -17,7 +17,7 @@ pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next:
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| constant_time_eq(given.as_bytes(), key.as_bytes()));
+            .is_some_and(|given| key_matches(given.as_bytes(), key.as_bytes()));
         if !ok {
             // The label the route's own metrics use: `/v2/rerank` → `rerank`.
             let path = req.uri().path().trim_start_matches('/');
@@ -29,16 +29,25 @@ pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next:
     next.run(req).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares in time that depends on the given key's length only: neither the configured key's
+/// bytes nor its length show in the timing. `key` is never empty (checked at start-up).
+fn key_matches(given: &[u8], key: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let mut ok = (given.len() as u64).ct_eq(&(key.len() as u64));
+    for (i, g) in given.iter().enumerate() {
+        ok &= g.ct_eq(&key[i % key.len()]);
+    }
+    ok.into()
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn constant_time_eq_compares_whole_keys() {
-        assert!(super::constant_time_eq(b"s3cret", b"s3cret"));
-        assert!(!super::constant_time_eq(b"s3cret", b"s3cre"));
-        assert!(!super::constant_time_eq(b"s3cret", b"s3creT"));
+    fn key_matches_whole_keys_only() {
+        assert!(super::key_matches(b"s3cret", b"s3cret"));
+        assert!(!super::key_matches(b"s3cre", b"s3cret"));
+        assert!(!super::key_matches(b"s3crets3cret", b"s3cret"), "a repeated key is not the key");
+        assert!(!super::key_matches(b"s3creT", b"s3cret"));
+        assert!(!super::key_matches(b"", b"s3cret"));
     }
 }

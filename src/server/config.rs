@@ -81,6 +81,7 @@ impl ServeConfig {
         anyhow::ensure!(self.max_candidates > 0, "--max-candidates must be positive");
         anyhow::ensure!(self.tokenization_workers > 0, "--tokenization-workers must be positive");
         anyhow::ensure!(self.retrieve_k == 0 || self.index.is_some(), "--retrieve-k needs --index");
+        anyhow::ensure!(self.api_key.as_deref() != Some(""), "--api-key must not be empty");
         if self.retrieve_k > 0 {
             crate::retrieval::check_k(self.retrieve_k, "--retrieve-k")?;
         }

@@ -1,9 +1,10 @@
-"""The HTTP call OpenRLHF makes to a remote reward model (openrlhf/utils/remote_rm_utils.py,
-`remote_rm_fn` → `request_api_wrapper`, in OpenRLHF/OpenRLHF), made the same way with `requests`
-because the `openrlhf` package needs a CUDA stack: a JSON POST of {"query", "prompts", "labels"}
-(older releases: {"query"} only) with `Content-Type: application/json`, a 180 s timeout, up to 5
-attempts one second apart on any error or non-2xx status, then the score key of the JSON answer
-(`scores` in recent releases, `rewards` before), which OpenRLHF turns into a torch tensor.
+"""The HTTP call OpenRLHF makes to a remote reward model, made the same way with `requests`
+because the `openrlhf` package needs a CUDA stack. Current releases (openrlhf/utils/agent.py,
+`_post_request`, aiohttp) and older ones (openrlhf/utils/remote_rm_utils.py,
+`request_api_wrapper`) in OpenRLHF/OpenRLHF agree on the wire: a JSON POST of {"query", "prompts",
+"labels"} (the oldest: {"query"} only) with `Content-Type: application/json`, a 180 s timeout, up to
+5 attempts one second apart on any error or non-2xx status; the client then reads `scores`
+(falling back to `rewards`; the oldest read `rewards`) and builds a torch tensor from it.
 
 Usage: openrlhf_reward.py URL, the body as JSON on stdin; prints {"tensor": the list the client
 would build its tensor from, "response": the whole JSON answer}."""

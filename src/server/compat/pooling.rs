@@ -1,6 +1,8 @@
 //! vLLM's pooling protocol (`POST /pooling`, `/v1/pooling`) with STEP pooling: the caller has
 //! built the whole prompt (no template, no documents); every position holding the profile's
-//! step-tag token is scored, and each step answers `[p_neg, p_pos]`. Errors on these routes use
+//! step-tag token is scored, and each step answers `[p_neg, p_pos]` — what vLLM answers with
+//! `step_tag_id` = the tag and `returned_token_ids` = [negative label, positive label] (a softmax
+//! over those two logits, in that order). Errors on these routes use
 //! vLLM's shape, `{"error": {"message", "type", "param", "code"}}`.
 
 use std::sync::Arc;
@@ -57,6 +59,10 @@ pub struct PoolingUsage {
     pub prompt_tokens: usize,
     pub total_tokens: usize,
     pub completion_tokens: usize,
+    /// Always null (vLLM sends the field).
+    pub prompt_tokens_details: Option<serde_json::Value>,
+    /// Always null (vLLM sends the field).
+    pub completion_tokens_details: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -80,7 +86,8 @@ pub struct VllmError {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VllmErrorDetail {
     pub message: String,
-    /// `BadRequestError`, `NotFoundError`, `InternalServerError`, ...
+    /// `BadRequestError` (400, 413), `UnprocessableEntityError` (422), `AuthenticationError`,
+    /// `NotFoundError`, `RateLimitError` (429), `ServiceUnavailableError`, `InternalServerError`.
     #[serde(rename = "type")]
     pub kind: String,
     pub param: Option<String>,
@@ -91,7 +98,8 @@ pub struct VllmErrorDetail {
 fn vllm_error(e: ApiError) -> Response {
     let status = e.status();
     let kind = match status {
-        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY | StatusCode::PAYLOAD_TOO_LARGE => "BadRequestError",
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "BadRequestError",
+        StatusCode::UNPROCESSABLE_ENTITY => "UnprocessableEntityError",
         StatusCode::UNAUTHORIZED => "AuthenticationError",
         StatusCode::NOT_FOUND => "NotFoundError",
         StatusCode::TOO_MANY_REQUESTS => "RateLimitError",
@@ -140,7 +148,13 @@ pub async fn pooling(State(state): State<Arc<AppState>>, body: Result<ApiJson<Po
                 .enumerate()
                 .map(|(index, s)| PoolingData { index, object: "pooling".into(), data: s.iter().map(|&p| [1.0 - p, p]).collect() })
                 .collect(),
-            usage: PoolingUsage { prompt_tokens: tokens, total_tokens: tokens, completion_tokens: 0 },
+            usage: PoolingUsage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+                completion_tokens: 0,
+                prompt_tokens_details: None,
+                completion_tokens_details: None,
+            },
         };
         Ok(with_timing_headers(Json(body).into_response(), &scored.timings, start))
     })

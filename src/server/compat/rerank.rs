@@ -41,7 +41,7 @@ pub struct RerankRequest {
     /// Candidate solutions (TEI); the answer is then TEI's bare array.
     #[serde(default)]
     pub texts: Option<Vec<String>>,
-    /// Return only the best `top_n`.
+    /// Return only the best `top_n` (0, as vLLM allows: all).
     #[serde(default)]
     pub top_n: Option<usize>,
     /// Include each document's text in the results (default true).
@@ -147,7 +147,7 @@ pub async fn rerank(State(state): State<Arc<AppState>>, body: Result<ApiJson<Rer
             retrieve: None,
             aggregation: None,
             selection: None,
-            top_n: req.top_n,
+            top_n: req.top_n.filter(|&n| n > 0),
         };
         let scored = state.infer.score(state.infer.validate(request)?).await?;
         let timings = scored.timings;

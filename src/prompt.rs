@@ -30,6 +30,16 @@ pub enum Solution {
     Tagged(String),
 }
 
+impl Solution {
+    /// The caller's text of the solution (steps joined by newlines).
+    pub fn text(&self) -> String {
+        match self {
+            Solution::Steps(s) => s.join("\n"),
+            Solution::Raw(t) | Solution::Tagged(t) => t.clone(),
+        }
+    }
+}
+
 /// A prompt its caller built (vLLM `/pooling`): text to tokenize as it is, or token ids.
 #[derive(Debug, Clone)]
 pub enum RawInput {
@@ -91,6 +101,10 @@ fn tag_rows(enc: &crate::tokenizer::Encoded, tag_ends: &[usize]) -> Result<Vec<u
     }
     Ok(rows)
 }
+
+/// A text longer than this many bytes per allowed token is first tokenized only that far: an
+/// over-limit input is refused without tokenizing all of it.
+const PROBE_BYTES_PER_TOKEN: usize = 8;
 
 /// Fewest tokens a shared prefix must have to be worth running separately.
 pub const MIN_SHARED_PREFIX: usize = 32;
@@ -386,6 +400,23 @@ impl PromptBuilder {
 }
 
 impl PromptBuilder {
+    /// Tokens of `text` when a bounded prefix of it already holds more than `limit` (a lower
+    /// bound: the prompt around it only adds); `None` when the text is too short to tell cheaply,
+    /// and the built prompt decides.
+    pub fn tokens_over(&self, text: &str, limit: usize) -> Result<Option<usize>> {
+        let probe = limit.saturating_add(2).saturating_mul(PROBE_BYTES_PER_TOKEN);
+        if text.len() <= probe {
+            return Ok(None);
+        }
+        let mut end = probe;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let n = self.tokenizer.count(&text[..end])?;
+        // Cutting the text can merge at most one token across the cut.
+        Ok((n > limit + 1).then_some(n - 1))
+    }
+
     /// A prompt its caller built: text tokenized as it is (with the tokenizer's special tokens,
     /// as `add_special_tokens` does; every occurrence of the step tag is scored at its last
     /// token, as for our own prompts) or token ids taken as they are (every position holding the

@@ -376,3 +376,22 @@ async fn sigterm_ends_with_idle_and_slow_connections_open() {
     assert!(t.elapsed() < Duration::from_secs(10), "exited after {:?}", t.elapsed());
     drop((idle, slow));
 }
+
+#[tokio::test]
+async fn far_over_limit_input_is_refused_by_a_bounded_probe() {
+    // Under the payload limit, far over --max-input-tokens: refused before the whole list is
+    // tokenized (the message gives a lower bound), and the server serves the next request.
+    let s = Server::ready(&["--max-input-tokens", "512"]).await;
+    let c = reqwest::Client::new();
+    let step = "The patient has stage 3b chronic kidney disease with diabetes, so an ACE inhibitor is indicated.";
+    let steps: Vec<&str> = (0..15_000).map(|_| step).collect();
+    let score = s.url("/v1/score");
+    expect_error(c.post(&score).json(&json!({"question": "Q?", "steps": steps})), 422, "validation", "more than").await;
+    let r = c.post(&score).json(&json!({"question": "Q?", "steps": ["a"]})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // The same text as a question, and in a rank candidate, is named by its field.
+    let big = steps.join(" ");
+    expect_error(c.post(&score).json(&json!({"question": big, "steps": ["a"]})), 422, "validation", "question:").await;
+    let rank = json!({"question": "Q?", "candidates": [{"steps": ["a"]}, {"solution": big}]});
+    expect_error(c.post(s.url("/v1/rank")).json(&rank), 422, "validation", "candidates[1]:").await;
+}

@@ -160,10 +160,7 @@ impl Infer {
         let n = prompts.len();
         for (p, field) in prompts.iter().zip(fields) {
             if p.ids.len() > self.cfg.max_input_tokens {
-                return Err(Error::input(
-                    field,
-                    format!("the prompt has {} tokens, more than --max-input-tokens {}", p.ids.len(), self.cfg.max_input_tokens),
-                ));
+                return Err(over_limit(field, &p.ids.len().to_string(), self.cfg.max_input_tokens));
             }
         }
         let shared_prefix = if self.cfg.prefix_sharing { shared_prefix_len(&prompts.iter().collect::<Vec<_>>()) } else { 0 };
@@ -207,9 +204,17 @@ impl Infer {
             if n == 1 { vec![job.name.clone()] } else { job.candidates.iter().map(|c| c.field.clone()).collect() };
         let (solutions, answers): (Vec<_>, Vec<_>) =
             job.candidates.into_iter().map(|c| ((c.field, c.solution), c.answer)).unzip();
-        let (b, question) = (builder.clone(), job.question);
+        let (b, question, limit) = (builder.clone(), job.question, self.cfg.max_input_tokens);
         let (kept, doc_tokens, prompts) = self
             .on_worker(move || {
+                // Refuse far-over-limit text before tokenizing all of it.
+                let parts = std::iter::once(("question".to_string(), question.clone()))
+                    .chain(solutions.iter().map(|(field, s)| (field.clone(), s.text())));
+                for (field, text) in parts {
+                    if let Some(n) = b.tokens_over(&text, limit)? {
+                        return Err(over_limit(&field, &format!("more than {n}"), limit));
+                    }
+                }
                 let ctx = b.context(&question, &documents)?;
                 let prompts = solutions
                     .iter()
@@ -294,6 +299,11 @@ impl Infer {
         let (prompts, scores) = self.run(prompts, &fields, &mut timings).await?;
         Ok(ScoredPrompts { prompt_tokens: prompts.iter().map(|p| p.ids.len()).collect(), scores, timings })
     }
+}
+
+/// The token-limit error.
+fn over_limit(field: &str, tokens: &str, limit: usize) -> Error {
+    Error::input(field, format!("the prompt has {tokens} tokens, more than --max-input-tokens {limit}"))
 }
 
 /// What [`Infer::admit`] holds: the permits and the in-flight gauge, released however the job

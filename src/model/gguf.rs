@@ -3,18 +3,19 @@
 //!
 //! llama.cpp permutes the rows of q/k at conversion so that rotary pairs are interleaved; we keep
 //! the weights as they are and rotate interleaved pairs ([`RopeStyle::Interleaved`]).
-//! [`convert_to_hf`] undoes the permutation when writing a Hugging Face directory; [`gguf_name`]
-//! and [`hf_name`] translate tensor names.
+//! [`convert_to_hf`] undoes the permutation when writing a Hugging Face directory. The model asks
+//! for tensors by Hugging Face name; [`gguf_name`] translates them.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::quantized::{gguf_file, QTensor};
+use candle_core::{Device, Shape, Tensor};
 
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
-use super::llama::{Layer, Linear, Llama};
+use super::llama::Llama;
+use super::Weights;
 use crate::error::{Error, Result};
 
 pub struct GgufFile {
@@ -120,6 +121,25 @@ impl GgufFile {
             .sum()
     }
 
+    /// The tensor holding Hugging Face tensor `hf` (translated by [`gguf_name`]), checked to
+    /// have the shape the model expects.
+    pub(crate) fn hf_tensor(&self, hf: &str, shape: &Shape, device: &Device) -> Result<QTensor> {
+        let name = gguf_name(hf).ok_or_else(|| Error::bad_file(&self.path, format!("no GGUF name for tensor `{hf}`")))?;
+        if let Some(info) = self.content.tensor_infos.get(&name) {
+            if info.shape.dims() != shape.dims() {
+                return Err(Error::bad_file(
+                    &self.path,
+                    format!("tensor `{name}` has shape {:?}, expected {:?}", info.shape.dims(), shape.dims()),
+                ));
+            }
+        }
+        self.qtensor(&name, device)
+    }
+
+    pub(crate) fn has_hf(&self, hf: &str) -> bool {
+        gguf_name(hf).is_some_and(|n| self.has(&n))
+    }
+
     fn reject_biases(&self) -> Result<()> {
         match ["blk.0.attn_q.bias", "blk.0.ffn_up.bias"].into_iter().find(|b| self.has(b)) {
             Some(bias) => Err(Error::Unsupported(format!("GGUF with biases ({bias})"))),
@@ -132,42 +152,7 @@ impl GgufFile {
     /// CPU kernels on prompt-sized batches, which is all a reward model runs).
     pub fn load(&self, cfg: LlamaConfig, label_ids: [u32; 2], device: &Device, dequantize: bool) -> Result<Llama> {
         self.reject_biases()?;
-        let dense = |name: &str| -> Result<Tensor> { Ok(self.qtensor(name, device)?.dequantize(device)?) };
-        let lin = |name: &str| -> Result<Linear> {
-            let q = self.qtensor(name, device)?;
-            Ok(if dequantize {
-                Linear::Dense { weight: q.dequantize(device)?, bias: None }
-            } else {
-                Linear::Quantized(QMatMul::from_qtensor(q)?)
-            })
-        };
-        let embed = dense("token_embd.weight")?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for i in 0..cfg.num_layers {
-            let p = format!("blk.{i}");
-            layers.push(Layer {
-                attn_norm: dense(&format!("{p}.attn_norm.weight"))?,
-                q: lin(&format!("{p}.attn_q.weight"))?,
-                k: lin(&format!("{p}.attn_k.weight"))?,
-                v: lin(&format!("{p}.attn_v.weight"))?,
-                o: lin(&format!("{p}.attn_output.weight"))?,
-                mlp_norm: dense(&format!("{p}.ffn_norm.weight"))?,
-                gate: lin(&format!("{p}.ffn_gate.weight"))?,
-                up: lin(&format!("{p}.ffn_up.weight"))?,
-                down: lin(&format!("{p}.ffn_down.weight"))?,
-            });
-        }
-        let norm = dense("output_norm.weight")?;
-        let head = if cfg.tie_word_embeddings {
-            super::label_head(&embed, label_ids, cfg.vocab_size)?
-        } else {
-            super::label_head(&dense("output.weight")?, label_ids, cfg.vocab_size)?
-        };
-        let mut llama = Llama::new(cfg, embed, layers, norm, head, DType::F32, device.clone());
-        if let Some(factors) = self.rope_freq_factors()? {
-            llama.set_rope_freq_factors(&factors);
-        }
-        Ok(llama)
+        Llama::load(&Weights::Gguf { file: self, device: device.clone(), dequantize }, cfg, label_ids)
     }
 
     /// The tokenizer held in the GGUF metadata (byte-level BPE vocabularies).

@@ -13,75 +13,151 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
+use super::Weights;
 
 type Result<T> = candle_core::Result<T>;
+type LoadResult<T> = crate::error::Result<T>;
 /// Largest query block (rows of the score matrix per pass).
 const MAX_QUERY_BLOCK: usize = 512;
 /// The score matrix of one attention pass (batch × heads × rows × keys) stays under this many
 /// elements (256 MiB in f32): large transient tensors cost page faults, not just memory.
 const MAX_SCORE_ELEMS: usize = 64 << 20;
 
-/// A projection: dense weights (f32/f16/bf16) or a quantized GGUF tensor.
-pub enum Linear {
-    Dense { weight: Tensor, bias: Option<Tensor> },
+/// A projection: dense weights (f32/f16/bf16) or a quantized GGUF tensor, and an optional bias.
+struct Linear {
+    weight: LinearWeight,
+    bias: Option<Tensor>,
+}
+
+enum LinearWeight {
+    Dense(Tensor),
     Quantized(QMatMul),
 }
 
 impl Linear {
+    /// `{name}.weight` (out, inp) and, if `bias`, `{name}.bias` (out).
+    fn load(w: &Weights, name: &str, out: usize, inp: usize, bias: bool) -> LoadResult<Self> {
+        let wname = format!("{name}.weight");
+        let weight = match w.qmatmul(&wname, (out, inp))? {
+            Some(q) => LinearWeight::Quantized(q),
+            None => LinearWeight::Dense(w.get(&wname, (out, inp))?),
+        };
+        let bias = if bias { Some(w.get(&format!("{name}.bias"), out)?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
     /// `x` is 2-D (rows, in_features).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Linear::Dense { weight, bias } => {
-                let y = x.matmul(&weight.t()?)?;
-                match bias {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                }
-            }
-            Linear::Quantized(q) => q.forward(x),
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            LinearWeight::Dense(w) => x.matmul(&w.t()?)?,
+            LinearWeight::Quantized(q) => q.forward(x)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
         }
     }
 }
 
-pub struct Layer {
-    pub attn_norm: Tensor,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
-    pub o: Linear,
-    pub mlp_norm: Tensor,
-    pub gate: Linear,
-    pub up: Linear,
-    pub down: Linear,
+/// One decoder layer: pre-norm attention and pre-norm SiLU-gated MLP, each added to the residual.
+struct Layer {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    mlp_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Layer {
+    /// Layer `i`, from `model.layers.{i}.*`.
+    fn load(w: &Weights, cfg: &LlamaConfig, i: usize) -> LoadResult<Self> {
+        let p = format!("model.layers.{i}");
+        let h = cfg.hidden_size;
+        let (qd, kvd, ff) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size);
+        let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+        Ok(Layer {
+            attn_norm: w.get(&format!("{p}.input_layernorm.weight"), h)?,
+            q: Linear::load(w, &format!("{p}.self_attn.q_proj"), qd, h, ab)?,
+            k: Linear::load(w, &format!("{p}.self_attn.k_proj"), kvd, h, ab)?,
+            v: Linear::load(w, &format!("{p}.self_attn.v_proj"), kvd, h, ab)?,
+            o: Linear::load(w, &format!("{p}.self_attn.o_proj"), h, qd, ab)?,
+            mlp_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), h)?,
+            gate: Linear::load(w, &format!("{p}.mlp.gate_proj"), ff, h, mb)?,
+            up: Linear::load(w, &format!("{p}.mlp.up_proj"), ff, h, mb)?,
+            down: Linear::load(w, &format!("{p}.mlp.down_proj"), h, ff, mb)?,
+        })
+    }
 }
 
 /// The label head: the `lm_head` rows of the positive and negative label tokens, f32 (2, hidden).
-pub struct LabelHead {
-    pub rows: Tensor,
+struct LabelHead {
+    rows: Tensor,
+}
+
+impl LabelHead {
+    /// The two label rows of `lm_head.weight`, or of the embedding when the head is tied.
+    fn load(w: &Weights, cfg: &LlamaConfig, embed: &Tensor, label_ids: [u32; 2]) -> LoadResult<Self> {
+        let vocab = cfg.vocab_size;
+        let full = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else if w.contains("lm_head.weight") {
+            w.get("lm_head.weight", (vocab, cfg.hidden_size))?
+        } else {
+            return Err(w.error("lm_head.weight missing and tie_word_embeddings is false"));
+        };
+        for id in label_ids {
+            if id as usize >= vocab {
+                return Err(crate::error::Error::TokenizerMismatch(format!(
+                    "label token id {id} is outside the model vocabulary ({vocab})"
+                )));
+            }
+        }
+        let idx = Tensor::new(&label_ids, full.device())?;
+        Ok(LabelHead { rows: full.index_select(&idx, 0)?.to_dtype(DType::F32)? })
+    }
+
+    /// `[l_pos, l_neg]` for each row of `hidden` (rows, hidden).
+    fn logits(&self, hidden: &Tensor) -> Result<Vec<[f32; 2]>> {
+        let logits = hidden.to_dtype(DType::F32)?.matmul(&self.rows.t()?)?.to_vec2::<f32>()?;
+        Ok(logits.into_iter().map(|l| [l[0], l[1]]).collect())
+    }
 }
 
 pub struct Llama {
-    pub cfg: LlamaConfig,
+    cfg: LlamaConfig,
     /// (vocab, hidden) in the activation dtype.
-    pub embed: Tensor,
-    pub layers: Vec<Layer>,
-    pub norm: Tensor,
-    pub head: LabelHead,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    head: LabelHead,
     /// Activation dtype (f32 for GGUF).
-    pub dtype: DType,
-    pub device: Device,
+    dtype: DType,
+    device: Device,
     inv_freq: Vec<f32>,
 }
 
 /// Per-layer keys and values of a prefix, computed once and shared by suffix batches.
 pub struct KvPrefix {
     /// (1, kv_heads, len, head_dim) per layer.
-    pub k: Vec<Tensor>,
-    pub v: Vec<Tensor>,
-    pub len: usize,
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    len: usize,
 }
 
 impl KvPrefix {
+    /// Tokens in the prefix.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(self.v.iter()).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
     }
@@ -94,30 +170,37 @@ pub struct SeqRows<'a> {
 }
 
 impl Llama {
-    pub fn new(
-        cfg: LlamaConfig,
-        embed: Tensor,
-        layers: Vec<Layer>,
-        norm: Tensor,
-        head: LabelHead,
-        dtype: DType,
-        device: Device,
-    ) -> Self {
-        let inv_freq = cfg.inv_freq();
-        Llama { cfg, embed, layers, norm, head, dtype, device, inv_freq }
+    /// Loads a model from `w`, keeping only the `label_ids` rows of the head.
+    pub fn load(w: &Weights, cfg: LlamaConfig, label_ids: [u32; 2]) -> LoadResult<Self> {
+        let embed = w.get("model.embed_tokens.weight", (cfg.vocab_size, cfg.hidden_size))?;
+        let layers = (0..cfg.num_layers).map(|i| Layer::load(w, &cfg, i)).collect::<LoadResult<Vec<_>>>()?;
+        let norm = w.get("model.norm.weight", cfg.hidden_size)?;
+        let head = LabelHead::load(w, &cfg, &embed, label_ids)?;
+        let mut inv_freq = cfg.inv_freq();
+        if let Some(factors) = w.rope_freq_factors()? {
+            for (f, d) in inv_freq.iter_mut().zip(&factors) {
+                *f /= d;
+            }
+        }
+        Ok(Llama { cfg, embed, layers, norm, head, dtype: w.dtype(), device: w.device().clone(), inv_freq })
+    }
+
+    pub fn cfg(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Activation dtype (f32 for GGUF).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Whether the linears run quantized kernels.
     pub fn quantized(&self) -> bool {
-        self.layers.first().is_some_and(|l| matches!(l.q, Linear::Quantized(_)))
-    }
-
-    /// Divides the rotary inverse frequencies by per-dimension factors (llama.cpp's
-    /// `rope_freqs.weight`, how GGUF files carry llama3 scaling).
-    pub fn set_rope_freq_factors(&mut self, factors: &[f32]) {
-        for (f, d) in self.inv_freq.iter_mut().zip(factors) {
-            *f /= d;
-        }
+        self.layers.first().is_some_and(|l| matches!(l.q.weight, LinearWeight::Quantized(_)))
     }
 
     /// cos and sin tables, (positions.len(), head_dim / 2), in the activation dtype.
@@ -152,13 +235,6 @@ impl Llama {
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         candle_nn::ops::rms_norm(x, w, self.cfg.rms_norm_eps as f32)
-    }
-
-    fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
-        let h = self.rms_norm(x, &layer.mlp_norm)?;
-        let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-        let u = layer.up.forward(&h)?;
-        layer.down.forward(&(g * u)?)
     }
 
     /// Splits a 2-D projection (b*t, heads*d) into (b, heads, t, d), contiguous.
@@ -198,6 +274,13 @@ impl Llama {
     /// Query rows per attention pass for this batch and key count.
     pub fn query_block(&self, b: usize, n_keys: usize) -> usize {
         (MAX_SCORE_ELEMS / (b * self.cfg.num_heads * n_keys).max(1)).clamp(16, MAX_QUERY_BLOCK)
+    }
+
+    fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
+        let h = self.rms_norm(x, &layer.mlp_norm)?;
+        let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
+        let u = layer.up.forward(&h)?;
+        layer.down.forward(&(g * u)?)
     }
 
     /// Runs the layers over a right-padded batch.
@@ -341,14 +424,10 @@ impl Llama {
             .flat_map(|(b, (i, _))| seqs[*i].rows.iter().map(move |&r| (b, r)))
             .collect();
         let (hidden, _) = self.run(&ids, prefix, Some(&rows))?;
-        let hidden = hidden.expect("rows requested").to_dtype(DType::F32)?;
-        let logits = hidden.matmul(&self.head.rows.t()?)?.to_vec2::<f32>()?;
+        let logits = self.head.logits(&hidden.expect("rows requested"))?;
         let mut it = logits.into_iter();
         for (i, _) in &live {
-            out[*i] = seqs[*i].rows.iter().map(|_| {
-                let l = it.next().expect("one logit row per requested row");
-                [l[0], l[1]]
-            }).collect();
+            out[*i] = seqs[*i].rows.iter().map(|_| it.next().expect("one logit row per requested row")).collect();
         }
         Ok(out)
     }

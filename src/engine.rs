@@ -141,7 +141,7 @@ impl Engine {
             }
             _ => unreachable!("a GGUF model always has its file open"),
         };
-        let c = &model.cfg;
+        let c = model.cfg();
         let info = ModelInfo {
             model: opts.model.display().to_string(),
             format: match (&files, model.quantized()) {

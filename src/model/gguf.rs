@@ -3,17 +3,19 @@
 //!
 //! llama.cpp permutes the rows of q/k at conversion so that rotary pairs are interleaved; we keep
 //! the weights as they are and rotate interleaved pairs ([`RopeStyle::Interleaved`]).
-//! [`convert_to_hf`] undoes the permutation when writing a Hugging Face directory.
+//! [`convert_to_hf`] undoes the permutation when writing a Hugging Face directory. The model asks
+//! for tensors by Hugging Face name; [`gguf_name`] translates them.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::quantized::{gguf_file, QTensor};
+use candle_core::{Device, Shape, Tensor};
 
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
-use super::llama::{Layer, Linear, Llama};
+use super::llama::Llama;
+use super::Weights;
 use crate::error::{Error, Result};
 
 pub struct GgufFile {
@@ -119,51 +121,38 @@ impl GgufFile {
             .sum()
     }
 
+    /// The tensor holding Hugging Face tensor `hf` (translated by [`gguf_name`]), checked to
+    /// have the shape the model expects.
+    pub(crate) fn hf_tensor(&self, hf: &str, shape: &Shape, device: &Device) -> Result<QTensor> {
+        let name = gguf_name(hf).ok_or_else(|| Error::bad_file(&self.path, format!("no GGUF name for tensor `{hf}`")))?;
+        if let Some(info) = self.content.tensor_infos.get(&name) {
+            if info.shape.dims() != shape.dims() {
+                return Err(Error::bad_file(
+                    &self.path,
+                    format!("tensor `{name}` has shape {:?}, expected {:?}", info.shape.dims(), shape.dims()),
+                ));
+            }
+        }
+        self.qtensor(&name, device)
+    }
+
+    pub(crate) fn has_hf(&self, hf: &str) -> bool {
+        gguf_name(hf).is_some_and(|n| self.has(&n))
+    }
+
+    fn reject_biases(&self) -> Result<()> {
+        match ["blk.0.attn_q.bias", "blk.0.ffn_up.bias"].into_iter().find(|b| self.has(b)) {
+            Some(bias) => Err(Error::Unsupported(format!("GGUF with biases ({bias})"))),
+            None => Ok(()),
+        }
+    }
+
     /// Loads the weights. Norms and the embedding are dequantized to f32; the linears stay
     /// quantized unless `dequantize` (f32 gemm is several times faster than candle's quantized
     /// CPU kernels on prompt-sized batches, which is all a reward model runs).
     pub fn load(&self, cfg: LlamaConfig, label_ids: [u32; 2], device: &Device, dequantize: bool) -> Result<Llama> {
-        for bias in ["blk.0.attn_q.bias", "blk.0.ffn_up.bias"] {
-            if self.has(bias) {
-                return Err(Error::Unsupported(format!("GGUF with biases ({bias})")));
-            }
-        }
-        let dense = |name: &str| -> Result<Tensor> { Ok(self.qtensor(name, device)?.dequantize(device)?) };
-        let lin = |name: &str| -> Result<Linear> {
-            let q = self.qtensor(name, device)?;
-            Ok(if dequantize {
-                Linear::Dense { weight: q.dequantize(device)?, bias: None }
-            } else {
-                Linear::Quantized(QMatMul::from_qtensor(q)?)
-            })
-        };
-        let embed = dense("token_embd.weight")?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for i in 0..cfg.num_layers {
-            let p = format!("blk.{i}");
-            layers.push(Layer {
-                attn_norm: dense(&format!("{p}.attn_norm.weight"))?,
-                q: lin(&format!("{p}.attn_q.weight"))?,
-                k: lin(&format!("{p}.attn_k.weight"))?,
-                v: lin(&format!("{p}.attn_v.weight"))?,
-                o: lin(&format!("{p}.attn_output.weight"))?,
-                mlp_norm: dense(&format!("{p}.ffn_norm.weight"))?,
-                gate: lin(&format!("{p}.ffn_gate.weight"))?,
-                up: lin(&format!("{p}.ffn_up.weight"))?,
-                down: lin(&format!("{p}.ffn_down.weight"))?,
-            });
-        }
-        let norm = dense("output_norm.weight")?;
-        let head = if cfg.tie_word_embeddings {
-            super::label_head(&embed, label_ids, cfg.vocab_size)?
-        } else {
-            super::label_head(&dense("output.weight")?, label_ids, cfg.vocab_size)?
-        };
-        let mut llama = Llama::new(cfg, embed, layers, norm, head, DType::F32, device.clone());
-        if let Some(factors) = self.rope_freq_factors()? {
-            llama.set_rope_freq_factors(&factors);
-        }
-        Ok(llama)
+        self.reject_biases()?;
+        Llama::load(&Weights::Gguf { file: self, device: device.clone(), dequantize }, cfg, label_ids)
     }
 
     /// The tokenizer held in the GGUF metadata (byte-level BPE vocabularies).
@@ -189,38 +178,80 @@ impl GgufFile {
     }
 }
 
+/// Hugging Face names of a layer's tensors (after `model.layers.{i}.`) and llama.cpp's (after
+/// `blk.{i}.`).
+const LAYER_NAMES: [(&str, &str); 9] = [
+    ("input_layernorm", "attn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+/// The same for the tensors outside the layers.
+const TOP_NAMES: [(&str, &str); 3] =
+    [("model.embed_tokens", "token_embd"), ("model.norm", "output_norm"), ("lm_head", "output")];
+
+/// The llama.cpp name of a Hugging Face tensor: `model.layers.3.self_attn.q_proj.weight` →
+/// `blk.3.attn_q.weight`.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    translate(hf, true)
+}
+
+/// The Hugging Face name of a llama.cpp tensor (the inverse of [`gguf_name`]).
+pub fn hf_name(gguf: &str) -> Option<String> {
+    translate(gguf, false)
+}
+
+fn translate(name: &str, to_gguf: bool) -> Option<String> {
+    let (from_layers, to_layers) = if to_gguf { ("model.layers.", "blk.") } else { ("blk.", "model.layers.") };
+    let pick = |table: &[(&'static str, &'static str)], key: &str| {
+        table.iter().find_map(|&(hf, gg)| {
+            let (from, to) = if to_gguf { (hf, gg) } else { (gg, hf) };
+            (from == key).then_some(to)
+        })
+    };
+    let (base, kind) = name.rsplit_once('.')?;
+    let base = match base.strip_prefix(from_layers) {
+        Some(rest) => {
+            let (i, part) = rest.split_once('.')?;
+            format!("{to_layers}{i}.{}", pick(&LAYER_NAMES, part)?)
+        }
+        None => pick(&TOP_NAMES, base)?.to_string(),
+    };
+    Some(format!("{base}.{kind}"))
+}
+
 /// Writes a Hugging Face directory (f32 safetensors, config.json, tokenizer files) holding the
 /// dequantized weights of a GGUF file, with q/k rows put back in Hugging Face order.
 pub fn convert_to_hf(gguf: &GgufFile, out: &Path) -> Result<()> {
     let cfg = gguf.config()?;
+    gguf.reject_biases()?;
+    if gguf.has("rope_freqs.weight") {
+        return Err(Error::Unsupported("converting GGUF files with rope_freqs.weight".into()));
+    }
     let dev = Device::Cpu;
     std::fs::create_dir_all(out).map_err(|e| Error::bad_file(out, e))?;
-    let deq = |name: &str| -> Result<Tensor> { Ok(gguf.qtensor(name, &dev)?.dequantize(&dev)?) };
     let unpermute = |t: Tensor, heads: usize| -> Result<Tensor> {
         let (rows, cols) = t.dims2()?;
         Ok(t.reshape((heads, rows / heads / 2, 2, cols))?.transpose(1, 2)?.reshape((rows, cols))?)
     };
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    tensors.insert("model.embed_tokens.weight".into(), deq("token_embd.weight")?);
-    tensors.insert("model.norm.weight".into(), deq("output_norm.weight")?);
-    if !cfg.tie_word_embeddings {
-        tensors.insert("lm_head.weight".into(), deq("output.weight")?);
+    for name in gguf.content.tensor_infos.keys() {
+        let Some(hf) = hf_name(name) else { continue };
+        let t = gguf.qtensor(name, &dev)?.dequantize(&dev)?;
+        let t = if hf.ends_with("q_proj.weight") {
+            unpermute(t, cfg.num_heads)?
+        } else if hf.ends_with("k_proj.weight") {
+            unpermute(t, cfg.num_kv_heads)?
+        } else {
+            t
+        };
+        tensors.insert(hf, t.contiguous()?);
     }
-    for i in 0..cfg.num_layers {
-        let g = format!("blk.{i}");
-        let h = format!("model.layers.{i}");
-        tensors.insert(format!("{h}.input_layernorm.weight"), deq(&format!("{g}.attn_norm.weight"))?);
-        tensors.insert(format!("{h}.post_attention_layernorm.weight"), deq(&format!("{g}.ffn_norm.weight"))?);
-        tensors.insert(format!("{h}.self_attn.q_proj.weight"), unpermute(deq(&format!("{g}.attn_q.weight"))?, cfg.num_heads)?);
-        tensors.insert(format!("{h}.self_attn.k_proj.weight"), unpermute(deq(&format!("{g}.attn_k.weight"))?, cfg.num_kv_heads)?);
-        tensors.insert(format!("{h}.self_attn.v_proj.weight"), deq(&format!("{g}.attn_v.weight"))?);
-        tensors.insert(format!("{h}.self_attn.o_proj.weight"), deq(&format!("{g}.attn_output.weight"))?);
-        tensors.insert(format!("{h}.mlp.gate_proj.weight"), deq(&format!("{g}.ffn_gate.weight"))?);
-        tensors.insert(format!("{h}.mlp.up_proj.weight"), deq(&format!("{g}.ffn_up.weight"))?);
-        tensors.insert(format!("{h}.mlp.down_proj.weight"), deq(&format!("{g}.ffn_down.weight"))?);
-    }
-    let tensors: HashMap<String, Tensor> =
-        tensors.into_iter().map(|(k, v)| Ok((k, v.contiguous()?))).collect::<Result<_>>()?;
     candle_core::safetensors::save(&tensors, out.join("model.safetensors"))?;
 
     let mut config = serde_json::json!({
@@ -240,9 +271,6 @@ pub fn convert_to_hf(gguf: &GgufFile, out: &Path) -> Result<()> {
         "hidden_act": "silu",
         "torch_dtype": "float32",
     });
-    if gguf.has("rope_freqs.weight") {
-        return Err(Error::Unsupported("converting GGUF files with rope_freqs.weight".into()));
-    }
     if let RopeScaling::Linear { factor } = cfg.rope_scaling {
         config["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": factor});
     }
@@ -267,4 +295,25 @@ pub fn convert_to_hf(gguf: &GgufFile, out: &Path) -> Result<()> {
 pub(crate) fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| Error::bad_file(path, e))?;
     std::fs::write(path, text).map_err(|e| Error::bad_file(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_translate_both_ways() {
+        assert_eq!(gguf_name("model.layers.12.self_attn.q_proj.weight").as_deref(), Some("blk.12.attn_q.weight"));
+        assert_eq!(gguf_name("model.layers.0.mlp.up_proj.bias").as_deref(), Some("blk.0.ffn_up.bias"));
+        assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(gguf_name("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+        for (hf, _) in LAYER_NAMES {
+            let name = format!("model.layers.3.{hf}.weight");
+            assert_eq!(hf_name(&gguf_name(&name).unwrap()), Some(name));
+        }
+        for (hf, gg) in TOP_NAMES {
+            assert_eq!(hf_name(&format!("{gg}.weight")), Some(format!("{hf}.weight")));
+        }
+    }
 }

@@ -13,75 +13,151 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
+use super::Weights;
 
 type Result<T> = candle_core::Result<T>;
+type LoadResult<T> = crate::error::Result<T>;
 /// Largest query block (rows of the score matrix per pass).
 const MAX_QUERY_BLOCK: usize = 512;
 /// The score matrix of one attention pass (batch × heads × rows × keys) stays under this many
 /// elements (256 MiB in f32): large transient tensors cost page faults, not just memory.
 const MAX_SCORE_ELEMS: usize = 64 << 20;
 
-/// A projection: dense weights (f32/f16/bf16) or a quantized GGUF tensor.
-pub enum Linear {
-    Dense { weight: Tensor, bias: Option<Tensor> },
+/// A projection: dense weights (f32/f16/bf16) or a quantized GGUF tensor, and an optional bias.
+struct Linear {
+    weight: LinearWeight,
+    bias: Option<Tensor>,
+}
+
+enum LinearWeight {
+    Dense(Tensor),
     Quantized(QMatMul),
 }
 
 impl Linear {
+    /// `{name}.weight` (out, inp) and, if `bias`, `{name}.bias` (out).
+    fn load(w: &Weights, name: &str, out: usize, inp: usize, bias: bool) -> LoadResult<Self> {
+        let wname = format!("{name}.weight");
+        let weight = match w.qmatmul(&wname, (out, inp))? {
+            Some(q) => LinearWeight::Quantized(q),
+            None => LinearWeight::Dense(w.get(&wname, (out, inp))?),
+        };
+        let bias = if bias { Some(w.get(&format!("{name}.bias"), out)?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
     /// `x` is 2-D (rows, in_features).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Linear::Dense { weight, bias } => {
-                let y = x.matmul(&weight.t()?)?;
-                match bias {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                }
-            }
-            Linear::Quantized(q) => q.forward(x),
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            LinearWeight::Dense(w) => x.matmul(&w.t()?)?,
+            LinearWeight::Quantized(q) => q.forward(x)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
         }
     }
 }
 
-pub struct Layer {
-    pub attn_norm: Tensor,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
-    pub o: Linear,
-    pub mlp_norm: Tensor,
-    pub gate: Linear,
-    pub up: Linear,
-    pub down: Linear,
+/// One decoder layer: pre-norm attention and pre-norm SiLU-gated MLP, each added to the residual.
+struct Layer {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    mlp_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Layer {
+    /// Layer `i`, from `model.layers.{i}.*`.
+    fn load(w: &Weights, cfg: &LlamaConfig, i: usize) -> LoadResult<Self> {
+        let p = format!("model.layers.{i}");
+        let h = cfg.hidden_size;
+        let (qd, kvd, ff) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size);
+        let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+        Ok(Layer {
+            attn_norm: w.get(&format!("{p}.input_layernorm.weight"), h)?,
+            q: Linear::load(w, &format!("{p}.self_attn.q_proj"), qd, h, ab)?,
+            k: Linear::load(w, &format!("{p}.self_attn.k_proj"), kvd, h, ab)?,
+            v: Linear::load(w, &format!("{p}.self_attn.v_proj"), kvd, h, ab)?,
+            o: Linear::load(w, &format!("{p}.self_attn.o_proj"), h, qd, ab)?,
+            mlp_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), h)?,
+            gate: Linear::load(w, &format!("{p}.mlp.gate_proj"), ff, h, mb)?,
+            up: Linear::load(w, &format!("{p}.mlp.up_proj"), ff, h, mb)?,
+            down: Linear::load(w, &format!("{p}.mlp.down_proj"), h, ff, mb)?,
+        })
+    }
 }
 
 /// The label head: the `lm_head` rows of the positive and negative label tokens, f32 (2, hidden).
-pub struct LabelHead {
-    pub rows: Tensor,
+struct LabelHead {
+    rows: Tensor,
+}
+
+impl LabelHead {
+    /// The two label rows of `lm_head.weight`, or of the embedding when the head is tied.
+    fn load(w: &Weights, cfg: &LlamaConfig, embed: &Tensor, label_ids: [u32; 2]) -> LoadResult<Self> {
+        let vocab = cfg.vocab_size;
+        let full = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else if w.contains("lm_head.weight") {
+            w.get("lm_head.weight", (vocab, cfg.hidden_size))?
+        } else {
+            return Err(w.error("lm_head.weight missing and tie_word_embeddings is false"));
+        };
+        for id in label_ids {
+            if id as usize >= vocab {
+                return Err(crate::error::Error::TokenizerMismatch(format!(
+                    "label token id {id} is outside the model vocabulary ({vocab})"
+                )));
+            }
+        }
+        let idx = Tensor::new(&label_ids, full.device())?;
+        Ok(LabelHead { rows: full.index_select(&idx, 0)?.to_dtype(DType::F32)? })
+    }
+
+    /// `[l_pos, l_neg]` for each row of `hidden` (rows, hidden).
+    fn logits(&self, hidden: &Tensor) -> Result<Vec<[f32; 2]>> {
+        let logits = hidden.to_dtype(DType::F32)?.matmul(&self.rows.t()?)?.to_vec2::<f32>()?;
+        Ok(logits.into_iter().map(|l| [l[0], l[1]]).collect())
+    }
 }
 
 pub struct Llama {
-    pub cfg: LlamaConfig,
+    cfg: LlamaConfig,
     /// (vocab, hidden) in the activation dtype.
-    pub embed: Tensor,
-    pub layers: Vec<Layer>,
-    pub norm: Tensor,
-    pub head: LabelHead,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    head: LabelHead,
     /// Activation dtype (f32 for GGUF).
-    pub dtype: DType,
-    pub device: Device,
+    dtype: DType,
+    device: Device,
     inv_freq: Vec<f32>,
 }
 
 /// Per-layer keys and values of a prefix, computed once and shared by suffix batches.
 pub struct KvPrefix {
     /// (1, kv_heads, len, head_dim) per layer.
-    pub k: Vec<Tensor>,
-    pub v: Vec<Tensor>,
-    pub len: usize,
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    len: usize,
 }
 
 impl KvPrefix {
+    /// Tokens in the prefix.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(self.v.iter()).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
     }
@@ -93,31 +169,53 @@ pub struct SeqRows<'a> {
     pub rows: &'a [usize],
 }
 
+/// What every layer of one forward pass shares: the batch shape, the rotary tables of its
+/// positions and the causal masks of its query blocks.
+struct Pass {
+    /// Sequences, and tokens per (right-padded) sequence.
+    b: usize,
+    t: usize,
+    /// Length of the prefix the sequences continue: positions run `off..off + t`.
+    off: usize,
+    cos: Tensor,
+    sin: Tensor,
+    /// Query rows per attention block, and one mask per block.
+    block: usize,
+    masks: Vec<Tensor>,
+}
+
 impl Llama {
-    pub fn new(
-        cfg: LlamaConfig,
-        embed: Tensor,
-        layers: Vec<Layer>,
-        norm: Tensor,
-        head: LabelHead,
-        dtype: DType,
-        device: Device,
-    ) -> Self {
-        let inv_freq = cfg.inv_freq();
-        Llama { cfg, embed, layers, norm, head, dtype, device, inv_freq }
+    /// Loads a model from `w`, keeping only the `label_ids` rows of the head.
+    pub fn load(w: &Weights, cfg: LlamaConfig, label_ids: [u32; 2]) -> LoadResult<Self> {
+        let embed = w.get("model.embed_tokens.weight", (cfg.vocab_size, cfg.hidden_size))?;
+        let layers = (0..cfg.num_layers).map(|i| Layer::load(w, &cfg, i)).collect::<LoadResult<Vec<_>>>()?;
+        let norm = w.get("model.norm.weight", cfg.hidden_size)?;
+        let head = LabelHead::load(w, &cfg, &embed, label_ids)?;
+        let mut inv_freq = cfg.inv_freq();
+        if let Some(factors) = w.rope_freq_factors()? {
+            for (f, d) in inv_freq.iter_mut().zip(&factors) {
+                *f /= d;
+            }
+        }
+        Ok(Llama { cfg, embed, layers, norm, head, dtype: w.dtype(), device: w.device().clone(), inv_freq })
+    }
+
+    pub fn cfg(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Activation dtype (f32 for GGUF).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Whether the linears run quantized kernels.
     pub fn quantized(&self) -> bool {
-        self.layers.first().is_some_and(|l| matches!(l.q, Linear::Quantized(_)))
-    }
-
-    /// Divides the rotary inverse frequencies by per-dimension factors (llama.cpp's
-    /// `rope_freqs.weight`, how GGUF files carry llama3 scaling).
-    pub fn set_rope_freq_factors(&mut self, factors: &[f32]) {
-        for (f, d) in self.inv_freq.iter_mut().zip(factors) {
-            *f /= d;
-        }
+        self.layers.first().is_some_and(|l| matches!(l.q.weight, LinearWeight::Quantized(_)))
     }
 
     /// cos and sin tables, (positions.len(), head_dim / 2), in the activation dtype.
@@ -152,13 +250,6 @@ impl Llama {
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         candle_nn::ops::rms_norm(x, w, self.cfg.rms_norm_eps as f32)
-    }
-
-    fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
-        let h = self.rms_norm(x, &layer.mlp_norm)?;
-        let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-        let u = layer.up.forward(&h)?;
-        layer.down.forward(&(g * u)?)
     }
 
     /// Splits a 2-D projection (b*t, heads*d) into (b, heads, t, d), contiguous.
@@ -200,122 +291,136 @@ impl Llama {
         (MAX_SCORE_ELEMS / (b * self.cfg.num_heads * n_keys).max(1)).clamp(16, MAX_QUERY_BLOCK)
     }
 
-    /// Runs the layers over a right-padded batch.
-    ///
-    /// * `prefix`: K/V of a shared prefix every sequence continues (positions start after it).
-    /// * `rows`: for each selected row, (sequence index, position in the sequence). When given,
-    ///   returns the final-normed hidden states of those rows, (rows.len(), hidden), and the last
-    ///   layer computes only those rows. When `None` (prefill), returns the per-layer K/V.
-    fn run(
-        &self,
-        ids: &[Vec<u32>],
-        prefix: Option<&KvPrefix>,
-        rows: Option<&[(usize, usize)]>,
-    ) -> Result<(Option<Tensor>, Option<KvPrefix>)> {
+    /// Embeds a right-padded batch (every sequence `t` long) that continues a prefix of `off`
+    /// tokens, and prepares what its layers share.
+    fn start(&self, ids: &[Vec<u32>], off: usize) -> Result<(Tensor, Pass)> {
         let b = ids.len();
         let t = ids.first().map(|s| s.len()).unwrap_or(0);
-        let off = prefix.map(|p| p.len).unwrap_or(0);
-        let (nh, nkv) = (self.cfg.num_heads, self.cfg.num_kv_heads);
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let flat = Tensor::from_vec(flat, b * t, &self.device)?;
-        let mut x = self.embed.index_select(&flat, 0)?;
-
+        let x = self.embed.index_select(&flat, 0)?;
         let positions: Vec<usize> = (off..off + t).collect();
         let (cos, sin) = self.rope_tables(&positions)?;
-        // The causal masks of the query blocks are the same in every layer.
         let n_keys = off + t;
         let block = self.query_block(b, n_keys);
-        let block_masks: Vec<Tensor> = (0..t)
+        let masks = (0..t)
             .step_by(block)
             .map(|start| self.mask(&positions[start..(start + block).min(t)], n_keys))
             .collect::<Result<_>>()?;
-        let n_layers = self.layers.len();
-        let mut kv_out = rows.is_none().then(|| KvPrefix { k: vec![], v: vec![], len: off + t });
-
-        for (li, layer) in self.layers.iter().enumerate() {
-            let last = li + 1 == n_layers;
-            let h = self.rms_norm(&x, &layer.attn_norm)?;
-            let k = self.heads(layer.k.forward(&h)?, b, t, nkv)?;
-            let k = self.rope(&k, &cos, &sin)?;
-            let v = self.heads(layer.v.forward(&h)?, b, t, nkv)?;
-            let (k, v) = match prefix {
-                Some(p) => {
-                    let pk = p.k[li].broadcast_as((b, nkv, p.len, self.cfg.head_dim))?;
-                    let pv = p.v[li].broadcast_as((b, nkv, p.len, self.cfg.head_dim))?;
-                    (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
-                }
-                None => (k, v),
-            };
-            if let Some(out) = kv_out.as_mut() {
-                out.k.push(k.clone());
-                out.v.push(v.clone());
-                if last {
-                    // Prefill needs the K/V of every layer, not the last layer's output.
-                    break;
-                }
-            }
-            let (k, v) = (k.contiguous()?, v.contiguous()?);
-
-            match rows {
-                Some(rows) if last => {
-                    // Only the selected rows go through attention output and MLP.
-                    let idx: Vec<u32> = rows.iter().map(|&(s, p)| (s * t + p) as u32).collect();
-                    let idx = Tensor::from_vec(idx, rows.len(), &self.device)?;
-                    let h_rows = h.index_select(&idx, 0)?;
-                    let q_all = layer.q.forward(&h_rows)?;
-                    let mut outs = Vec::new();
-                    let mut start = 0;
-                    while start < rows.len() {
-                        let s = rows[start].0;
-                        let end = start + rows[start..].iter().take_while(|r| r.0 == s).count();
-                        let pos: Vec<usize> = rows[start..end].iter().map(|r| off + r.1).collect();
-                        let m = end - start;
-                        let q = q_all
-                            .narrow(0, start, m)?
-                            .reshape((1, m, nh, self.cfg.head_dim))?
-                            .transpose(1, 2)?
-                            .contiguous()?;
-                        let (c, sn) = self.rope_tables(&pos)?;
-                        let q = self.rope(&q, &c, &sn)?;
-                        let mask = self.mask(&pos, n_keys)?;
-                        let o = self.attend(&q, &k.narrow(0, s, 1)?, &v.narrow(0, s, 1)?, &mask)?;
-                        outs.push(o.transpose(1, 2)?.reshape((m, nh * self.cfg.head_dim))?);
-                        start = end;
-                    }
-                    let attn = if outs.is_empty() {
-                        Tensor::zeros((0, nh * self.cfg.head_dim), self.dtype, &self.device)?
-                    } else {
-                        Tensor::cat(&outs, 0)?
-                    };
-                    let x_rows = (x.index_select(&idx, 0)? + layer.o.forward(&attn)?)?;
-                    x = (&x_rows + self.mlp(layer, &x_rows)?)?;
-                }
-                _ => {
-                    let q = self.heads(layer.q.forward(&h)?, b, t, nh)?;
-                    let q = self.rope(&q, &cos, &sin)?;
-                    let mut blocks = Vec::new();
-                    for (bi, mask) in block_masks.iter().enumerate() {
-                        let start = bi * block;
-                        let qb = q.narrow(2, start, block.min(t - start))?;
-                        blocks.push(self.attend(&qb, &k, &v, mask)?);
-                    }
-                    let attn = Tensor::cat(&blocks, 2)?;
-                    let attn = attn.transpose(1, 2)?.reshape((b * t, nh * self.cfg.head_dim))?;
-                    x = (&x + layer.o.forward(&attn)?)?;
-                    x = (&x + self.mlp(layer, &x)?)?;
-                }
-            }
-        }
-        match rows {
-            Some(_) => Ok((Some(self.rms_norm(&x, &self.norm)?), None)),
-            None => Ok((None, kv_out)),
-        }
+        Ok((x, Pass { b, t, off, cos, sin, block, masks }))
     }
 
-    /// Label logits `[l_pos, l_neg]` at every requested row of every sequence, in order.
+    /// The first half of a layer, shared by every pass: the normed input `h` (b·t, hidden) and
+    /// the layer's keys (rotated) and values, after the prefix's `prefix_kv` when there is one:
+    /// (b, kv_heads, off + t, head_dim), contiguous.
+    fn layer_kv(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        pass: &Pass,
+        prefix_kv: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, nkv) = (pass.b, pass.t, self.cfg.num_kv_heads);
+        let h = self.rms_norm(x, &layer.attn_norm)?;
+        let k = self.heads(layer.k.forward(&h)?, b, t, nkv)?;
+        let k = self.rope(&k, &pass.cos, &pass.sin)?;
+        let v = self.heads(layer.v.forward(&h)?, b, t, nkv)?;
+        let (k, v) = match prefix_kv {
+            Some((pk, pv)) => {
+                let shape = (b, nkv, pass.off, self.cfg.head_dim);
+                let (pk, pv) = (pk.broadcast_as(shape)?, pv.broadcast_as(shape)?);
+                (Tensor::cat(&[&pk, &k], 2)?.contiguous()?, Tensor::cat(&[&pv, &v], 2)?.contiguous()?)
+            }
+            None => (k, v),
+        };
+        Ok((h, k, v))
+    }
+
+    /// The second half of a layer over every row of the batch: attention (query block by query
+    /// block) and MLP, each added to the residual `x`.
+    fn layer_out(&self, layer: &Layer, x: &Tensor, h: &Tensor, k: &Tensor, v: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let (b, t, nh) = (pass.b, pass.t, self.cfg.num_heads);
+        let q = self.heads(layer.q.forward(h)?, b, t, nh)?;
+        let q = self.rope(&q, &pass.cos, &pass.sin)?;
+        let blocks = pass
+            .masks
+            .iter()
+            .enumerate()
+            .map(|(bi, mask)| {
+                let start = bi * pass.block;
+                self.attend(&q.narrow(2, start, pass.block.min(t - start))?, k, v, mask)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let attn = Tensor::cat(&blocks, 2)?.transpose(1, 2)?.reshape((b * t, nh * self.cfg.head_dim))?;
+        self.residual_attn_mlp(layer, x, &attn)
+    }
+
+    /// The second half of a layer for the selected `rows` only, (sequence, position) grouped by
+    /// sequence: returns their outputs, (rows.len(), hidden).
+    fn layer_out_rows(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        h: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pass: &Pass,
+        rows: &[(usize, usize)],
+    ) -> Result<Tensor> {
+        let (nh, hd, n_keys) = (self.cfg.num_heads, self.cfg.head_dim, pass.off + pass.t);
+        let idx: Vec<u32> = rows.iter().map(|&(s, p)| (s * pass.t + p) as u32).collect();
+        let idx = Tensor::from_vec(idx, rows.len(), &self.device)?;
+        let q_all = layer.q.forward(&h.index_select(&idx, 0)?)?;
+        let mut outs = Vec::new();
+        let mut start = 0;
+        while start < rows.len() {
+            let s = rows[start].0;
+            let end = start + rows[start..].iter().take_while(|r| r.0 == s).count();
+            let pos: Vec<usize> = rows[start..end].iter().map(|r| pass.off + r.1).collect();
+            let m = end - start;
+            let q = q_all.narrow(0, start, m)?.reshape((1, m, nh, hd))?.transpose(1, 2)?.contiguous()?;
+            let (c, sn) = self.rope_tables(&pos)?;
+            let q = self.rope(&q, &c, &sn)?;
+            let mask = self.mask(&pos, n_keys)?;
+            let o = self.attend(&q, &k.narrow(0, s, 1)?, &v.narrow(0, s, 1)?, &mask)?;
+            outs.push(o.transpose(1, 2)?.reshape((m, nh * hd))?);
+            start = end;
+        }
+        let attn = Tensor::cat(&outs, 0)?;
+        self.residual_attn_mlp(layer, &x.index_select(&idx, 0)?, &attn)
+    }
+
+    /// `x + o(attn)`, then plus the MLP of its norm.
+    fn residual_attn_mlp(&self, layer: &Layer, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
+        let x = (x + layer.o.forward(attn)?)?;
+        let h = self.rms_norm(&x, &layer.mlp_norm)?;
+        let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
+        let u = layer.up.forward(&h)?;
+        &x + layer.down.forward(&(g * u)?)?
+    }
+
+    /// Runs a prefix once and returns its per-layer K/V.
+    pub fn prefill(&self, ids: &[u32]) -> Result<KvPrefix> {
+        let (mut x, pass) = self.start(&[ids.to_vec()], 0)?;
+        let mut out = KvPrefix { k: vec![], v: vec![], len: ids.len() };
+        let n_layers = self.layers.len();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let (h, k, v) = self.layer_kv(layer, &x, &pass, None)?;
+            // The last layer's K/V is all a prefix needs of it.
+            if li + 1 < n_layers {
+                x = self.layer_out(layer, &x, &h, &k, &v, &pass)?;
+            }
+            out.k.push(k);
+            out.v.push(v);
+        }
+        Ok(out)
+    }
+
+    /// Label logits `[l_pos, l_neg]` at every requested row of every sequence, in order, each
+    /// sequence continuing `prefix` when given (rows count from the end of the prefix).
     /// Sequences may differ in length (they are right-padded here). Causal attention means no
     /// token after a sequence's last requested row can change it, so each sequence is cut there,
-    /// and a sequence without rows is not run at all.
+    /// a sequence without rows is not run at all, and the last layer computes only those rows.
     pub fn label_logits(&self, seqs: &[SeqRows<'_>], prefix: Option<&KvPrefix>) -> Result<Vec<Vec<[f32; 2]>>> {
         let live: Vec<(usize, &[u32])> = seqs
             .iter()
@@ -340,23 +445,23 @@ impl Llama {
             .enumerate()
             .flat_map(|(b, (i, _))| seqs[*i].rows.iter().map(move |&r| (b, r)))
             .collect();
-        let (hidden, _) = self.run(&ids, prefix, Some(&rows))?;
-        let hidden = hidden.expect("rows requested").to_dtype(DType::F32)?;
-        let logits = hidden.matmul(&self.head.rows.t()?)?.to_vec2::<f32>()?;
+
+        let (mut x, pass) = self.start(&ids, prefix.map_or(0, |p| p.len))?;
+        let n_layers = self.layers.len();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let (h, k, v) = self.layer_kv(layer, &x, &pass, prefix.map(|p| (&p.k[li], &p.v[li])))?;
+            x = if li + 1 < n_layers {
+                self.layer_out(layer, &x, &h, &k, &v, &pass)?
+            } else {
+                self.layer_out_rows(layer, &x, &h, &k, &v, &pass, &rows)?
+            };
+        }
+        let logits = self.head.logits(&self.rms_norm(&x, &self.norm)?)?;
         let mut it = logits.into_iter();
         for (i, _) in &live {
-            out[*i] = seqs[*i].rows.iter().map(|_| {
-                let l = it.next().expect("one logit row per requested row");
-                [l[0], l[1]]
-            }).collect();
+            out[*i] = seqs[*i].rows.iter().map(|_| it.next().expect("one logit row per requested row")).collect();
         }
         Ok(out)
-    }
-
-    /// Runs a prefix once and returns its per-layer K/V.
-    pub fn prefill(&self, ids: &[u32]) -> Result<KvPrefix> {
-        let (_, kv) = self.run(&[ids.to_vec()], None, None)?;
-        Ok(kv.expect("prefill returns K/V"))
     }
 }
 

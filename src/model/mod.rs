@@ -5,14 +5,17 @@ pub mod config;
 pub mod gguf;
 pub mod llama;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
 use config::LlamaConfig;
-use llama::{Layer, LabelHead, Linear, Llama};
+use gguf::GgufFile;
+use llama::Llama;
 
 /// Where the weights of a model live.
 #[derive(Debug, Clone)]
@@ -153,61 +156,95 @@ pub fn load_hf(
     dtype: DType,
     device: &Device,
 ) -> Result<Llama> {
-    for f in files {
-        check_safetensors_header(f)?;
-    }
-    // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }
-        .map_err(|e| Error::bad_file(&files[0], e))?;
-    let named = |e: candle_core::Error| Error::bad_file(&files[0], e);
-    let h = cfg.hidden_size;
-    let (qd, kvd) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
-    let m = vb.pp("model");
-    let embed = m.get((cfg.vocab_size, h), "embed_tokens.weight").map_err(named)?;
-    let linear = |vb: &VarBuilder, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-        let weight = vb.get((out, inp), "weight").map_err(named)?;
-        let bias = if bias { Some(vb.get(out, "bias").map_err(named)?) } else { None };
-        Ok(Linear::Dense { weight, bias })
-    };
-    let mut layers = Vec::with_capacity(cfg.num_layers);
-    for i in 0..cfg.num_layers {
-        let l = m.pp(format!("layers.{i}"));
-        let a = l.pp("self_attn");
-        let p = l.pp("mlp");
-        layers.push(Layer {
-            attn_norm: l.get(h, "input_layernorm.weight").map_err(named)?,
-            q: linear(&a.pp("q_proj"), qd, h, cfg.attention_bias)?,
-            k: linear(&a.pp("k_proj"), kvd, h, cfg.attention_bias)?,
-            v: linear(&a.pp("v_proj"), kvd, h, cfg.attention_bias)?,
-            o: linear(&a.pp("o_proj"), h, qd, cfg.attention_bias)?,
-            mlp_norm: l.get(h, "post_attention_layernorm.weight").map_err(named)?,
-            gate: linear(&p.pp("gate_proj"), cfg.intermediate_size, h, cfg.mlp_bias)?,
-            up: linear(&p.pp("up_proj"), cfg.intermediate_size, h, cfg.mlp_bias)?,
-            down: linear(&p.pp("down_proj"), h, cfg.intermediate_size, cfg.mlp_bias)?,
-        });
-    }
-    let norm = m.get(h, "norm.weight").map_err(named)?;
-    let head_full = if cfg.tie_word_embeddings || !vb.contains_tensor("lm_head.weight") {
-        if !cfg.tie_word_embeddings {
-            return Err(Error::bad_file(&files[0], "lm_head.weight missing and tie_word_embeddings is false"));
-        }
-        embed.clone()
-    } else {
-        vb.get((cfg.vocab_size, h), "lm_head.weight").map_err(named)?
-    };
-    let head = label_head(&head_full, label_ids, cfg.vocab_size)?;
-    Ok(Llama::new(cfg, embed, layers, norm, head, dtype, device.clone()))
+    Llama::load(&Weights::safetensors(files, dtype, device)?, cfg, label_ids)
 }
 
-/// Picks the two label rows of an `lm_head` matrix (vocab, hidden) as f32.
-pub fn label_head(head: &Tensor, label_ids: [u32; 2], vocab: usize) -> Result<LabelHead> {
-    for id in label_ids {
-        if id as usize >= vocab {
-            return Err(Error::TokenizerMismatch(format!("label token id {id} is outside the model vocabulary ({vocab})")));
+/// Where [`Llama::load`] takes its tensors from. Tensors are asked for by their Hugging Face
+/// name (`model.layers.{i}.self_attn.q_proj.weight`, ...); the GGUF source translates names to
+/// llama.cpp's and decides whether linears stay quantized.
+pub enum Weights<'a> {
+    /// Safetensors files (or in-memory tensors), converted to the activation dtype.
+    Hf { vb: VarBuilder<'a>, origin: PathBuf },
+    /// A GGUF file: dequantized to f32, except the linears unless `dequantize`.
+    Gguf { file: &'a GgufFile, device: Device, dequantize: bool },
+}
+
+impl Weights<'static> {
+    /// Memory-maps safetensors files (one, or the shards of an index) in `dtype`.
+    pub fn safetensors(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        for f in files {
+            check_safetensors_header(f)?;
+        }
+        // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }
+            .map_err(|e| Error::bad_file(&files[0], e))?;
+        Ok(Weights::Hf { vb, origin: files[0].clone() })
+    }
+
+    /// Tensors held in memory, by Hugging Face name (tests, tools).
+    pub fn from_tensors(tensors: HashMap<String, Tensor>, dtype: DType, device: &Device) -> Self {
+        Weights::Hf { vb: VarBuilder::from_tensors(tensors, dtype, device), origin: "<memory>".into() }
+    }
+}
+
+impl Weights<'_> {
+    /// The activation dtype of a model made from these weights (f32 for GGUF).
+    pub fn dtype(&self) -> DType {
+        match self {
+            Weights::Hf { vb, .. } => vb.dtype(),
+            Weights::Gguf { .. } => DType::F32,
         }
     }
-    let idx = Tensor::new(&label_ids, head.device())?;
-    Ok(LabelHead { rows: head.index_select(&idx, 0)?.to_dtype(DType::F32)? })
+
+    pub fn device(&self) -> &Device {
+        match self {
+            Weights::Hf { vb, .. } => vb.device(),
+            Weights::Gguf { device, .. } => device,
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Weights::Hf { vb, .. } => vb.contains_tensor(name),
+            Weights::Gguf { file, .. } => file.has_hf(name),
+        }
+    }
+
+    /// A dense tensor of the given shape, in the activation dtype.
+    pub fn get(&self, name: &str, shape: impl Into<Shape>) -> Result<Tensor> {
+        match self {
+            Weights::Hf { vb, origin } => vb.get(shape, name).map_err(|e| Error::bad_file(origin, e)),
+            Weights::Gguf { file, device, .. } => Ok(file.hf_tensor(name, &shape.into(), device)?.dequantize(device)?),
+        }
+    }
+
+    /// The weight of a linear as a quantized matmul, or `None` where linears are dense (then
+    /// [`Weights::get`] it).
+    pub fn qmatmul(&self, name: &str, shape: impl Into<Shape>) -> Result<Option<QMatMul>> {
+        match self {
+            Weights::Gguf { file, device, dequantize: false } => {
+                Ok(Some(QMatMul::from_qtensor(file.hf_tensor(name, &shape.into(), device)?)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Per-dimension divisors of the rotary frequencies (llama.cpp's `rope_freqs.weight`, how
+    /// GGUF files carry llama3 scaling); Hugging Face configs describe the scaling instead.
+    pub fn rope_freq_factors(&self) -> Result<Option<Vec<f32>>> {
+        match self {
+            Weights::Hf { .. } => Ok(None),
+            Weights::Gguf { file, .. } => file.rope_freq_factors(),
+        }
+    }
+
+    /// An error naming the file the weights come from.
+    pub fn error(&self, reason: impl ToString) -> Error {
+        match self {
+            Weights::Hf { origin, .. } => Error::bad_file(origin, reason),
+            Weights::Gguf { file, .. } => Error::bad_file(&file.path, reason),
+        }
+    }
 }
 
 /// Reads a safetensors header so truncated or non-safetensors files fail with the file's name.

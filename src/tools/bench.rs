@@ -36,7 +36,7 @@ pub struct EngineBench {
 
 pub fn bench_engine(engine: &Engine, tokens: usize, batch: usize, iters: usize) -> Result<EngineBench> {
     let h = engine.info.hidden_size;
-    let gemm_gflops = gemm_peak(&engine.model.device, 512, h, 4 * h, 5)?;
+    let gemm_gflops = gemm_peak(engine.model.device(), 512, h, 4 * h, 5)?;
     let prompt = synthetic_prompt(engine, tokens, 8)?;
     let prompts: Vec<&Prompt> = (0..batch).map(|_| &prompt).collect();
     let _ = engine.score(&prompts)?; // warm up
@@ -48,7 +48,7 @@ pub fn bench_engine(engine: &Engine, tokens: usize, batch: usize, iters: usize) 
     }
     let n = prompt.ids.len() * batch;
     // Linear layers plus attention (q·k and p·v over the causal half).
-    let c = &engine.model.cfg;
+    let c = engine.model.cfg();
     let attn = 2.0 * (prompt.ids.len() as f64).powi(2) * (c.num_heads * c.head_dim * c.num_layers) as f64 * batch as f64;
     let flops = 2.0 * engine.info.matmul_params as f64 * n as f64 + attn;
     Ok(EngineBench {
@@ -120,7 +120,7 @@ pub fn bench_prefix(engine: &Engine, candidates: usize, prefix_tokens: usize, su
     let one_s = time(&|| engine.score(&refs[..1]).map(|_| ()))?;
     let shared_s = time(&|| engine.score_shared(&refs, k, max_batch_tokens).map(|_| ()))?;
     let whole_s = time(&|| engine.score_all(&refs, max_batch_tokens).map(|_| ()))?;
-    let c = &engine.model.cfg;
+    let c = engine.model.cfg();
     let f32b = 4;
     let kv_per_token_layer = 2 * c.num_kv_heads * c.head_dim * f32b;
     let prefix_kv_bytes = c.num_layers * k * kv_per_token_layer;

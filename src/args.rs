@@ -4,8 +4,10 @@
 
 use std::path::PathBuf;
 
+use candle_core::{DType, Device};
+
 use crate::engine::LoadOptions;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -28,7 +30,38 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The flags as load options (each spelling checked, errors naming the flag).
     pub fn options(&self) -> Result<LoadOptions> {
-        LoadOptions::from_flags(&self.model, &self.profile, &self.dtype, &self.device, &self.gguf_matmul)
+        let mut o = LoadOptions::new(&self.model, &self.profile);
+        o.dtype = parse_dtype(&self.dtype)?;
+        o.device = select_device(&self.device)?;
+        o.gguf_dequantize = match self.gguf_matmul.as_str() {
+            "auto" => None,
+            "quantized" => Some(false),
+            "dequantized" => Some(true),
+            other => return Err(Error::input("gguf_matmul", format!("`{other}` is not one of auto, quantized, dequantized"))),
+        };
+        Ok(o)
     }
 }
+
+/// Parses a dtype name.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(Error::input("dtype", format!("`{other}` is not one of f32, f16, bf16"))),
+    }
+}
+
+/// The device to run on: CUDA 0 when built with `cuda` and asked for, else CPU.
+pub fn select_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "gpu" => Device::new_cuda(0).map_err(|e| Error::Unsupported(format!("cuda device: {e}"))),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        other => Err(Error::input("device", format!("`{other}` is not one of cpu, cuda, auto"))),
+    }
+}
+

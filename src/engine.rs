@@ -35,21 +35,6 @@ pub struct LoadOptions {
 pub const AUTO_DEQUANTIZE_BYTES: usize = 8 << 30;
 
 impl LoadOptions {
-    /// Options from the command-line spellings shared by `serve`, `score` and `bench`:
-    /// dtype `f32|f16|bf16`, device `cpu|cuda|auto`, GGUF matmul `auto|quantized|dequantized`.
-    pub fn from_flags(model: impl Into<PathBuf>, profile: &str, dtype: &str, device: &str, gguf_matmul: &str) -> Result<Self> {
-        let mut o = LoadOptions::new(model, profile);
-        o.dtype = model::parse_dtype(dtype)?;
-        o.device = model::select_device(device)?;
-        o.gguf_dequantize = match gguf_matmul {
-            "auto" => None,
-            "quantized" => Some(false),
-            "dequantized" => Some(true),
-            other => return Err(Error::input("gguf_matmul", format!("`{other}` is not one of auto, quantized, dequantized"))),
-        };
-        Ok(o)
-    }
-
     pub fn new(model: impl Into<PathBuf>, profile: &str) -> Self {
         LoadOptions {
             model: model.into(),

@@ -102,32 +102,12 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Parses a dtype name.
-pub fn parse_dtype(s: &str) -> Result<DType> {
-    match s {
-        "f32" | "float32" => Ok(DType::F32),
-        "f16" | "float16" => Ok(DType::F16),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        other => Err(Error::input("dtype", format!("`{other}` is not one of f32, f16, bf16"))),
-    }
-}
-
 pub fn dtype_name(d: DType) -> &'static str {
     match d {
         DType::F32 => "f32",
         DType::F16 => "f16",
         DType::BF16 => "bf16",
         _ => "other",
-    }
-}
-
-/// The device to run on: CUDA 0 when built with `cuda` and asked for, else CPU.
-pub fn select_device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" | "gpu" => Device::new_cuda(0).map_err(|e| Error::Unsupported(format!("cuda device: {e}"))),
-        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
-        other => Err(Error::input("device", format!("`{other}` is not one of cpu, cuda, auto"))),
     }
 }
 

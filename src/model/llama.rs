@@ -472,3 +472,163 @@ pub fn positive_probability(l: [f32; 2]) -> f32 {
     let b = (l[1] - m).exp();
     a / (a + b)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    const VOCAB: usize = 32;
+    const LABELS: [u32; 2] = [3, 7];
+
+    /// A toy Llama: hidden 16, 4 query heads over 2 kv heads of 4 dims, attention biases.
+    fn config(layers: usize, tied: bool) -> LlamaConfig {
+        LlamaConfig {
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_layers: layers,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 4,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
+            rope_style: RopeStyle::Half,
+            vocab_size: VOCAB,
+            max_position_embeddings: 4096,
+            tie_word_embeddings: tied,
+            attention_bias: true,
+            mlp_bias: false,
+            sliding_window: None,
+            architecture: "test".into(),
+        }
+    }
+
+    /// Every tensor `cfg` needs, by Hugging Face name: seeded uniform noise, norms near 1.
+    fn tensors(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
+        let mut rng = SplitMix64::new(seed);
+        let mut out = HashMap::new();
+        let mut put = |name: String, shape: &[usize], mean: f32, std: f32| {
+            let v: Vec<f32> = (0..shape.iter().product()).map(|_| mean + rng.uniform_std(std)).collect();
+            out.insert(name, Tensor::from_vec(v, shape, &Device::Cpu).unwrap());
+        };
+        let (h, ff) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
+        put("model.embed_tokens.weight".into(), &[VOCAB, h], 0.0, 1.0);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            put(format!("{p}.input_layernorm.weight"), &[h], 1.0, 0.2);
+            put(format!("{p}.post_attention_layernorm.weight"), &[h], 1.0, 0.2);
+            for (name, out, inp) in [("q_proj", qd, h), ("k_proj", kvd, h), ("v_proj", kvd, h), ("o_proj", h, qd)] {
+                put(format!("{p}.self_attn.{name}.weight"), &[out, inp], 0.0, 0.4);
+                put(format!("{p}.self_attn.{name}.bias"), &[out], 0.0, 0.1);
+            }
+            for (name, out, inp) in [("gate_proj", ff, h), ("up_proj", ff, h), ("down_proj", h, ff)] {
+                put(format!("{p}.mlp.{name}.weight"), &[out, inp], 0.0, 0.3);
+            }
+        }
+        put("model.norm.weight".into(), &[h], 1.0, 0.2);
+        if !cfg.tie_word_embeddings {
+            put("lm_head.weight".into(), &[VOCAB, h], 0.0, 1.0);
+        }
+        out
+    }
+
+    fn load(cfg: LlamaConfig, tensors: HashMap<String, Tensor>) -> LoadResult<Llama> {
+        Llama::load(&Weights::from_tensors(tensors, DType::F32, &Device::Cpu), cfg, LABELS)
+    }
+
+    fn model(layers: usize, seed: u64) -> Llama {
+        let cfg = config(layers, false);
+        let t = tensors(&cfg, seed);
+        load(cfg, t).unwrap()
+    }
+
+    fn ids(n: usize, seed: u64) -> Vec<u32> {
+        let mut rng = SplitMix64::new(seed);
+        (0..n).map(|_| (rng.next_u64() % VOCAB as u64) as u32).collect()
+    }
+
+    fn assert_close(a: &[Vec<[f32; 2]>], b: &[Vec<[f32; 2]>], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.len(), y.len(), "{what}");
+            for (p, q) in x.iter().zip(y) {
+                for j in 0..2 {
+                    assert!((p[j] - q[j]).abs() <= 1e-5 * p[j].abs().max(1.0), "{what}: {a:?} vs {b:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_prefilled_prefix_scores_like_the_whole_sequence() {
+        let m = model(2, 1);
+        let seq = ids(600, 2);
+        // The whole sequence's attention runs in more than one query block.
+        assert!(m.query_block(1, seq.len()) < seq.len());
+        let rows = [310, 311, 420, 599];
+        let whole = m.label_logits(&[SeqRows { ids: &seq, rows: &rows }], None).unwrap();
+        let prefix = m.prefill(&seq[..300]).unwrap();
+        assert_eq!(prefix.len(), 300);
+        let suffix_rows: Vec<usize> = rows.iter().map(|r| r - 300).collect();
+        let split = m.label_logits(&[SeqRows { ids: &seq[300..], rows: &suffix_rows }], Some(&prefix)).unwrap();
+        assert_close(&split, &whole, "prefix + suffix vs whole");
+        // The logits are not degenerate: positions differ.
+        assert!((whole[0][0][0] - whole[0][2][0]).abs() > 1e-3, "{whole:?}");
+    }
+
+    #[test]
+    fn a_right_padded_batch_scores_like_each_sequence_alone() {
+        let m = model(2, 3);
+        let seqs = [ids(9, 4), ids(23, 5), ids(14, 6), ids(5, 7)];
+        // The second sequence is cut after row 11; the last has no rows and is not run.
+        let rows: [&[usize]; 4] = [&[2, 8], &[0, 11], &[4, 13], &[]];
+        let prefix = m.prefill(&ids(10, 8)).unwrap();
+        for prefix in [None, Some(&prefix)] {
+            let batch: Vec<SeqRows<'_>> = seqs.iter().zip(rows).map(|(s, r)| SeqRows { ids: s, rows: r }).collect();
+            let together = m.label_logits(&batch, prefix).unwrap();
+            let alone: Vec<Vec<[f32; 2]>> =
+                batch.iter().map(|s| m.label_logits(std::slice::from_ref(s), prefix).unwrap().remove(0)).collect();
+            assert_close(&together, &alone, "batched vs alone");
+            assert_eq!(together.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2, 0]);
+        }
+    }
+
+    #[test]
+    fn with_attention_and_mlp_silenced_the_logits_are_the_normed_embedding_times_the_label_rows() {
+        let cfg = config(1, true);
+        let mut t = tensors(&cfg, 9);
+        for name in ["self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.weight"] {
+            let w = t.get_mut(&format!("model.layers.0.{name}")).unwrap();
+            *w = w.zeros_like().unwrap();
+        }
+        let row = |name: &str, i: usize| t[name].get(i).unwrap().to_vec1::<f32>().unwrap();
+        let norm = t["model.norm.weight"].to_vec1::<f32>().unwrap();
+        let expect = |id: u32| -> [f32; 2] {
+            let x = row("model.embed_tokens.weight", id as usize);
+            let r = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32 + 1e-5).sqrt();
+            let label = |l: u32| {
+                let e = row("model.embed_tokens.weight", l as usize);
+                x.iter().zip(&norm).zip(&e).map(|((x, n), e)| x * r * n * e).sum::<f32>()
+            };
+            [label(LABELS[0]), label(LABELS[1])]
+        };
+        let want = vec![vec![expect(9), expect(12)], vec![expect(5)]];
+        let m = load(cfg, t.clone()).unwrap();
+        let (a, b) = ([1, 9, 4, 12], [5, 2]);
+        let got = m.label_logits(&[SeqRows { ids: &a, rows: &[1, 3] }, SeqRows { ids: &b, rows: &[0] }], None).unwrap();
+        assert_close(&got, &want, "hand-computed");
+    }
+
+    #[test]
+    fn an_untied_model_without_lm_head_fails_to_load() {
+        let cfg = config(1, false);
+        let mut t = tensors(&cfg, 10);
+        t.remove("lm_head.weight");
+        let e = load(cfg, t).err().expect("no lm_head").to_string();
+        assert!(e.contains("lm_head.weight missing"), "{e}");
+    }
+}

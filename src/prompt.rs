@@ -31,11 +31,11 @@ pub enum Solution {
 }
 
 impl Solution {
-    /// The caller's text of the solution (steps joined by newlines).
-    pub fn text(&self) -> String {
+    /// The caller's text of the solution (steps joined by newlines; borrowed otherwise).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Solution::Steps(s) => s.join("\n"),
-            Solution::Raw(t) | Solution::Tagged(t) => t.clone(),
+            Solution::Steps(s) => s.join("\n").into(),
+            Solution::Raw(t) | Solution::Tagged(t) => t.as_str().into(),
         }
     }
 }

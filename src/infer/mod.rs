@@ -208,11 +208,11 @@ impl Infer {
         let (kept, doc_tokens, prompts) = self
             .on_worker(move || {
                 // Refuse far-over-limit text before tokenizing all of it.
-                let parts = std::iter::once(("question".to_string(), question.clone()))
-                    .chain(solutions.iter().map(|(field, s)| (field.clone(), s.text())));
+                let parts = std::iter::once(("question", std::borrow::Cow::from(question.as_str())))
+                    .chain(solutions.iter().map(|(field, s)| (field.as_str(), s.text())));
                 for (field, text) in parts {
                     if let Some(n) = b.tokens_over(&text, limit)? {
-                        return Err(over_limit(&field, &format!("more than {n}"), limit));
+                        return Err(over_limit(field, &format!("more than {n}"), limit));
                     }
                 }
                 let ctx = b.context(&question, &documents)?;

@@ -20,7 +20,7 @@ use crate::prompt::RawInput;
 use super::super::error::{ApiError, ScoringErrors};
 use super::super::handlers::{observed_as, with_timing_headers, ApiJson};
 use super::super::AppState;
-use super::rerank::response_id;
+use super::{model_name, response_id};
 
 /// `input`: a prompt, a list of prompts, a list of token ids, or a list of such lists.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -141,7 +141,7 @@ pub async fn pooling(State(state): State<Arc<AppState>>, body: Result<ApiJson<Po
             id: response_id("pool"),
             object: "list".into(),
             created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
-            model: req.model.unwrap_or_else(|| state.infer.info().map(|i| i.model.clone()).unwrap_or_default()),
+            model: model_name(&state, req.model),
             data: scored
                 .scores
                 .iter()

@@ -3,9 +3,7 @@
 //! relevance score is the profile's aggregate of its step scores. The documents run as one rank
 //! request, so their shared question prefix runs once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -18,6 +16,7 @@ use crate::infer::{CandidateRequest, Candidates, JobRequest, Scored};
 use super::super::error::{ApiError, ScoringErrors};
 use super::super::handlers::{observed, with_timing_headers, ApiJson};
 use super::super::AppState;
+use super::{model_name, response_id};
 
 /// A document to rank: a string, or an object with `text` (Jina, Cohere v1).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -92,13 +91,6 @@ pub struct TeiRank {
     pub text: Option<String>,
 }
 
-/// `<prefix>-<hex>`: unique within the process, unlikely to repeat across restarts.
-pub fn response_id(prefix: &str) -> String {
-    static SERIAL: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or_default();
-    format!("{prefix}-{:016x}{:04x}", nanos, SERIAL.fetch_add(1, Ordering::Relaxed) & 0xffff)
-}
-
 // `rerank` answers three paths; the two below exist for the OpenAPI document only.
 
 /// Rank candidate solutions of one question (Jina / vLLM path of `/v2/rerank`).
@@ -159,7 +151,7 @@ pub async fn rerank(State(state): State<Arc<AppState>>, body: Result<ApiJson<Rer
             Json(ranks).into_response()
         } else {
             let with_docs = req.return_documents.unwrap_or(true);
-            let model = req.model.unwrap_or_else(|| state.infer.info().map(|i| i.model.clone()).unwrap_or_default());
+            let model = model_name(&state, req.model);
             Json(RerankResponse {
                 id: response_id("rerank"),
                 model,

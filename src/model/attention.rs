@@ -15,6 +15,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::config::RopeStyle;
+use super::simd::{self, Kernels};
 
 /// Query rows of one sequence scored together (per query head).
 const QUERY_BLOCK: usize = 64;
@@ -79,7 +80,7 @@ pub fn causal_attention(h: Heads, q: &[f32], rows: &[QueryRow], sources: &[KeyVa
         outs.push(head);
         rest = tail;
     }
-    let kernel = kernel();
+    let kernel = simd::kernels();
     blocks.into_par_iter().zip(outs).for_each(|(range, out)| {
         let q = &q[range.start * width..range.end * width];
         attend_block(h, q, &rows[range], sources, out, kernel);
@@ -96,7 +97,7 @@ struct Scratch {
     sum: Vec<f32>,
 }
 
-fn attend_block(h: Heads, q: &[f32], rows: &[QueryRow], sources: &[KeyValues<'_>], out: &mut [f32], kernel: Kernel) {
+fn attend_block(h: Heads, q: &[f32], rows: &[QueryRow], sources: &[KeyValues<'_>], out: &mut [f32], kernel: Kernels) {
     let (d, n_rep, m) = (h.head_dim, h.heads / h.kv_heads, rows.len());
     let (width, kv_width) = (h.heads * d, h.kv_heads * d);
     let n = n_rep * m;
@@ -259,134 +260,6 @@ pub fn rope_rows(x: &mut [f32], heads: usize, head_dim: usize, style: RopeStyle,
     });
 }
 
-/// The row reductions of the online softmax, compiled for the widest vector unit the CPU has.
-#[derive(Clone, Copy)]
-struct Kernel {
-    max: unsafe fn(&[f32]) -> f32,
-    exp_sub_sum: unsafe fn(&mut [f32], f32) -> f32,
-}
-
-impl Kernel {
-    fn max(&self, row: &[f32]) -> f32 {
-        // SAFETY: `kernel()` only picks a variant whose target features the CPU has.
-        unsafe { (self.max)(row) }
-    }
-
-    fn exp_sub_sum(&self, row: &mut [f32], m: f32) -> f32 {
-        // SAFETY: as in `max`.
-        unsafe { (self.exp_sub_sum)(row, m) }
-    }
-}
-
-fn kernel() -> Kernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            return Kernel { max: x86::max_avx512, exp_sub_sum: x86::exp_sub_sum_avx512 };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Kernel { max: x86::max_avx2, exp_sub_sum: x86::exp_sub_sum_avx2 };
-        }
-    }
-    Kernel { max: portable_max, exp_sub_sum: portable_exp_sub_sum }
-}
-
-unsafe fn portable_max(row: &[f32]) -> f32 {
-    row_max(row)
-}
-
-unsafe fn portable_exp_sub_sum(row: &mut [f32], m: f32) -> f32 {
-    exp_sub_sum(row, m)
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn max_avx512(row: &[f32]) -> f32 {
-        super::row_max(row)
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn exp_sub_sum_avx512(row: &mut [f32], m: f32) -> f32 {
-        super::exp_sub_sum(row, m)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn max_avx2(row: &[f32]) -> f32 {
-        super::row_max(row)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn exp_sub_sum_avx2(row: &mut [f32], m: f32) -> f32 {
-        super::exp_sub_sum(row, m)
-    }
-}
-
-/// Independent lanes let the compiler vectorise reductions it may not reorder.
-const LANES: usize = 16;
-
-#[inline(always)]
-fn row_max(row: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (l, x) in lanes.iter_mut().zip(c) {
-            *l = if *x > *l { *x } else { *l };
-        }
-    }
-    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
-    lanes.iter().fold(tail, |a, &x| if x > a { x } else { a })
-}
-
-/// `x ← exp(x − m)` over the row; returns the sum of the new values.
-#[inline(always)]
-fn exp_sub_sum(row: &mut [f32], m: f32) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
-    for c in &mut chunks {
-        for (l, x) in lanes.iter_mut().zip(c.iter_mut()) {
-            *x = exp(*x - m);
-            *l += *x;
-        }
-    }
-    let mut total = 0.0;
-    for x in chunks.into_remainder() {
-        *x = exp(*x - m);
-        total += *x;
-    }
-    lanes.iter().sum::<f32>() + total
-}
-
-/// e^x for x ≤ 0 to about 1 ulp, branch-free so that it vectorises: x = n·ln 2 + r with
-/// |r| ≤ ln 2 / 2, a degree-6 minimax polynomial for e^r (Cephes' coefficients), times 2^n built
-/// in the exponent bits. Below −87 (under f32's normal range) the result is 0.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5 · 2²³: adding it rounds to an integer, kept in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    let xc = x.max(-87.0);
-    let t = xc * LOG2E + ROUND;
-    let n = t - ROUND;
-    let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    let r = xc - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
-    let e = p * r * r + r + 1.0;
-    let scaled = e * f32::from_bits(((ni + 127) << 23) as u32);
-    if x < -87.0 {
-        0.0
-    } else {
-        scaled
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,23 +304,6 @@ mod tests {
     fn assert_close(a: &[f32], b: &[f32]) {
         let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(worst < 2e-5, "max abs difference {worst}");
-    }
-
-    #[test]
-    fn exp_matches_the_standard_library() {
-        let mut worst = 0f32;
-        for i in 0..200_000 {
-            let x = -87.0 * i as f32 / 200_000.0;
-            let (a, b) = (exp(x), x.exp());
-            worst = worst.max((a - b).abs() / b);
-        }
-        assert!(worst < 3e-7, "relative error {worst}");
-        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp(-100.0), 0.0);
-        let mut row = vec![0.0, -1.0, f32::NEG_INFINITY, -2.0];
-        let total = kernel().exp_sub_sum(&mut row, 0.0);
-        assert!((total - (1.0 + (-1f32).exp() + (-2f32).exp())).abs() < 1e-6);
-        assert_eq!(row[2], 0.0);
     }
 
     #[test]

@@ -15,10 +15,11 @@
 //! generic tensor operations over a materialised score matrix, one query block at a time.
 
 use candle_core::quantized::{QMatMul, QTensor};
+use rayon::prelude::*;
 use candle_core::{CpuStorage, DType, Device, Module, Storage, StorageRef, Tensor};
 
 use super::attention::{self, Heads, KeyValues, QueryRow};
-use super::{dequant, GgufLinears};
+use super::{dequant, simd, GgufLinears};
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
 use super::Weights;
 
@@ -78,9 +79,33 @@ struct Layer {
     v: Linear,
     o: Linear,
     mlp_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    gate_up: GateUp,
     down: Linear,
+}
+
+/// The MLP's two input projections: one (2·intermediate, hidden) matmul when both are dense
+/// (gate rows first), two otherwise.
+enum GateUp {
+    Fused { linear: Linear, intermediate: usize },
+    Split { gate: Linear, up: Linear },
+}
+
+impl GateUp {
+    fn load(w: &Weights, p: &str, ff: usize, h: usize, bias: bool) -> LoadResult<Self> {
+        let gate = Linear::load(w, &format!("{p}.mlp.gate_proj"), ff, h, bias)?;
+        let up = Linear::load(w, &format!("{p}.mlp.up_proj"), ff, h, bias)?;
+        Ok(match (&gate.weight, &up.weight) {
+            (LinearWeight::Dense(g), LinearWeight::Dense(u)) => {
+                let bias = match (&gate.bias, &up.bias) {
+                    (Some(a), Some(b)) => Some(Tensor::cat(&[a, b], 0)?),
+                    _ => None,
+                };
+                let weight = LinearWeight::Dense(Tensor::cat(&[g, u], 0)?);
+                GateUp::Fused { linear: Linear { weight, bias }, intermediate: ff }
+            }
+            _ => GateUp::Split { gate, up },
+        })
+    }
 }
 
 impl Layer {
@@ -97,8 +122,7 @@ impl Layer {
             v: Linear::load(w, &format!("{p}.self_attn.v_proj"), kvd, h, ab)?,
             o: Linear::load(w, &format!("{p}.self_attn.o_proj"), h, qd, ab)?,
             mlp_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            gate: Linear::load(w, &format!("{p}.mlp.gate_proj"), ff, h, mb)?,
-            up: Linear::load(w, &format!("{p}.mlp.up_proj"), ff, h, mb)?,
+            gate_up: GateUp::load(w, &p, ff, h, mb)?,
             down: Linear::load(w, &format!("{p}.mlp.down_proj"), h, ff, mb)?,
         })
     }
@@ -532,9 +556,32 @@ impl Llama {
     fn residual_attn_mlp(&self, layer: &Layer, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
         let x = (x + layer.o.forward(attn)?)?;
         let h = self.rms_norm(&x, &layer.mlp_norm)?;
-        let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-        let u = layer.up.forward(&h)?;
-        &x + layer.down.forward(&(g * u)?)?
+        &x + layer.down.forward(&self.gated(&layer.gate_up, &h)?)?
+    }
+
+    /// `silu(gate(h)) · up(h)`, (rows, intermediate).
+    fn gated(&self, gate_up: &GateUp, h: &Tensor) -> Result<Tensor> {
+        match gate_up {
+            GateUp::Split { gate, up } => candle_nn::ops::silu(&gate.forward(h)?)? * up.forward(h)?,
+            GateUp::Fused { linear, intermediate } if self.cpu_kernels() => {
+                let y = linear.forward(h)?;
+                let rows = y.dim(0)?;
+                let ff = *intermediate;
+                let yv = CpuF32::new(&y)?;
+                let mut out = vec![0f32; rows * ff];
+                let k = simd::kernels();
+                out.par_chunks_mut(ff).zip(yv.get().par_chunks(2 * ff)).for_each(|(o, gu)| {
+                    let (g, u) = gu.split_at(ff);
+                    k.silu_mul(g, u, o);
+                });
+                Tensor::from_vec(out, (rows, ff), &self.device)
+            }
+            GateUp::Fused { linear, intermediate } => {
+                let y = linear.forward(h)?;
+                let ff = *intermediate;
+                candle_nn::ops::silu(&y.narrow(1, 0, ff)?)? * y.narrow(1, ff, ff)?
+            }
+        }
     }
 
     /// Runs a prefix once and returns its per-layer K/V.

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod config;
 pub mod dequant;
+pub mod simd;
 pub mod gguf;
 pub mod llama;
 

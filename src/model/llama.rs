@@ -1,8 +1,8 @@
 //! Our Llama forward pass for reward scoring.
 //!
 //! Unlike a generation model it never computes vocabulary logits: it returns the hidden state only
-//! at the rows the caller asks for (the step-tag positions) and multiplies those by the two label
-//! rows of `lm_head`. In the last layer only those rows go through attention output and MLP.
+//! at the rows the caller asks for (the step-tag positions) and passes those through the step
+//! head ([`super::head`]: two label rows of `lm_head`, or a score classifier). In the last layer only those rows go through attention output and MLP.
 //! A shared prefix (system prompt, documents, question) can be run once with [`Llama::prefill`]
 //! and its K/V reused by several suffixes ([`Llama::label_logits`] with `Some(prefix)`).
 //!
@@ -13,6 +13,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
+use super::head::{Head, HeadSpec};
 use super::Weights;
 
 type Result<T> = candle_core::Result<T>;
@@ -84,46 +85,12 @@ impl Layer {
             q: Linear::load(w, &format!("{p}.self_attn.q_proj"), qd, h, ab)?,
             k: Linear::load(w, &format!("{p}.self_attn.k_proj"), kvd, h, ab)?,
             v: Linear::load(w, &format!("{p}.self_attn.v_proj"), kvd, h, ab)?,
-            o: Linear::load(w, &format!("{p}.self_attn.o_proj"), h, qd, ab)?,
+            o: Linear::load(w, &format!("{p}.self_attn.o_proj"), h, qd, cfg.o_proj_bias)?,
             mlp_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), h)?,
             gate: Linear::load(w, &format!("{p}.mlp.gate_proj"), ff, h, mb)?,
             up: Linear::load(w, &format!("{p}.mlp.up_proj"), ff, h, mb)?,
             down: Linear::load(w, &format!("{p}.mlp.down_proj"), h, ff, mb)?,
         })
-    }
-}
-
-/// The label head: the `lm_head` rows of the positive and negative label tokens, f32 (2, hidden).
-struct LabelHead {
-    rows: Tensor,
-}
-
-impl LabelHead {
-    /// The two label rows of `lm_head.weight`, or of the embedding when the head is tied.
-    fn load(w: &Weights, cfg: &LlamaConfig, embed: &Tensor, label_ids: [u32; 2]) -> LoadResult<Self> {
-        let vocab = cfg.vocab_size;
-        let full = if cfg.tie_word_embeddings {
-            embed.clone()
-        } else if w.contains("lm_head.weight") {
-            w.get("lm_head.weight", (vocab, cfg.hidden_size))?
-        } else {
-            return Err(w.error("lm_head.weight missing and tie_word_embeddings is false"));
-        };
-        for id in label_ids {
-            if id as usize >= vocab {
-                return Err(crate::error::Error::TokenizerMismatch(format!(
-                    "label token id {id} is outside the model vocabulary ({vocab})"
-                )));
-            }
-        }
-        let idx = Tensor::new(&label_ids, full.device())?;
-        Ok(LabelHead { rows: full.index_select(&idx, 0)?.to_dtype(DType::F32)? })
-    }
-
-    /// `[l_pos, l_neg]` for each row of `hidden` (rows, hidden).
-    fn logits(&self, hidden: &Tensor) -> Result<Vec<[f32; 2]>> {
-        let logits = hidden.to_dtype(DType::F32)?.matmul(&self.rows.t()?)?.to_vec2::<f32>()?;
-        Ok(logits.into_iter().map(|l| [l[0], l[1]]).collect())
     }
 }
 
@@ -133,7 +100,7 @@ pub struct Llama {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    head: LabelHead,
+    head: Head,
     /// Activation dtype (f32 for GGUF).
     dtype: DType,
     device: Device,
@@ -185,12 +152,13 @@ struct Pass {
 }
 
 impl Llama {
-    /// Loads a model from `w`, keeping only the `label_ids` rows of the head.
-    pub fn load(w: &Weights, cfg: LlamaConfig, label_ids: [u32; 2]) -> LoadResult<Self> {
+    /// Loads a model from `w` with the step head `head` names (label ids: only those two rows
+    /// of `lm_head` are kept).
+    pub fn load(w: &Weights, cfg: LlamaConfig, head: impl Into<HeadSpec>) -> LoadResult<Self> {
         let embed = w.get("model.embed_tokens.weight", (cfg.vocab_size, cfg.hidden_size))?;
         let layers = (0..cfg.num_layers).map(|i| Layer::load(w, &cfg, i)).collect::<LoadResult<Vec<_>>>()?;
         let norm = w.get("model.norm.weight", cfg.hidden_size)?;
-        let head = LabelHead::load(w, &cfg, &embed, label_ids)?;
+        let head = Head::load(w, &cfg, &embed, head.into())?;
         let mut inv_freq = cfg.inv_freq();
         if let Some(factors) = w.rope_freq_factors()? {
             for (f, d) in inv_freq.iter_mut().zip(&factors) {
@@ -500,6 +468,7 @@ mod tests {
             max_position_embeddings: 4096,
             tie_word_embeddings: tied,
             attention_bias: true,
+            o_proj_bias: true,
             mlp_bias: false,
             sliding_window: None,
             architecture: "test".into(),

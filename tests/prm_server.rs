@@ -1,5 +1,6 @@
 //! The other PRM formats over HTTP: the real binary serving the MedS³ and Qwen test checkpoints
-//! (profile picked from the architecture), responses naming the profile, documents refused.
+//! (profile picked from the architecture) and the Llama-3.1 test model as an RLHFlow PRM;
+//! responses naming the profile, documents refused.
 
 mod common;
 
@@ -83,4 +84,34 @@ async fn qwen_prm_serves_score_at_its_separators() {
     assert_eq!(got.len(), want.len());
     assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-4), "{got:?} vs {want:?}");
     assert_eq!(v["usage"]["prompt_tokens"].as_u64().unwrap() as usize, case["input_ids"].as_array().unwrap().len());
+}
+
+#[tokio::test]
+async fn rlhflow_serves_rank_over_turns_with_its_mean() {
+    let s = Server::ready(&["--profile", "rlhflow-prm"]).await;
+    let c = reqwest::Client::new();
+    let g = golden(include_str!("golden/rlhflow-prm.json"));
+    let cases = g["cases"].as_array().unwrap();
+    let group = &g["rank_groups"][0];
+    let members: Vec<&Value> =
+        group["cases"].as_array().unwrap().iter().map(|n| cases.iter().find(|c| c["name"] == *n).unwrap()).collect();
+    let body = json!({
+        "question": members[0]["question"],
+        "candidates": members.iter().map(|m| json!({"steps": m["steps"]})).collect::<Vec<_>>(),
+    });
+    let (status, v) = post(&c, s.url("/v1/rank"), &body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!((&v["profile"], &v["aggregation"]), (&json!("rlhflow-prm"), &json!("mean")));
+    assert_eq!(v["selected"]["index"], group["best_of_n"]);
+    for cand in v["candidates"].as_array().unwrap() {
+        let want: Vec<f64> = members[cand["index"].as_u64().unwrap() as usize]["step_values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let got: Vec<f64> = cand["steps"].as_array().unwrap().iter().map(|s| s["score"].as_f64().unwrap()).collect();
+        assert_eq!(got.len(), want.len());
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-4), "{got:?} vs {want:?}");
+    }
 }

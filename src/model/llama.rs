@@ -1,8 +1,9 @@
 //! Our Llama forward pass for reward scoring.
 //!
 //! Unlike a generation model it never computes vocabulary logits: it returns the hidden state only
-//! at the rows the caller asks for (the step-tag positions) and multiplies those by the two label
-//! rows of `lm_head`. In the last layer only those rows go through attention output and MLP.
+//! at the rows the caller asks for (the step-tag positions) and passes those through the step
+//! head ([`super::head`]: two label rows of `lm_head`, or a score classifier). In the last
+//! layer only those rows go through attention output and MLP.
 //! A shared prefix (system prompt, documents, question) can be run once with [`Llama::prefill`]
 //! and its K/V reused by several suffixes ([`Llama::label_logits`] with `Some(prefix)`).
 //!
@@ -21,6 +22,7 @@ use candle_core::{CpuStorage, DType, Device, Module, Storage, StorageRef, Tensor
 use super::attention::{self, Heads, KeyValues, QueryRow};
 use super::{dequant, simd, GgufLinears};
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
+use super::head::{Head, HeadSpec};
 use super::Weights;
 
 type Result<T> = candle_core::Result<T>;
@@ -120,7 +122,7 @@ impl Layer {
             q: Linear::load(w, &format!("{p}.self_attn.q_proj"), qd, h, ab)?,
             k: Linear::load(w, &format!("{p}.self_attn.k_proj"), kvd, h, ab)?,
             v: Linear::load(w, &format!("{p}.self_attn.v_proj"), kvd, h, ab)?,
-            o: Linear::load(w, &format!("{p}.self_attn.o_proj"), h, qd, ab)?,
+            o: Linear::load(w, &format!("{p}.self_attn.o_proj"), h, qd, cfg.o_proj_bias)?,
             mlp_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), h)?,
             gate_up: GateUp::load(w, &p, ff, h, mb)?,
             down: Linear::load(w, &format!("{p}.mlp.down_proj"), h, ff, mb)?,
@@ -130,13 +132,13 @@ impl Layer {
 
 /// A token table (the embedding, or `lm_head` read by rows): dense, or quantized and
 /// dequantized row by row (a GGUF model whose linears are not dequantized at load).
-enum RowTable {
+pub(super) enum RowTable {
     Dense(Tensor),
     Quantized(QTensor),
 }
 
 impl RowTable {
-    fn load(w: &Weights, name: &str, rows: usize, cols: usize) -> LoadResult<Self> {
+    pub(super) fn load(w: &Weights, name: &str, rows: usize, cols: usize) -> LoadResult<Self> {
         Ok(match w.quantized(name, (rows, cols))? {
             Some((q, _)) => RowTable::Quantized(q),
             None => RowTable::Dense(w.get(name, (rows, cols))?),
@@ -144,47 +146,11 @@ impl RowTable {
     }
 
     /// Rows `ids` (a u32 vector), (ids, cols).
-    fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+    pub(super) fn rows(&self, ids: &Tensor) -> Result<Tensor> {
         match self {
             RowTable::Dense(t) => t.index_select(ids, 0),
             RowTable::Quantized(q) => q.embedding(ids),
         }
-    }
-}
-
-/// The label head: the `lm_head` rows of the positive and negative label tokens, f32 (2, hidden).
-struct LabelHead {
-    rows: Tensor,
-}
-
-impl LabelHead {
-    /// The two label rows of `lm_head.weight`, or of the embedding when the head is tied.
-    fn load(w: &Weights, cfg: &LlamaConfig, embed: &RowTable, label_ids: [u32; 2]) -> LoadResult<Self> {
-        let vocab = cfg.vocab_size;
-        let head;
-        let full = if cfg.tie_word_embeddings {
-            embed
-        } else if w.contains("lm_head.weight") {
-            head = RowTable::load(w, "lm_head.weight", vocab, cfg.hidden_size)?;
-            &head
-        } else {
-            return Err(w.error("lm_head.weight missing and tie_word_embeddings is false"));
-        };
-        for id in label_ids {
-            if id as usize >= vocab {
-                return Err(crate::error::Error::TokenizerMismatch(format!(
-                    "label token id {id} is outside the model vocabulary ({vocab})"
-                )));
-            }
-        }
-        let idx = Tensor::new(&label_ids, w.device())?;
-        Ok(LabelHead { rows: full.rows(&idx)?.to_dtype(DType::F32)? })
-    }
-
-    /// `[l_pos, l_neg]` for each row of `hidden` (rows, hidden).
-    fn logits(&self, hidden: &Tensor) -> Result<Vec<[f32; 2]>> {
-        let logits = hidden.to_dtype(DType::F32)?.matmul(&self.rows.t()?)?.to_vec2::<f32>()?;
-        Ok(logits.into_iter().map(|l| [l[0], l[1]]).collect())
     }
 }
 
@@ -194,7 +160,7 @@ pub struct Llama {
     embed: RowTable,
     layers: Vec<Layer>,
     norm: Tensor,
-    head: LabelHead,
+    head: Head,
     /// Activation dtype (f32 for GGUF).
     dtype: DType,
     device: Device,
@@ -257,12 +223,13 @@ struct RopeTable {
 }
 
 impl Llama {
-    /// Loads a model from `w`, keeping only the `label_ids` rows of the head.
-    pub fn load(w: &Weights, cfg: LlamaConfig, label_ids: [u32; 2]) -> LoadResult<Self> {
+    /// Loads a model from `w` with the step head `head` names (label ids: only those two rows
+    /// of `lm_head` are kept).
+    pub fn load(w: &Weights, cfg: LlamaConfig, head: impl Into<HeadSpec>) -> LoadResult<Self> {
         let embed = RowTable::load(w, "model.embed_tokens.weight", cfg.vocab_size, cfg.hidden_size)?;
         let layers = (0..cfg.num_layers).map(|i| Layer::load(w, &cfg, i)).collect::<LoadResult<Vec<_>>>()?;
         let norm = w.get("model.norm.weight", cfg.hidden_size)?;
-        let head = LabelHead::load(w, &cfg, &embed, label_ids)?;
+        let head = Head::load(w, &cfg, &embed, head.into())?;
         let mut inv_freq = cfg.inv_freq();
         if let Some(factors) = w.rope_freq_factors()? {
             for (f, d) in inv_freq.iter_mut().zip(&factors) {
@@ -712,6 +679,7 @@ mod tests {
             max_position_embeddings: 4096,
             tie_word_embeddings: tied,
             attention_bias: true,
+            o_proj_bias: true,
             mlp_bias: false,
             sliding_window: None,
             architecture: "test".into(),

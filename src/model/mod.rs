@@ -1,11 +1,13 @@
 //! Model loading: a Hugging Face directory (config.json + safetensors, single or sharded) or a
 //! GGUF file (quantized). Both produce the same [`llama::Llama`].
 
+pub mod adapter;
 pub mod attention;
 pub mod config;
 pub mod dequant;
 pub mod simd;
 pub mod gguf;
+pub mod head;
 pub mod llama;
 
 use std::collections::HashMap;
@@ -131,15 +133,33 @@ pub fn read_hf_config(dir: &Path) -> Result<LlamaConfig> {
     LlamaConfig::from_hf_json(&text)
 }
 
-/// Loads HF safetensors weights; `label_ids` selects the two `lm_head` rows kept.
+/// Loads HF safetensors weights with the step head `head` names.
 pub fn load_hf(
     cfg: LlamaConfig,
     files: &[PathBuf],
-    label_ids: [u32; 2],
+    head: head::HeadSpec,
     dtype: DType,
     device: &Device,
 ) -> Result<Llama> {
-    Llama::load(&Weights::safetensors(files, dtype, device)?, cfg, label_ids)
+    Llama::load(&Weights::safetensors(files, dtype, device)?, cfg, head)
+}
+
+/// Loads HF safetensors weights with a PEFT LoRA adapter merged in (the base is read into
+/// memory, merged, then converted to `dtype`).
+pub fn load_hf_adapted(
+    cfg: LlamaConfig,
+    files: &[PathBuf],
+    adapter: &adapter::Adapter,
+    head: head::HeadSpec,
+    dtype: DType,
+    device: &Device,
+) -> Result<Llama> {
+    for f in files {
+        check_safetensors_header(f)?;
+    }
+    let mut tensors = adapter::load_all(files)?;
+    adapter.merge_into(&mut tensors)?;
+    Llama::load(&Weights::from_tensors(tensors, dtype, device), cfg, head)
 }
 
 /// Where [`Llama::load`] takes its tensors from. Tensors are asked for by their Hugging Face

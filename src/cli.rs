@@ -248,7 +248,11 @@ fn record_job(rec: &Value, ri: usize, args: &ScoreArgs, cfg: &InferConfig) -> Re
     } else {
         Documents::Caller(docs)
     };
-    let sols = rec.get("solutions").and_then(|s| s.as_array()).map(Vec::as_slice).unwrap_or_default();
+    let sols = match rec.get("solutions") {
+        Some(Value::Array(a)) => a.as_slice(),
+        None => return Err(Error::input(format!("records[{ri}].solutions"), "missing (an array of {prm_processed_solution | solution})")),
+        Some(_) => return Err(Error::input(format!("records[{ri}].solutions"), "not an array")),
+    };
     let candidates = sols
         .iter()
         .enumerate()

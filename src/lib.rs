@@ -17,6 +17,7 @@ pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod profile;
+pub mod progress;
 pub mod prompt;
 pub mod retrieval;
 pub mod rng;

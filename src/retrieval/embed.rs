@@ -97,9 +97,15 @@ impl Embedder {
     /// Embeds texts, `BATCH` at a time in the given order (the same input always runs in the
     /// same batches, so the vectors are reproducible bit for bit). Rows are L2-normalised.
     pub fn embed_all(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed_all_with(texts, |_| ())
+    }
+
+    /// [`Embedder::embed_all`], calling `done(n)` after each batch of `n` texts.
+    pub fn embed_all_with(&self, texts: &[&str], mut done: impl FnMut(usize)) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(texts.len());
         for batch in texts.chunks(BATCH) {
             out.extend(self.embed_batch(batch)?);
+            done(batch.len());
         }
         Ok(out)
     }

@@ -83,7 +83,8 @@ pub fn build_index(corpus: &Path, out: &Path, embedder_dir: &Path) -> Result<Ind
     }
     let embedder = Embedder::load(embedder_dir)?;
     let t = Instant::now();
-    let (format, chunks) = corpus::load(corpus, embedder.tokenizer(), MAX_CHUNK_TOKENS)?;
+    let (format, chunks) =
+        crate::progress::activity("reading and chunking the corpus", true, || corpus::load(corpus, embedder.tokenizer(), MAX_CHUNK_TOKENS))?;
     tracing::info!(chunks = chunks.len(), secs = t.elapsed().as_secs_f32(), "corpus chunked");
 
     let parent = match out.parent() {
@@ -141,7 +142,11 @@ fn write_index(dir: &Path, corpus: &Path, format: CorpusFormat, chunks: &[Chunk]
     // Dense.
     let t = Instant::now();
     let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
-    let vectors = embedder.embed_all(&texts)?;
+    // The long step (minutes on a CPU): a bar with rate and ETA on a terminal, a log line per
+    // tenth elsewhere.
+    let mut bar = crate::progress::Bar::new("embedding chunks", chunks.len() as u64, "chunks");
+    let vectors = embedder.embed_all_with(&texts, |n| bar.inc(n as u64))?;
+    bar.finish();
     tracing::info!(chunks = chunks.len(), secs = t.elapsed().as_secs_f32(), "chunks embedded");
     let flat: Vec<f32> = vectors.into_iter().flatten().collect();
     let tensor = Tensor::from_vec(flat, (chunks.len(), embedder.dimension()), &Device::Cpu)?;

@@ -8,7 +8,7 @@
 //! * [`index`] writes and opens the on-disk index: chunks, a one-segment tantivy BM25 index, the
 //!   embedding matrix and a manifest.
 //! * [`search`] answers queries by BM25, by exact dense cosine, or by reciprocal rank fusion of
-//!   both ([`Mode::Hybrid`], the default).
+//!   both per section ([`Mode::Hybrid`], the default).
 //! * [`eval`] measures recall@k, MRR and latency of each mode on a labelled question set.
 //!
 //! Every [`Hit::text`] is rendered the way Med-PRM's documents look (the MedRAG/StatPearls chunk
@@ -50,7 +50,7 @@ pub enum Mode {
     Bm25,
     /// Semantic: cosine similarity of sentence embeddings.
     Dense,
-    /// Reciprocal rank fusion of the BM25 and dense rankings.
+    /// Reciprocal rank fusion of the BM25 and dense rankings, per section.
     #[default]
     Hybrid,
 }

@@ -1,4 +1,4 @@
-//! Search: BM25, exact dense cosine, and their reciprocal rank fusion.
+//! Search: BM25, exact dense cosine, and their reciprocal rank fusion at section level.
 //!
 //! Every ranking breaks ties by chunk order (index order), so results are deterministic.
 
@@ -36,7 +36,7 @@ impl Index {
             Mode::Dense => self.dense(query, k)?,
             Mode::Hybrid => {
                 let depth = FUSION_DEPTH.max(k);
-                let mut fused = rrf(&[self.bm25(query, depth)?, self.dense(query, depth)?]);
+                let mut fused = rrf_by_section(&[self.bm25(query, depth)?, self.dense(query, depth)?], |c| self.chunks[c].section_id());
                 fused.truncate(k);
                 fused
             }
@@ -124,9 +124,72 @@ pub fn rrf(rankings: &[Ranking]) -> Ranking {
     out
 }
 
+/// Reciprocal rank fusion of sections, spread over their chunks. A section scores the sum over
+/// rankings of `1 / (RRF_K + r)`, r being the rank of its best chunk in that ranking; the j-th
+/// chunk of a section (0-based, in chunk-level [`rrf`] order) scores its section's score / (1 + j).
+///
+/// Why: a section is often split into several chunks, and BM25 and the embedder may each rank a
+/// different one of them first. Chunk-level fusion then gives that section no agreement bonus,
+/// and sections whose one chunk both rankings like (or that have many middling chunks) crowd it
+/// out. Fusing at section level credits the agreement; the 1/(1+j) discount spreads the top of the
+/// list over sections instead of repeating one (the PRM gets different evidence in each document).
+/// `data/retrieval-eval-hard.jsonl` measures this at section level (see docs/retrieval.md).
+pub fn rrf_by_section<'a>(rankings: &[Ranking], section: impl Fn(usize) -> &'a str) -> Ranking {
+    let mut sections: HashMap<&str, f32> = HashMap::new();
+    for r in rankings {
+        let mut seen = BTreeSet::new();
+        for (pos, (chunk, _)) in r.iter().enumerate() {
+            let s = section(*chunk);
+            if seen.insert(s) {
+                *sections.entry(s).or_default() += 1.0 / (RRF_K + (pos + 1) as f32);
+            }
+        }
+    }
+    let chunks = rrf(rankings);
+    let mut nth: HashMap<&str, usize> = HashMap::new();
+    // (chunk, score, position in the chunk-level order: the tie-break)
+    let mut out: Vec<(usize, f32, usize)> = chunks
+        .iter()
+        .enumerate()
+        .map(|(pos, (chunk, _))| {
+            let s = section(*chunk);
+            let j = nth.entry(s).or_default();
+            let score = sections[s] / (1 + *j) as f32;
+            *j += 1;
+            (*chunk, score, pos)
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)));
+    out.into_iter().map(|(c, s, _)| (c, s)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn section_fusion_credits_agreement_on_a_section_and_spreads_over_sections() {
+        // Chunks 0, 1 are section "a"; 2 is "b"; 3, 4 are "c".
+        let sec = |c: usize| ["a", "a", "b", "c", "c"][c];
+        // BM25 likes chunk 3 then 0; dense likes chunk 2 then 1 then 4.
+        let bm25 = vec![(3, 9.0), (0, 8.0), (2, 1.0)];
+        let dense = vec![(2, 0.9), (1, 0.8), (4, 0.7)];
+        // Chunk level: 2 (1/61 + 1/63) first, then 3 (1/61), 0 and 1 (1/62 each), 4 (1/63).
+        assert_eq!(rrf(&[bm25.clone(), dense.clone()]).iter().map(|x| x.0).collect::<Vec<_>>(), vec![2, 3, 0, 1, 4]);
+        let f = rrf_by_section(&[bm25, dense], sec);
+        // Sections: a = 1/62 + 1/62, c = 1/61 + 1/63, b = 1/63 + 1/61 (each ranking saw each
+        // section): their best chunks come first, then the second chunks of c and a, halved.
+        let (a, c) = (2.0 / 62.0, 1.0 / 61.0 + 1.0 / 63.0);
+        assert!(a < c);
+        assert_eq!(f.iter().map(|x| x.0).collect::<Vec<_>>(), vec![2, 3, 0, 4, 1]);
+        assert!((f[0].1 - c).abs() < 1e-7 && (f[1].1 - c).abs() < 1e-7, "b and c tie, b's chunk first by chunk order: {f:?}");
+        assert!((f[2].1 - a).abs() < 1e-7);
+        assert!((f[3].1 - c / 2.0).abs() < 1e-7 && (f[4].1 - a / 2.0).abs() < 1e-7, "{f:?}");
+        assert!(f.windows(2).all(|w| w[0].1 >= w[1].1));
+        // A section that only one ranking saw cannot beat one that both put near the top.
+        let f = rrf_by_section(&[vec![(0, 1.0), (3, 0.5)], vec![(4, 1.0), (2, 0.5)]], sec);
+        assert_eq!(sec(f[0].0), "c", "{f:?}");
+    }
 
     #[test]
     fn rrf_sums_reciprocal_ranks_and_breaks_ties_by_chunk_order() {

@@ -37,7 +37,8 @@ pub fn start(state: Arc<AppState>) {
                 tracing::info!("no --index: scoring uses caller-supplied documents only");
             }
             let t = Instant::now();
-            let engine = match state.cfg.model.options().and_then(|o| Engine::load(&o)) {
+            let loading = format!("loading model {}", state.cfg.model.model.display());
+            let engine = match crate::progress::activity(&loading, false, || state.cfg.model.options().and_then(|o| Engine::load(&o))) {
                 Ok(e) => e,
                 Err(e) => fail("cannot load the model", &e),
             };
@@ -47,8 +48,10 @@ pub fn start(state: Arc<AppState>) {
             state.infer.set_model(&engine);
             std::thread::sleep(Duration::from_millis(state.cfg.warmup_delay_ms));
             let t = Instant::now();
-            let warmup = crate::assets::synthetic_prompt(&engine, WARMUP_TOKENS.min(state.cfg.max_input_tokens), WARMUP_STEPS)
-                .and_then(|p| engine.score(&[&p]));
+            let warmup = crate::progress::activity("warm-up batch", false, || {
+                crate::assets::synthetic_prompt(&engine, WARMUP_TOKENS.min(state.cfg.max_input_tokens), WARMUP_STEPS)
+                    .and_then(|p| engine.score(&[&p]))
+            });
             match warmup {
                 Ok(_) => tracing::info!(seconds = t.elapsed().as_secs_f64(), "warm-up done"),
                 Err(e) => fail("warm-up failed", &e),

@@ -78,3 +78,14 @@ impl Drop for Server {
 pub fn golden() -> serde_json::Value {
     serde_json::from_str(include_str!("../golden/med-prm.json")).unwrap()
 }
+
+/// The Python of the pinned client venv (`make client-venv`, which `make test` runs):
+/// `$MEDPRM_CLIENT_PYTHON`, else `$MEDPRM_HOME/venv-clients/bin/python`.
+pub fn client_python() -> String {
+    let p = std::env::var("MEDPRM_CLIENT_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("MEDPRM_HOME").unwrap_or_else(|_| format!("{}/.cache/medprm", std::env::var("HOME").unwrap()));
+        format!("{home}/venv-clients/bin/python")
+    });
+    assert!(std::path::Path::new(&p).exists(), "{p} missing: run `make client-venv` (make test does)");
+    p
+}

@@ -117,16 +117,25 @@ async fn cohere_sdk_raises_its_typed_errors() {
     assert!(e["body"]["error"].as_str().unwrap().starts_with("documents:"), "{e}");
     drop(s);
 
-    // A full server: two candidates held in the queue for 3 s occupy both permits.
+    // A full server: two candidates held in the queue for up to 10 s occupy both permits (long
+    // enough for the Python client to start on a loaded machine).
     let s = Server::ready(&["--api-key", "k3y", "--max-concurrent-requests", "2", "--max-candidates", "2",
-                            "--max-queue-delay-ms", "3000", "--no-prefix-sharing"]).await;
+                            "--max-queue-delay-ms", "10000", "--no-prefix-sharing"]).await;
     let c = reqwest::Client::new();
     let url = s.url("/v1/rank");
     let held = tokio::spawn(async move {
         let body = json!({"question": QUESTION, "candidates": [{"solution": "Step 1: a."}, {"solution": "Step 1: b."}]});
         post(&c, url, &body).await.0
     });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Wait until the held request is queued, not for a fixed time.
+    let metrics = s.url("/metrics");
+    for _ in 0..200 {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        if text.lines().any(|l| l == "medprm_queue_size 1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let e = client("cohere_rerank.py", &[&s.url(""), "k3y", "429"], &json!({"query": QUESTION, "documents": ["Step 1: c."]}));
     assert_eq!(e["error"], "TooManyRequestsError", "{e}");
     assert_eq!(e["retry_after"], "1");

@@ -13,6 +13,8 @@
 #   REPORT          report file, default $OUT/bench-gpu.txt if $OUT is set, else bench-gpu.txt
 #   SKIP_SERVE=1    skip the server benchmark
 #   PYTHON          a python3 with numpy (for the random model), default python3
+#   DEVICE          cuda (default); cpu runs the same steps without a GPU (to test this script;
+#                   needs PEAK_TFLOPS, the MFU column is then against that figure)
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,9 +30,7 @@ die() { echo "bench-gpu: $*" >&2; exit 1; }
 
 # The CUDA libraries the binary links (cudart, cuBLAS, cuRAND, NVRTC 13): the toolkit venv of
 # scripts/cuda-toolchain.sh if there is one, else a Python environment's nvidia/cu13 wheels.
-if ! LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}" ldd "$bin" | grep -q 'not found'; then
-  :
-else
+if ldd "$bin" | grep -q 'not found'; then
   for d in "$home/venv-cuda/cuda/lib" $("$python" - <<'PY' 2>/dev/null
 import glob, site, sys
 for p in site.getsitepackages() + [site.getusersitepackages()]:
@@ -43,8 +43,14 @@ PY
   missing="$(ldd "$bin" | grep 'not found')" && die "libraries not found: $missing"
 fi
 
-gpu="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n1)" \
-  || die "nvidia-smi found no GPU"
+device="${DEVICE:-cuda}"
+if [[ "$device" == cuda ]]; then
+  gpu="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n1)"
+  [[ -n "$gpu" ]] || die "nvidia-smi found no GPU"
+else
+  gpu="none ($device)"
+  [[ -n "${PEAK_TFLOPS:-}" ]] || die "DEVICE=$device needs PEAK_TFLOPS"
+fi
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's data sheets.
 if [[ -z "${PEAK_TFLOPS:-}" ]]; then
   case "$gpu" in
@@ -78,7 +84,7 @@ print(h, c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"
 linear_flops=$(( 2 * layers * (hidden * heads * head_dim * 2 + 2 * hidden * kv_heads * head_dim + 3 * hidden * inter) ))
 
 run() { echo "+ $*" >&2; "$@"; }
-common=(--model "$model" --device cuda --dtype bf16)
+common=(--model "$model" --device "$device" --dtype bf16)
 
 say "# medprm bench-gpu, $(date -u +%Y-%m-%dT%H:%MZ)"
 say "gpu        $gpu; dense bf16 peak $PEAK_TFLOPS TFLOP/s"

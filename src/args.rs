@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 
 use crate::engine::LoadOptions;
 use crate::error::{Error, Result};
+use crate::model::GgufLinears;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -23,9 +24,11 @@ pub struct ModelArgs {
     /// Device: cpu, cuda (needs a build with `--features cuda`) or auto.
     #[arg(long, env = "MEDPRM_DEVICE", default_value = "cpu")]
     pub device: String,
-    /// GGUF linears: `dequantized` (f32 gemm, fastest on CPU), `quantized` (candle's quantized
-    /// kernels, least memory) or `auto` (dequantized on CPU up to 8 GiB of f32 weights).
-    #[arg(long, env = "MEDPRM_GGUF_MATMUL", default_value = "auto", value_parser = ["auto", "quantized", "dequantized"])]
+    /// GGUF linears: `dequantized` (expanded to f32 at load: fastest, 4 bytes per weight),
+    /// `streamed` (kept quantized, each expanded right before its matmul: f32-gemm speed at about
+    /// the GGUF's size), `quantized` (candle's quantized kernels) or `auto` (on CPU dequantized
+    /// up to 4 GiB of f32 linears, streamed above; quantized on GPU).
+    #[arg(long, env = "MEDPRM_GGUF_MATMUL", default_value = "auto", value_parser = ["auto", "quantized", "dequantized", "streamed"])]
     pub gguf_matmul: String,
 }
 
@@ -35,11 +38,14 @@ impl ModelArgs {
         let mut o = LoadOptions::new(&self.model, &self.profile);
         o.dtype = parse_dtype(&self.dtype)?;
         o.device = select_device(&self.device)?;
-        o.gguf_dequantize = match self.gguf_matmul.as_str() {
+        o.gguf_linears = match self.gguf_matmul.as_str() {
             "auto" => None,
-            "quantized" => Some(false),
-            "dequantized" => Some(true),
-            other => return Err(Error::input("gguf_matmul", format!("`{other}` is not one of auto, quantized, dequantized"))),
+            "quantized" => Some(GgufLinears::Quantized),
+            "dequantized" => Some(GgufLinears::Dequantized),
+            "streamed" => Some(GgufLinears::Streamed),
+            other => {
+                return Err(Error::input("gguf_matmul", format!("`{other}` is not one of auto, quantized, dequantized, streamed")))
+            }
         };
         Ok(o)
     }

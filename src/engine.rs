@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
 use crate::model::llama::{positive_probability, Llama, SeqRows};
-use crate::model::{self, ModelFiles};
+use crate::model::{self, GgufLinears, ModelFiles};
 use crate::profile::Profile;
 use crate::prompt::{Prompt, PromptBuilder};
 use crate::tokenizer::PrmTokenizer;
@@ -26,13 +26,13 @@ pub struct LoadOptions {
     /// Overrides of the profile's `max_token_len` and `doc_reserve`.
     pub max_token_len: Option<usize>,
     pub doc_reserve: Option<usize>,
-    /// GGUF only: dequantize the linears to f32 (`None`: on CPU when they fit in
-    /// [`AUTO_DEQUANTIZE_BYTES`]; quantized kernels on GPU).
-    pub gguf_dequantize: Option<bool>,
+    /// GGUF only: how the linears run (`None`: on CPU dequantized at load when their f32 size
+    /// is at most [`AUTO_DEQUANTIZE_BYTES`], streamed above; quantized kernels on GPU).
+    pub gguf_linears: Option<GgufLinears>,
 }
 
-/// Largest f32 size of GGUF linears that `gguf_dequantize: None` dequantizes on CPU.
-pub const AUTO_DEQUANTIZE_BYTES: usize = 8 << 30;
+/// Largest f32 size of GGUF linears that `gguf_linears: None` dequantizes at load on CPU.
+pub const AUTO_DEQUANTIZE_BYTES: usize = 4 << 30;
 
 impl LoadOptions {
     pub fn new(model: impl Into<PathBuf>, profile: &str) -> Self {
@@ -43,7 +43,7 @@ impl LoadOptions {
             device: Device::Cpu,
             max_token_len: None,
             doc_reserve: None,
-            gguf_dequantize: None,
+            gguf_linears: None,
         }
     }
 }
@@ -119,19 +119,24 @@ impl Engine {
                 if opts.dtype != DType::F32 {
                     tracing::warn!("GGUF weights run with f32 activations; --dtype is ignored");
                 }
-                let dequantize = opts.gguf_dequantize.unwrap_or_else(|| {
-                    !opts.device.is_cuda() && g.dequantized_linear_bytes() <= AUTO_DEQUANTIZE_BYTES
+                let linears = opts.gguf_linears.unwrap_or(if opts.device.is_cuda() {
+                    GgufLinears::Quantized
+                } else if g.dequantized_linear_bytes() <= AUTO_DEQUANTIZE_BYTES {
+                    GgufLinears::Dequantized
+                } else {
+                    GgufLinears::Streamed
                 });
-                (g.load(cfg, label_ids, &opts.device, dequantize)?, DType::F32)
+                (g.load(cfg, label_ids, &opts.device, linears)?, DType::F32)
             }
             _ => unreachable!("a GGUF model always has its file open"),
         };
         let c = model.cfg();
         let info = ModelInfo {
             model: opts.model.display().to_string(),
-            format: match (&files, model.quantized()) {
-                (ModelFiles::Gguf { .. }, true) => "gguf (quantized matmul)".into(),
-                (ModelFiles::Gguf { .. }, false) => "gguf (dequantized to f32)".into(),
+            format: match (&files, model.gguf_linears()) {
+                (ModelFiles::Gguf { .. }, Some(GgufLinears::Quantized)) => "gguf (quantized matmul)".into(),
+                (ModelFiles::Gguf { .. }, Some(GgufLinears::Streamed)) => "gguf (streamed dequantization)".into(),
+                (ModelFiles::Gguf { .. }, _) => "gguf (dequantized to f32)".into(),
                 _ => files.format().into(),
             },
             architecture: c.architecture.clone(),

@@ -1,14 +1,17 @@
 //! Model loading: a Hugging Face directory (config.json + safetensors, single or sharded) or a
 //! GGUF file (quantized). Both produce the same [`llama::Llama`].
 
+pub mod attention;
 pub mod config;
+pub mod dequant;
+pub mod simd;
 pub mod gguf;
 pub mod llama;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 
@@ -145,8 +148,30 @@ pub fn load_hf(
 pub enum Weights<'a> {
     /// Safetensors files (or in-memory tensors), converted to the activation dtype.
     Hf { vb: VarBuilder<'a>, origin: PathBuf },
-    /// A GGUF file: dequantized to f32, except the linears unless `dequantize`.
-    Gguf { file: &'a GgufFile, device: Device, dequantize: bool },
+    /// A GGUF file: norms dequantized to f32; linears (and the embedding) as `linears` says.
+    Gguf { file: &'a GgufFile, device: Device, linears: GgufLinears },
+}
+
+/// How the linears of a GGUF model run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufLinears {
+    /// Expanded to f32 once at load: f32-gemm speed, 4 bytes per weight resident.
+    Dequantized,
+    /// Quantized in memory, through candle's quantized matmul kernels (the GPU default).
+    Quantized,
+    /// Quantized in memory, each expanded to f32 right before its matmul and dropped after:
+    /// f32-gemm speed on prompt-sized batches with about the GGUF's size resident.
+    Streamed,
+}
+
+impl GgufLinears {
+    pub fn name(self) -> &'static str {
+        match self {
+            GgufLinears::Dequantized => "dequantized",
+            GgufLinears::Quantized => "quantized",
+            GgufLinears::Streamed => "streamed",
+        }
+    }
 }
 
 impl Weights<'static> {
@@ -198,12 +223,15 @@ impl Weights<'_> {
         }
     }
 
-    /// The weight of a linear as a quantized matmul, or `None` where linears are dense (then
-    /// [`Weights::get`] it).
-    pub fn qmatmul(&self, name: &str, shape: impl Into<Shape>) -> Result<Option<QMatMul>> {
+    /// A tensor that stays quantized (the linears and embedding of a GGUF file not dequantized
+    /// at load), with how its linears run; `None` where tensors are dense (then [`Weights::get`]
+    /// it). Tensors stored unquantized (f32, f16) are dense too.
+    pub fn quantized(&self, name: &str, shape: impl Into<Shape>) -> Result<Option<(QTensor, GgufLinears)>> {
         match self {
-            Weights::Gguf { file, device, dequantize: false } => {
-                Ok(Some(QMatMul::from_qtensor(file.hf_tensor(name, &shape.into(), device)?)?))
+            Weights::Gguf { file, device, linears } if *linears != GgufLinears::Dequantized => {
+                let q = file.hf_tensor(name, &shape.into(), device)?;
+                let dense = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+                Ok((!dense).then_some((q, *linears)))
             }
             _ => Ok(None),
         }

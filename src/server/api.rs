@@ -10,6 +10,42 @@ use crate::retrieval::{Hit, IndexInfo, Mode};
 
 pub use crate::infer::{Citation, DocumentsUsed, RetrieveOptions, Usage};
 
+/// The schema of the texts the validator requires to be non-blank: a character other than the
+/// whitespace it strips (Python's `str.strip` whitespace, [`crate::steps::py_strip`]).
+pub const NON_BLANK: &str = r"[^\t\n\u000b\f\r \u001c-\u001f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
+
+/// Field schemas the derive cannot state (patterns on array items, several types at once).
+pub mod rules {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    use utoipa::openapi::{Array, Object};
+
+    fn text(nullable: bool, description: &str) -> ObjectBuilder {
+        let t = if nullable { SchemaType::from_iter([Type::String, Type::Null]) } else { SchemaType::Type(Type::String) };
+        ObjectBuilder::new().schema_type(t).min_length(Some(1)).pattern(Some(super::NON_BLANK)).description(Some(description))
+    }
+
+    pub fn question() -> Object {
+        text(false, "The question, options included (`\"<stem>\\n\\n(A) ...\\n(B) ...\"`); not blank.").build()
+    }
+
+    pub fn solution() -> Object {
+        text(true, "The solution as raw text, cut into steps at `Step N:` markers (give `steps` or `solution`); not blank.").build()
+    }
+
+    pub fn query() -> Object {
+        text(false, "The search text; not blank.").build()
+    }
+
+    pub fn steps() -> Array {
+        ArrayBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+            .items(text(false, "One step; not blank.").build())
+            .min_items(Some(1))
+            .description(Some("The solution as explicit steps (give `steps` or `solution`): at least one, none blank."))
+            .build()
+    }
+}
+
 /// Score every step of one solution.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -19,11 +55,11 @@ pub struct ScoreRequest {
     /// Evidence documents, most relevant first; the profile's token budget keeps a prefix of them.
     #[serde(default)]
     pub documents: Option<Vec<String>>,
-    /// The solution as explicit steps (give `steps` or `solution`).
     #[serde(default)]
+    #[schema(schema_with = rules::steps)]
     pub steps: Option<Vec<String>>,
-    /// The solution as raw text, cut into steps at `Step N:` markers (give `steps` or `solution`).
     #[serde(default)]
+    #[schema(schema_with = rules::solution)]
     pub solution: Option<String>,
     /// Solution score reported as `score` (default: the profile's, `min` for med-prm).
     #[serde(default)]
@@ -37,9 +73,11 @@ pub struct ScoreRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrieveRequest {
+    #[schema(schema_with = rules::query)]
     pub query: String,
-    /// 1..=100 (default 5).
+    /// Documents to return, 1..=100 (default 5).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub k: Option<usize>,
     /// Default `hybrid`.
     #[serde(default)]
@@ -57,8 +95,10 @@ pub struct RetrieveResponse {
 #[serde(deny_unknown_fields)]
 pub struct Candidate {
     #[serde(default)]
+    #[schema(schema_with = rules::steps)]
     pub steps: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(schema_with = rules::solution)]
     pub solution: Option<String>,
     /// The candidate's final answer (for votes); extracted from the text when absent.
     #[serde(default)]
@@ -69,17 +109,21 @@ pub struct Candidate {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RankRequest {
+    #[schema(schema_with = rules::question)]
     pub question: String,
     #[serde(default)]
     pub documents: Option<Vec<String>>,
+    /// The candidate solutions: at least one, at most the server's `--max-candidates`.
+    #[schema(min_items = 1)]
     pub candidates: Vec<Candidate>,
     #[serde(default)]
     pub aggregation: Option<Aggregation>,
     /// How `selected` is chosen (default `best_of_n`).
     #[serde(default)]
     pub selection: Option<Selection>,
-    /// Return only the best `top_n` candidates (all are scored).
+    /// Return only the best `top_n` candidates (all are scored); at least 1.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 18446744073709551615_u64)]
     pub top_n: Option<usize>,
     /// Retrieve the documents from the server's index (when `documents` is absent); one search
     /// shared by all candidates.

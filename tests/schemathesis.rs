@@ -42,7 +42,7 @@ async fn generated_requests_find_no_failure_against_the_openapi_document() {
     let out = tokio::task::spawn_blocking(move || {
         Command::new(st)
             .args(["--config-file", &config, "run", &url, "--checks", "all", "--max-examples", &examples, "--seed", "13"])
-            .args(["--workers", "2", "--request-timeout", "60"])
+            .args(["--workers", "1", "--request-timeout", "60"])
             .env("NO_COLOR", "1")
             .output()
             .expect("run schemathesis")

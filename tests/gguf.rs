@@ -6,17 +6,18 @@
 use std::sync::OnceLock;
 
 use medprm::engine::{Engine, LoadOptions};
+use medprm::model::GgufLinears;
 use medprm::prompt::{Prompt, Solution};
 
-fn load(path: std::path::PathBuf, dequantize: Option<bool>) -> Engine {
+fn load(path: std::path::PathBuf, linears: Option<GgufLinears>) -> Engine {
     let mut o = LoadOptions::new(path, "med-prm");
-    o.gguf_dequantize = dequantize;
+    o.gguf_linears = linears;
     Engine::load(&o).expect("load")
 }
 
 fn gguf_dequantized() -> &'static Engine {
     static E: OnceLock<Engine> = OnceLock::new();
-    E.get_or_init(|| load(medprm::tools::testmodel::smollm2_gguf().expect("assets"), Some(true)))
+    E.get_or_init(|| load(medprm::tools::testmodel::smollm2_gguf().expect("assets"), Some(GgufLinears::Dequantized)))
 }
 
 fn prompts(e: &Engine) -> Vec<Prompt> {
@@ -85,8 +86,8 @@ fn gguf_scores_agree_with_the_dequantized_safetensors_directory() {
 
 #[test]
 fn quantized_kernels_agree_with_dequantized_weights() {
-    let q = load(medprm::tools::testmodel::smollm2_gguf().expect("assets"), Some(false));
-    assert!(q.model.quantized());
+    let q = load(medprm::tools::testmodel::smollm2_gguf().expect("assets"), Some(GgufLinears::Quantized));
+    assert_eq!(q.model.gguf_linears(), Some(GgufLinears::Quantized));
     // candle's Q4_1 kernels quantize activations to 8 bits per block: close, not identical.
     let (a, b) = (scores(&q), scores(gguf_dequantized()));
     let d = max_diff(&a, &b);
@@ -94,4 +95,14 @@ fn quantized_kernels_agree_with_dequantized_weights() {
     let mean = a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).sum::<f32>() / n;
     eprintln!("gguf quantized vs dequantized: max |Δ| = {d:e}, mean |Δ| = {mean:e}");
     assert!(d < 0.1 && mean < 0.03, "max |Δ| {d}, mean |Δ| {mean}");
+}
+
+#[test]
+fn streamed_dequantization_scores_as_the_weights_dequantized_at_load() {
+    let s = load(medprm::tools::testmodel::smollm2_gguf().expect("assets"), Some(GgufLinears::Streamed));
+    assert_eq!(s.model.gguf_linears(), Some(GgufLinears::Streamed));
+    assert_eq!(s.info.format, "gguf (streamed dequantization)");
+    let d = max_diff(&scores(&s), &scores(gguf_dequantized()));
+    eprintln!("gguf streamed vs dequantized at load: max |Δ| = {d:e}");
+    assert!(d <= 1e-5, "max |Δ| {d}");
 }

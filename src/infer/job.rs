@@ -43,6 +43,10 @@ pub enum Documents {
 /// A scored job: candidates in request order, their ranking, and what went into the prompts.
 #[derive(Debug)]
 pub struct Scored {
+    /// The profile that scored it.
+    pub profile: String,
+    /// Leading steps of every candidate left out of its aggregates (the profile's `drop_steps`).
+    pub drop_steps: usize,
     pub candidates: Vec<ScoredCandidate>,
     /// The job's aggregation and selection, as applied.
     pub aggregation: Aggregation,

@@ -243,7 +243,9 @@ impl Infer {
                 scores,
             })
             .collect();
-        let step_scores: Vec<&[f32]> = candidates.iter().map(|c| c.scores.as_slice()).collect();
+        // The profile's leading steps (MedS³'s root) are reported but never aggregated.
+        let drop = builder.profile.drop_steps;
+        let step_scores: Vec<&[f32]> = candidates.iter().map(|c| &c.scores[drop.min(c.scores.len())..]).collect();
         let answers: Vec<Option<String>> = candidates.iter().map(|c| c.answer.clone()).collect();
         let ranking = rank(&step_scores, &answers, job.aggregation, job.selection, job.top_n);
         let usage = Usage {
@@ -264,7 +266,11 @@ impl Infer {
             tokens: doc_tokens,
             budget: builder.profile.document_budget(),
         };
-        Ok(Scored { candidates, aggregation: job.aggregation, selection: job.selection, ranking, documents, usage, timings })
+        Ok(Scored {
+            profile: builder.profile.name.clone(),
+            drop_steps: drop,
+            candidates,
+            aggregation: job.aggregation, selection: job.selection, ranking, documents, usage, timings })
     }
 
     /// Scores prompts their caller built (vLLM `/pooling`): no template, no documents; every

@@ -110,18 +110,32 @@ impl Infer {
             Solution::Steps(s) => s.clone(),
             Solution::Raw(t) | Solution::Tagged(t) => crate::steps::split_solution(t).steps,
         });
-        let documents = self.documents(&req.question, req.documents, req.retrieve, steps_query)?;
         let profile = &self.builder()?.profile;
-        if !profile.uses_documents && !matches!(&documents, Documents::Caller(d) if d.is_empty()) {
-            return Err(Error::input("documents", format!("profile `{}` does not use documents", profile.name)));
-        }
+        let documents = if profile.uses_documents {
+            self.documents(&req.question, req.documents, req.retrieve, steps_query)?
+        } else {
+            // The server's default retrieval does not apply to a profile without documents; a
+            // request that asks for documents is refused.
+            let field = match (&req.documents, &req.retrieve) {
+                (Some(d), _) if !d.is_empty() => Some("documents"),
+                (_, Some(_)) => Some("retrieve"),
+                _ => None,
+            };
+            if let Some(field) = field {
+                return Err(Error::input(
+                    field,
+                    format!("profile `{}` (format `{}`) has no place for documents", profile.name, profile.format.name()),
+                ));
+            }
+            Documents::Caller(vec![])
+        };
         Ok(ScoreJob {
             name: req.name,
             question: req.question,
             candidates,
             documents,
             aggregation: req.aggregation.unwrap_or(profile.aggregation),
-            selection: req.selection.unwrap_or_default(),
+            selection: req.selection.unwrap_or(profile.selection),
             top_n: req.top_n,
         })
     }

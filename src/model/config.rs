@@ -37,7 +37,11 @@ pub struct LlamaConfig {
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
+    /// Biases on the q/k/v projections.
     pub attention_bias: bool,
+    /// A bias on the attention output projection (Llama's `attention_bias` covers it; Qwen2 has
+    /// q/k/v biases only).
+    pub o_proj_bias: bool,
     pub mlp_bias: bool,
     pub sliding_window: Option<usize>,
     /// Architecture name as found in the checkpoint (for /info).
@@ -63,9 +67,18 @@ struct HfConfig {
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
     sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
 }
 
-const SUPPORTED: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
+const SUPPORTED: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "LlamaForTokenClassification",
+    "MistralForTokenClassification",
+    "Qwen2ForCausalLM",
+    "Qwen2ForTokenClassification",
+    "Qwen2ForProcessRewardModel",
+];
 
 impl LlamaConfig {
     pub fn from_hf_json(text: &str) -> Result<Self> {
@@ -78,7 +91,7 @@ impl LlamaConfig {
             .or_else(|| c.model_type.clone())
             .unwrap_or_default();
         let known = SUPPORTED.contains(&arch.as_str())
-            || matches!(c.model_type.as_deref(), Some("llama") | Some("mistral"));
+            || matches!(c.model_type.as_deref(), Some("llama") | Some("mistral") | Some("qwen2"));
         if !known {
             return Err(Error::Unsupported(format!(
                 "architecture `{arch}` (supported: {})",
@@ -94,6 +107,18 @@ impl LlamaConfig {
         }
         let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
         let rope_scaling = parse_rope_scaling(c.rope_scaling.as_ref())?;
+        // Qwen2: q/k/v always carry biases, the output projection never; its `sliding_window`
+        // applies only with `use_sliding_window` (and then to some layers only: not supported).
+        let qwen2 = c.model_type.as_deref() == Some("qwen2") || arch.starts_with("Qwen2");
+        let sliding_window = if qwen2 {
+            if c.use_sliding_window == Some(true) {
+                return Err(Error::Unsupported("Qwen2 with use_sliding_window = true".into()));
+            }
+            None
+        } else {
+            c.sliding_window
+        };
+        let attention_bias = if qwen2 { true } else { c.attention_bias.unwrap_or(false) };
         Ok(LlamaConfig {
             hidden_size: c.hidden_size,
             intermediate_size: c.intermediate_size,
@@ -108,9 +133,10 @@ impl LlamaConfig {
             vocab_size: c.vocab_size,
             max_position_embeddings: c.max_position_embeddings.unwrap_or(4096),
             tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
-            attention_bias: c.attention_bias.unwrap_or(false),
+            attention_bias,
+            o_proj_bias: attention_bias && !qwen2,
             mlp_bias: c.mlp_bias.unwrap_or(false),
-            sliding_window: c.sliding_window,
+            sliding_window,
             architecture: arch,
         })
     }
@@ -200,6 +226,21 @@ mod tests {
         assert_eq!(f[0], 1.0);
         let plain = 1.0f32 / 500000f32.powf(126.0 / 128.0);
         assert!((f[63] - plain / 8.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn qwen2_has_qkv_biases_only_and_no_window() {
+        let t = r#"{"architectures":["Qwen2ForProcessRewardModel"],"model_type":"qwen2","hidden_size":3584,
+          "intermediate_size":18944,"num_hidden_layers":28,"num_attention_heads":28,"num_key_value_heads":4,
+          "rms_norm_eps":1e-6,"rope_theta":10000.0,"sliding_window":4096,"use_sliding_window":false,
+          "max_position_embeddings":4096,"vocab_size":152064,"tie_word_embeddings":false}"#;
+        let c = LlamaConfig::from_hf_json(t).unwrap();
+        assert!(c.attention_bias && !c.o_proj_bias);
+        assert_eq!(c.sliding_window, None);
+        assert_eq!(c.rope_scaling, RopeScaling::None);
+        assert_eq!(c.architecture, "Qwen2ForProcessRewardModel");
+        let l = LlamaConfig::from_hf_json(&LLAMA31.replace("\"rope_theta\"", "\"attention_bias\":true,\"rope_theta\"")).unwrap();
+        assert!(l.attention_bias && l.o_proj_bias);
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl GgufFile {
             max_position_embeddings: self.md_u32("llama.context_length").unwrap_or(4096),
             tie_word_embeddings: !self.has("output.weight"),
             attention_bias: false,
+            o_proj_bias: false,
             mlp_bias: false,
             sliding_window: None,
             architecture: "llama (gguf)".into(),
@@ -147,12 +148,12 @@ impl GgufFile {
         }
     }
 
-    /// Loads the weights. Norms and the embedding are dequantized to f32; the linears stay
-    /// quantized unless `dequantize` (f32 gemm is several times faster than candle's quantized
-    /// CPU kernels on prompt-sized batches, which is all a reward model runs).
-    pub fn load(&self, cfg: LlamaConfig, label_ids: [u32; 2], device: &Device, dequantize: bool) -> Result<Llama> {
+    /// Loads the weights. Norms are dequantized to f32; the linears (and the embedding) as
+    /// `linears` says (f32 gemm is several times faster than candle's quantized CPU kernels on
+    /// prompt-sized batches, which is all a reward model runs).
+    pub fn load(&self, cfg: LlamaConfig, label_ids: [u32; 2], device: &Device, linears: super::GgufLinears) -> Result<Llama> {
         self.reject_biases()?;
-        Llama::load(&Weights::Gguf { file: self, device: device.clone(), dequantize }, cfg, label_ids)
+        Llama::load(&Weights::Gguf { file: self, device: device.clone(), linears }, cfg, label_ids)
     }
 
     /// The tokenizer held in the GGUF metadata (byte-level BPE vocabularies).

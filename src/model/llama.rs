@@ -1,18 +1,28 @@
 //! Our Llama forward pass for reward scoring.
 //!
 //! Unlike a generation model it never computes vocabulary logits: it returns the hidden state only
-//! at the rows the caller asks for (the step-tag positions) and multiplies those by the two label
-//! rows of `lm_head`. In the last layer only those rows go through attention output and MLP.
+//! at the rows the caller asks for (the step-tag positions) and passes those through the step
+//! head ([`super::head`]: two label rows of `lm_head`, or a score classifier). In the last
+//! layer only those rows go through attention output and MLP.
 //! A shared prefix (system prompt, documents, question) can be run once with [`Llama::prefill`]
 //! and its K/V reused by several suffixes ([`Llama::label_logits`] with `Some(prefix)`).
 //!
 //! Batches are right-padded: with causal attention real tokens never see the pads that follow
 //! them and positions stay `0..len`, so no padding mask is needed.
+//!
+//! Activations stay rows of `(heads · head_dim)` throughout, keys and values included (a prefix's
+//! too). With f32 on the CPU, rotary embeddings and attention run the kernels of
+//! [`super::attention`] (blocked, online softmax, causal blocks skipped); elsewhere they run as
+//! generic tensor operations over a materialised score matrix, one query block at a time.
 
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::{QMatMul, QTensor};
+use rayon::prelude::*;
+use candle_core::{CpuStorage, DType, Device, Module, Storage, StorageRef, Tensor};
 
+use super::attention::{self, Heads, KeyValues, QueryRow};
+use super::{dequant, simd, GgufLinears};
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
+use super::head::{Head, HeadSpec};
 use super::Weights;
 
 type Result<T> = candle_core::Result<T>;
@@ -32,14 +42,17 @@ struct Linear {
 enum LinearWeight {
     Dense(Tensor),
     Quantized(QMatMul),
+    /// Quantized in memory, dequantized to f32 for each matmul.
+    Streamed(QTensor),
 }
 
 impl Linear {
     /// `{name}.weight` (out, inp) and, if `bias`, `{name}.bias` (out).
     fn load(w: &Weights, name: &str, out: usize, inp: usize, bias: bool) -> LoadResult<Self> {
         let wname = format!("{name}.weight");
-        let weight = match w.qmatmul(&wname, (out, inp))? {
-            Some(q) => LinearWeight::Quantized(q),
+        let weight = match w.quantized(&wname, (out, inp))? {
+            Some((q, GgufLinears::Streamed)) if q.device().is_cpu() => LinearWeight::Streamed(q),
+            Some((q, _)) => LinearWeight::Quantized(QMatMul::from_qtensor(q)?),
             None => LinearWeight::Dense(w.get(&wname, (out, inp))?),
         };
         let bias = if bias { Some(w.get(&format!("{name}.bias"), out)?) } else { None };
@@ -51,6 +64,7 @@ impl Linear {
         let y = match &self.weight {
             LinearWeight::Dense(w) => x.matmul(&w.t()?)?,
             LinearWeight::Quantized(q) => q.forward(x)?,
+            LinearWeight::Streamed(q) => x.matmul(&dequant::dequantize(q)?.t()?)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -67,9 +81,33 @@ struct Layer {
     v: Linear,
     o: Linear,
     mlp_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    gate_up: GateUp,
     down: Linear,
+}
+
+/// The MLP's two input projections: one (2·intermediate, hidden) matmul when both are dense
+/// (gate rows first), two otherwise.
+enum GateUp {
+    Fused { linear: Linear, intermediate: usize },
+    Split { gate: Linear, up: Linear },
+}
+
+impl GateUp {
+    fn load(w: &Weights, p: &str, ff: usize, h: usize, bias: bool) -> LoadResult<Self> {
+        let gate = Linear::load(w, &format!("{p}.mlp.gate_proj"), ff, h, bias)?;
+        let up = Linear::load(w, &format!("{p}.mlp.up_proj"), ff, h, bias)?;
+        Ok(match (&gate.weight, &up.weight) {
+            (LinearWeight::Dense(g), LinearWeight::Dense(u)) => {
+                let bias = match (&gate.bias, &up.bias) {
+                    (Some(a), Some(b)) => Some(Tensor::cat(&[a, b], 0)?),
+                    _ => None,
+                };
+                let weight = LinearWeight::Dense(Tensor::cat(&[g, u], 0)?);
+                GateUp::Fused { linear: Linear { weight, bias }, intermediate: ff }
+            }
+            _ => GateUp::Split { gate, up },
+        })
+    }
 }
 
 impl Layer {
@@ -84,65 +122,56 @@ impl Layer {
             q: Linear::load(w, &format!("{p}.self_attn.q_proj"), qd, h, ab)?,
             k: Linear::load(w, &format!("{p}.self_attn.k_proj"), kvd, h, ab)?,
             v: Linear::load(w, &format!("{p}.self_attn.v_proj"), kvd, h, ab)?,
-            o: Linear::load(w, &format!("{p}.self_attn.o_proj"), h, qd, ab)?,
+            o: Linear::load(w, &format!("{p}.self_attn.o_proj"), h, qd, cfg.o_proj_bias)?,
             mlp_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            gate: Linear::load(w, &format!("{p}.mlp.gate_proj"), ff, h, mb)?,
-            up: Linear::load(w, &format!("{p}.mlp.up_proj"), ff, h, mb)?,
+            gate_up: GateUp::load(w, &p, ff, h, mb)?,
             down: Linear::load(w, &format!("{p}.mlp.down_proj"), h, ff, mb)?,
         })
     }
 }
 
-/// The label head: the `lm_head` rows of the positive and negative label tokens, f32 (2, hidden).
-struct LabelHead {
-    rows: Tensor,
+/// A token table (the embedding, or `lm_head` read by rows): dense, or quantized and
+/// dequantized row by row (a GGUF model whose linears are not dequantized at load).
+pub(super) enum RowTable {
+    Dense(Tensor),
+    Quantized(QTensor),
 }
 
-impl LabelHead {
-    /// The two label rows of `lm_head.weight`, or of the embedding when the head is tied.
-    fn load(w: &Weights, cfg: &LlamaConfig, embed: &Tensor, label_ids: [u32; 2]) -> LoadResult<Self> {
-        let vocab = cfg.vocab_size;
-        let full = if cfg.tie_word_embeddings {
-            embed.clone()
-        } else if w.contains("lm_head.weight") {
-            w.get("lm_head.weight", (vocab, cfg.hidden_size))?
-        } else {
-            return Err(w.error("lm_head.weight missing and tie_word_embeddings is false"));
-        };
-        for id in label_ids {
-            if id as usize >= vocab {
-                return Err(crate::error::Error::TokenizerMismatch(format!(
-                    "label token id {id} is outside the model vocabulary ({vocab})"
-                )));
-            }
-        }
-        let idx = Tensor::new(&label_ids, full.device())?;
-        Ok(LabelHead { rows: full.index_select(&idx, 0)?.to_dtype(DType::F32)? })
+impl RowTable {
+    pub(super) fn load(w: &Weights, name: &str, rows: usize, cols: usize) -> LoadResult<Self> {
+        Ok(match w.quantized(name, (rows, cols))? {
+            Some((q, _)) => RowTable::Quantized(q),
+            None => RowTable::Dense(w.get(name, (rows, cols))?),
+        })
     }
 
-    /// `[l_pos, l_neg]` for each row of `hidden` (rows, hidden).
-    fn logits(&self, hidden: &Tensor) -> Result<Vec<[f32; 2]>> {
-        let logits = hidden.to_dtype(DType::F32)?.matmul(&self.rows.t()?)?.to_vec2::<f32>()?;
-        Ok(logits.into_iter().map(|l| [l[0], l[1]]).collect())
+    /// Rows `ids` (a u32 vector), (ids, cols).
+    pub(super) fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            RowTable::Dense(t) => t.index_select(ids, 0),
+            RowTable::Quantized(q) => q.embedding(ids),
+        }
     }
 }
 
 pub struct Llama {
     cfg: LlamaConfig,
-    /// (vocab, hidden) in the activation dtype.
-    embed: Tensor,
+    /// (vocab, hidden), rows in the activation dtype.
+    embed: RowTable,
     layers: Vec<Layer>,
     norm: Tensor,
-    head: LabelHead,
+    head: Head,
     /// Activation dtype (f32 for GGUF).
     dtype: DType,
     device: Device,
     inv_freq: Vec<f32>,
+    /// Use the CPU kernels of [`attention`] where they apply (f32 on CPU).
+    kernels: bool,
 }
 
 /// Per-layer keys and values of a prefix, computed once and shared by suffix batches.
 pub struct KvPrefix {
-    /// (1, kv_heads, len, head_dim) per layer.
+    /// (len, kv_heads · head_dim) per layer, keys rotated.
     k: Vec<Tensor>,
     v: Vec<Tensor>,
     len: usize,
@@ -169,35 +198,45 @@ pub struct SeqRows<'a> {
     pub rows: &'a [usize],
 }
 
-/// What every layer of one forward pass shares: the batch shape, the rotary tables of its
-/// positions and the causal masks of its query blocks.
+/// What every layer of one forward pass shares: the batch shape and the rotary angles of its
+/// positions (and, on the generic path, their tensors and causal masks).
 struct Pass {
     /// Sequences, and tokens per (right-padded) sequence.
     b: usize,
     t: usize,
     /// Length of the prefix the sequences continue: positions run `off..off + t`.
     off: usize,
-    cos: Tensor,
-    sin: Tensor,
-    /// Query rows per attention block, and one mask per block.
+    rope: RopeTable,
+    /// Generic path only: query rows per attention block, and one mask per block.
     block: usize,
     masks: Vec<Tensor>,
 }
 
+/// Rotary angles of `rows` positions, `head_dim / 2` each: row `i` of a (rows · n) batch of
+/// activations uses angle row `i % rows`.
+struct RopeTable {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    rows: usize,
+    /// Generic path only: the same as (rows, head_dim / 2) tensors in the activation dtype.
+    tensors: Option<(Tensor, Tensor)>,
+}
+
 impl Llama {
-    /// Loads a model from `w`, keeping only the `label_ids` rows of the head.
-    pub fn load(w: &Weights, cfg: LlamaConfig, label_ids: [u32; 2]) -> LoadResult<Self> {
-        let embed = w.get("model.embed_tokens.weight", (cfg.vocab_size, cfg.hidden_size))?;
+    /// Loads a model from `w` with the step head `head` names (label ids: only those two rows
+    /// of `lm_head` are kept).
+    pub fn load(w: &Weights, cfg: LlamaConfig, head: impl Into<HeadSpec>) -> LoadResult<Self> {
+        let embed = RowTable::load(w, "model.embed_tokens.weight", cfg.vocab_size, cfg.hidden_size)?;
         let layers = (0..cfg.num_layers).map(|i| Layer::load(w, &cfg, i)).collect::<LoadResult<Vec<_>>>()?;
         let norm = w.get("model.norm.weight", cfg.hidden_size)?;
-        let head = LabelHead::load(w, &cfg, &embed, label_ids)?;
+        let head = Head::load(w, &cfg, &embed, head.into())?;
         let mut inv_freq = cfg.inv_freq();
         if let Some(factors) = w.rope_freq_factors()? {
             for (f, d) in inv_freq.iter_mut().zip(&factors) {
                 *f /= d;
             }
         }
-        Ok(Llama { cfg, embed, layers, norm, head, dtype: w.dtype(), device: w.device().clone(), inv_freq })
+        Ok(Llama { cfg, embed, layers, norm, head, dtype: w.dtype(), device: w.device().clone(), inv_freq, kernels: true })
     }
 
     pub fn cfg(&self) -> &LlamaConfig {
@@ -213,13 +252,37 @@ impl Llama {
         self.dtype
     }
 
-    /// Whether the linears run quantized kernels.
-    pub fn quantized(&self) -> bool {
-        self.layers.first().is_some_and(|l| matches!(l.q.weight, LinearWeight::Quantized(_)))
+    /// How the linears of a GGUF model run (`None`: dense weights, as loaded).
+    pub fn gguf_linears(&self) -> Option<GgufLinears> {
+        match self.layers.first().map(|l| &l.q.weight) {
+            Some(LinearWeight::Quantized(_)) => Some(GgufLinears::Quantized),
+            Some(LinearWeight::Streamed(_)) => Some(GgufLinears::Streamed),
+            _ => None,
+        }
     }
 
-    /// cos and sin tables, (positions.len(), head_dim / 2), in the activation dtype.
-    fn rope_tables(&self, positions: &[usize]) -> Result<(Tensor, Tensor)> {
+    /// Whether attention and rotary embeddings run the CPU kernels of [`attention`] (f32 on
+    /// CPU) rather than generic tensor operations.
+    fn cpu_kernels(&self) -> bool {
+        self.kernels && self.device.is_cpu() && self.dtype == DType::F32
+    }
+
+    /// Turns the CPU kernels off (the generic tensor path everywhere), for comparisons.
+    pub fn set_cpu_kernels(&mut self, on: bool) {
+        self.kernels = on;
+    }
+
+    fn heads_geometry(&self) -> Heads {
+        Heads {
+            heads: self.cfg.num_heads,
+            kv_heads: self.cfg.num_kv_heads,
+            head_dim: self.cfg.head_dim,
+            window: self.cfg.sliding_window,
+        }
+    }
+
+    /// Rotary angles of `positions`.
+    fn rope_table(&self, positions: &[usize]) -> Result<RopeTable> {
         let half = self.inv_freq.len();
         let scale = match self.cfg.rope_scaling {
             RopeScaling::Linear { factor } => 1.0 / factor,
@@ -235,16 +298,40 @@ impl Llama {
                 sin.push(a.sin());
             }
         }
-        let shape = (positions.len(), half);
-        let cos = Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?;
-        let sin = Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?;
-        Ok((cos, sin))
+        let tensors = if self.cpu_kernels() {
+            None
+        } else {
+            let shape = (positions.len(), half);
+            let c = Tensor::from_slice(&cos, shape, &self.device)?.to_dtype(self.dtype)?;
+            let s = Tensor::from_slice(&sin, shape, &self.device)?.to_dtype(self.dtype)?;
+            Some((c, s))
+        };
+        Ok(RopeTable { cos, sin, rows: positions.len(), tensors })
     }
 
-    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        match self.cfg.rope_style {
-            RopeStyle::Half => candle_nn::rotary_emb::rope(x, cos, sin),
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
+    /// Rotates a projection `x` (rows, n · head_dim) whose row `i` sits at angle row
+    /// `i % table.rows`; returns it contiguous, same shape.
+    fn rotate(&self, x: Tensor, n: usize, table: &RopeTable) -> Result<Tensor> {
+        let (rows, width) = x.dims2()?;
+        let d = self.cfg.head_dim;
+        match &table.tensors {
+            None => {
+                let mut data = x.flatten_all()?.to_vec1::<f32>()?;
+                let t = table.rows;
+                attention::rope_rows(&mut data, n, d, self.cfg.rope_style, &table.cos, &table.sin, |i| i % t);
+                Tensor::from_vec(data, (rows, width), &self.device)
+            }
+            Some((cos, sin)) => {
+                let (b, t) = (rows / table.rows, table.rows);
+                let x = x.reshape((b, t, n, d))?;
+                let y = match self.cfg.rope_style {
+                    RopeStyle::Half => candle_nn::rotary_emb::rope_thd(&x.contiguous()?, cos, sin)?,
+                    RopeStyle::Interleaved => {
+                        candle_nn::rotary_emb::rope_i(&x.transpose(1, 2)?.contiguous()?, cos, sin)?.transpose(1, 2)?
+                    }
+                };
+                y.contiguous()?.reshape((rows, width))
+            }
         }
     }
 
@@ -252,8 +339,8 @@ impl Llama {
         candle_nn::ops::rms_norm(x, w, self.cfg.rms_norm_eps as f32)
     }
 
-    /// Splits a 2-D projection (b*t, heads*d) into (b, heads, t, d), contiguous.
-    fn heads(&self, x: Tensor, b: usize, t: usize, n: usize) -> Result<Tensor> {
+    /// Splits rows of `n` heads, (b·t, n·d), into (b, n, t, d), contiguous.
+    fn heads(&self, x: &Tensor, b: usize, t: usize, n: usize) -> Result<Tensor> {
         x.reshape((b, t, n, self.cfg.head_dim))?.transpose(1, 2)?.contiguous()
     }
 
@@ -271,9 +358,9 @@ impl Llama {
         Tensor::from_vec(m, (q_pos.len(), n_keys), &self.device)
     }
 
-    /// softmax(q kᵀ / √d + mask) v for q (b, H, tq, d), k/v (b, kv_heads, s, d); mask (tq, s).
-    /// Grouped-query attention without copying K/V per head: the `n_rep` query heads that share
-    /// a kv head are stacked as rows, (b, kv, n_rep·tq, d) against (b, kv, s, d).
+    /// Generic path: softmax(q kᵀ / √d + mask) v for q (b, H, tq, d), k/v (b, kv_heads, s, d);
+    /// mask (tq, s). Grouped-query attention without copying K/V per head: the `n_rep` query
+    /// heads that share a kv head are stacked as rows, (b, kv, n_rep·tq, d) against (b, kv, s, d).
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, h, tq, d) = q.dims4()?;
         let (kv, s) = (k.dim(1)?, k.dim(2)?);
@@ -286,7 +373,20 @@ impl Llama {
         att.reshape((b, kv, n_rep * tq, s))?.matmul(v)?.reshape((b, h, tq, d))
     }
 
-    /// Query rows per attention pass for this batch and key count.
+    /// Generic path: a batch's keys or values as (b, kv_heads, off + t, d), the prefix's first.
+    fn kv_heads(&self, x: &Tensor, prefix: Option<&Tensor>, pass: &Pass) -> Result<Tensor> {
+        let (b, nkv) = (pass.b, self.cfg.num_kv_heads);
+        let own = self.heads(x, b, pass.t, nkv)?;
+        match prefix {
+            Some(p) => {
+                let p = self.heads(p, 1, pass.off, nkv)?.broadcast_as((b, nkv, pass.off, self.cfg.head_dim))?;
+                Tensor::cat(&[&p, &own], 2)?.contiguous()
+            }
+            None => Ok(own),
+        }
+    }
+
+    /// Query rows per attention pass of the generic path for this batch and key count.
     pub fn query_block(&self, b: usize, n_keys: usize) -> usize {
         (MAX_SCORE_ELEMS / (b * self.cfg.num_heads * n_keys).max(1)).clamp(16, MAX_QUERY_BLOCK)
     }
@@ -298,60 +398,85 @@ impl Llama {
         let t = ids.first().map(|s| s.len()).unwrap_or(0);
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let flat = Tensor::from_vec(flat, b * t, &self.device)?;
-        let x = self.embed.index_select(&flat, 0)?;
+        let x = self.embed.rows(&flat)?;
         let positions: Vec<usize> = (off..off + t).collect();
-        let (cos, sin) = self.rope_tables(&positions)?;
+        let rope = self.rope_table(&positions)?;
         let n_keys = off + t;
-        let block = self.query_block(b, n_keys);
-        let masks = (0..t)
-            .step_by(block)
-            .map(|start| self.mask(&positions[start..(start + block).min(t)], n_keys))
-            .collect::<Result<_>>()?;
-        Ok((x, Pass { b, t, off, cos, sin, block, masks }))
+        let (block, masks) = if self.cpu_kernels() {
+            (t, vec![])
+        } else {
+            let block = self.query_block(b, n_keys);
+            let masks = (0..t)
+                .step_by(block)
+                .map(|start| self.mask(&positions[start..(start + block).min(t)], n_keys))
+                .collect::<Result<_>>()?;
+            (block, masks)
+        };
+        Ok((x, Pass { b, t, off, rope, block, masks }))
     }
 
     /// The first half of a layer, shared by every pass: the normed input `h` (b·t, hidden) and
-    /// the layer's keys (rotated) and values, after the prefix's `prefix_kv` when there is one:
-    /// (b, kv_heads, off + t, head_dim), contiguous.
-    fn layer_kv(
-        &self,
-        layer: &Layer,
-        x: &Tensor,
-        pass: &Pass,
-        prefix_kv: Option<(&Tensor, &Tensor)>,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, t, nkv) = (pass.b, pass.t, self.cfg.num_kv_heads);
+    /// the layer's keys (rotated) and values, (b·t, kv_heads · head_dim) each.
+    fn layer_kv(&self, layer: &Layer, x: &Tensor, pass: &Pass) -> Result<(Tensor, Tensor, Tensor)> {
         let h = self.rms_norm(x, &layer.attn_norm)?;
-        let k = self.heads(layer.k.forward(&h)?, b, t, nkv)?;
-        let k = self.rope(&k, &pass.cos, &pass.sin)?;
-        let v = self.heads(layer.v.forward(&h)?, b, t, nkv)?;
-        let (k, v) = match prefix_kv {
-            Some((pk, pv)) => {
-                let shape = (b, nkv, pass.off, self.cfg.head_dim);
-                let (pk, pv) = (pk.broadcast_as(shape)?, pv.broadcast_as(shape)?);
-                (Tensor::cat(&[&pk, &k], 2)?.contiguous()?, Tensor::cat(&[&pv, &v], 2)?.contiguous()?)
-            }
-            None => (k, v),
-        };
+        let k = self.rotate(layer.k.forward(&h)?, self.cfg.num_kv_heads, &pass.rope)?;
+        let v = layer.v.forward(&h)?;
         Ok((h, k, v))
     }
 
-    /// The second half of a layer over every row of the batch: attention (query block by query
-    /// block) and MLP, each added to the residual `x`.
-    fn layer_out(&self, layer: &Layer, x: &Tensor, h: &Tensor, k: &Tensor, v: &Tensor, pass: &Pass) -> Result<Tensor> {
+    /// Attention of query rows `q` (rows, heads · head_dim), rotated, over a batch's keys and
+    /// values (b·t rows, after the prefix's `prefix_kv`): (rows, heads · head_dim).
+    fn attention(
+        &self,
+        q: &Tensor,
+        rows: &[QueryRow],
+        k: &Tensor,
+        v: &Tensor,
+        prefix_kv: Option<(&Tensor, &Tensor)>,
+        pass: &Pass,
+    ) -> Result<Tensor> {
+        let views = [k, v].into_iter().chain(prefix_kv.into_iter().flat_map(|(a, b)| [a, b]));
+        let views = views.map(CpuF32::new).collect::<Result<Vec<_>>>()?;
+        let qv = CpuF32::new(q)?;
+        let mut sources = Vec::with_capacity(2);
+        if views.len() == 4 {
+            sources.push(KeyValues { k: views[2].get(), v: views[3].get(), len: pass.off, first_position: 0, shared: true });
+        }
+        sources.push(KeyValues { k: views[0].get(), v: views[1].get(), len: pass.t, first_position: pass.off, shared: false });
+        let out = attention::causal_attention(self.heads_geometry(), qv.get(), rows, &sources);
+        Tensor::from_vec(out, q.dims2()?, &self.device)
+    }
+
+    /// The second half of a layer over every row of the batch: attention and MLP, each added to
+    /// the residual `x`.
+    fn layer_out(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        (h, k, v): (&Tensor, &Tensor, &Tensor),
+        prefix_kv: Option<(&Tensor, &Tensor)>,
+        pass: &Pass,
+    ) -> Result<Tensor> {
         let (b, t, nh) = (pass.b, pass.t, self.cfg.num_heads);
-        let q = self.heads(layer.q.forward(h)?, b, t, nh)?;
-        let q = self.rope(&q, &pass.cos, &pass.sin)?;
-        let blocks = pass
-            .masks
-            .iter()
-            .enumerate()
-            .map(|(bi, mask)| {
-                let start = bi * pass.block;
-                self.attend(&q.narrow(2, start, pass.block.min(t - start))?, k, v, mask)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let attn = Tensor::cat(&blocks, 2)?.transpose(1, 2)?.reshape((b * t, nh * self.cfg.head_dim))?;
+        let q = self.rotate(layer.q.forward(h)?, nh, &pass.rope)?;
+        let attn = if self.cpu_kernels() {
+            let rows: Vec<QueryRow> =
+                (0..b).flat_map(|seq| (0..t).map(move |i| QueryRow { seq, pos: pass.off + i })).collect();
+            self.attention(&q, &rows, k, v, prefix_kv, pass)?
+        } else {
+            let q = self.heads(&q, b, t, nh)?;
+            let (k, v) = (self.kv_heads(k, prefix_kv.map(|p| p.0), pass)?, self.kv_heads(v, prefix_kv.map(|p| p.1), pass)?);
+            let blocks = pass
+                .masks
+                .iter()
+                .enumerate()
+                .map(|(bi, mask)| {
+                    let start = bi * pass.block;
+                    self.attend(&q.narrow(2, start, pass.block.min(t - start))?, &k, &v, mask)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&blocks, 2)?.transpose(1, 2)?.reshape((b * t, nh * self.cfg.head_dim))?
+        };
         self.residual_attn_mlp(layer, x, &attn)
     }
 
@@ -361,32 +486,36 @@ impl Llama {
         &self,
         layer: &Layer,
         x: &Tensor,
-        h: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        (h, k, v): (&Tensor, &Tensor, &Tensor),
+        prefix_kv: Option<(&Tensor, &Tensor)>,
         pass: &Pass,
         rows: &[(usize, usize)],
     ) -> Result<Tensor> {
-        let (nh, hd, n_keys) = (self.cfg.num_heads, self.cfg.head_dim, pass.off + pass.t);
+        let (nh, hd) = (self.cfg.num_heads, self.cfg.head_dim);
         let idx: Vec<u32> = rows.iter().map(|&(s, p)| (s * pass.t + p) as u32).collect();
         let idx = Tensor::from_vec(idx, rows.len(), &self.device)?;
         let q_all = layer.q.forward(&h.index_select(&idx, 0)?)?;
-        let mut outs = Vec::new();
-        let mut start = 0;
-        while start < rows.len() {
-            let s = rows[start].0;
-            let end = start + rows[start..].iter().take_while(|r| r.0 == s).count();
-            let pos: Vec<usize> = rows[start..end].iter().map(|r| pass.off + r.1).collect();
-            let m = end - start;
-            let q = q_all.narrow(0, start, m)?.reshape((1, m, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let (c, sn) = self.rope_tables(&pos)?;
-            let q = self.rope(&q, &c, &sn)?;
-            let mask = self.mask(&pos, n_keys)?;
-            let o = self.attend(&q, &k.narrow(0, s, 1)?, &v.narrow(0, s, 1)?, &mask)?;
-            outs.push(o.transpose(1, 2)?.reshape((m, nh * hd))?);
-            start = end;
-        }
-        let attn = Tensor::cat(&outs, 0)?;
+        let positions: Vec<usize> = rows.iter().map(|r| pass.off + r.1).collect();
+        let q_all = self.rotate(q_all, nh, &self.rope_table(&positions)?)?;
+        let attn = if self.cpu_kernels() {
+            let rows: Vec<QueryRow> = rows.iter().map(|&(seq, p)| QueryRow { seq, pos: pass.off + p }).collect();
+            self.attention(&q_all, &rows, k, v, prefix_kv, pass)?
+        } else {
+            let (k, v) = (self.kv_heads(k, prefix_kv.map(|p| p.0), pass)?, self.kv_heads(v, prefix_kv.map(|p| p.1), pass)?);
+            let mut outs = Vec::new();
+            let mut start = 0;
+            while start < rows.len() {
+                let s = rows[start].0;
+                let end = start + rows[start..].iter().take_while(|r| r.0 == s).count();
+                let m = end - start;
+                let q = self.heads(&q_all.narrow(0, start, m)?, 1, m, nh)?;
+                let mask = self.mask(&positions[start..end], pass.off + pass.t)?;
+                let o = self.attend(&q, &k.narrow(0, s, 1)?, &v.narrow(0, s, 1)?, &mask)?;
+                outs.push(o.transpose(1, 2)?.reshape((m, nh * hd))?);
+                start = end;
+            }
+            Tensor::cat(&outs, 0)?
+        };
         self.residual_attn_mlp(layer, &x.index_select(&idx, 0)?, &attn)
     }
 
@@ -394,9 +523,32 @@ impl Llama {
     fn residual_attn_mlp(&self, layer: &Layer, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
         let x = (x + layer.o.forward(attn)?)?;
         let h = self.rms_norm(&x, &layer.mlp_norm)?;
-        let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-        let u = layer.up.forward(&h)?;
-        &x + layer.down.forward(&(g * u)?)?
+        &x + layer.down.forward(&self.gated(&layer.gate_up, &h)?)?
+    }
+
+    /// `silu(gate(h)) · up(h)`, (rows, intermediate).
+    fn gated(&self, gate_up: &GateUp, h: &Tensor) -> Result<Tensor> {
+        match gate_up {
+            GateUp::Split { gate, up } => candle_nn::ops::silu(&gate.forward(h)?)? * up.forward(h)?,
+            GateUp::Fused { linear, intermediate } if self.cpu_kernels() => {
+                let y = linear.forward(h)?;
+                let rows = y.dim(0)?;
+                let ff = *intermediate;
+                let yv = CpuF32::new(&y)?;
+                let mut out = vec![0f32; rows * ff];
+                let k = simd::kernels();
+                out.par_chunks_mut(ff).zip(yv.get().par_chunks(2 * ff)).for_each(|(o, gu)| {
+                    let (g, u) = gu.split_at(ff);
+                    k.silu_mul(g, u, o);
+                });
+                Tensor::from_vec(out, (rows, ff), &self.device)
+            }
+            GateUp::Fused { linear, intermediate } => {
+                let y = linear.forward(h)?;
+                let ff = *intermediate;
+                candle_nn::ops::silu(&y.narrow(1, 0, ff)?)? * y.narrow(1, ff, ff)?
+            }
+        }
     }
 
     /// Runs a prefix once and returns its per-layer K/V.
@@ -405,10 +557,10 @@ impl Llama {
         let mut out = KvPrefix { k: vec![], v: vec![], len: ids.len() };
         let n_layers = self.layers.len();
         for (li, layer) in self.layers.iter().enumerate() {
-            let (h, k, v) = self.layer_kv(layer, &x, &pass, None)?;
+            let (h, k, v) = self.layer_kv(layer, &x, &pass)?;
             // The last layer's K/V is all a prefix needs of it.
             if li + 1 < n_layers {
-                x = self.layer_out(layer, &x, &h, &k, &v, &pass)?;
+                x = self.layer_out(layer, &x, (&h, &k, &v), None, &pass)?;
             }
             out.k.push(k);
             out.v.push(v);
@@ -449,11 +601,12 @@ impl Llama {
         let (mut x, pass) = self.start(&ids, prefix.map_or(0, |p| p.len))?;
         let n_layers = self.layers.len();
         for (li, layer) in self.layers.iter().enumerate() {
-            let (h, k, v) = self.layer_kv(layer, &x, &pass, prefix.map(|p| (&p.k[li], &p.v[li])))?;
+            let (h, k, v) = self.layer_kv(layer, &x, &pass)?;
+            let prefix_kv = prefix.map(|p| (&p.k[li], &p.v[li]));
             x = if li + 1 < n_layers {
-                self.layer_out(layer, &x, &h, &k, &v, &pass)?
+                self.layer_out(layer, &x, (&h, &k, &v), prefix_kv, &pass)?
             } else {
-                self.layer_out_rows(layer, &x, &h, &k, &v, &pass, &rows)?
+                self.layer_out_rows(layer, &x, (&h, &k, &v), prefix_kv, &pass, &rows)?
             };
         }
         let logits = self.head.logits(&self.rms_norm(&x, &self.norm)?)?;
@@ -462,6 +615,32 @@ impl Llama {
             out[*i] = seqs[*i].rows.iter().map(|_| it.next().expect("one logit row per requested row")).collect();
         }
         Ok(out)
+    }
+}
+
+/// A contiguous f32 CPU tensor's data, borrowed.
+struct CpuF32<'a> {
+    storage: StorageRef<'a>,
+    range: std::ops::Range<usize>,
+}
+
+impl<'a> CpuF32<'a> {
+    fn new(t: &'a Tensor) -> Result<Self> {
+        let (storage, layout) = t.storage_and_layout();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("attention kernels need contiguous tensors")
+        };
+        if !matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))) {
+            candle_core::bail!("attention kernels need f32 tensors on the CPU")
+        }
+        Ok(CpuF32 { storage, range: start..end })
+    }
+
+    fn get(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.range.clone()],
+            _ => unreachable!("checked in CpuF32::new"),
+        }
     }
 }
 
@@ -500,6 +679,7 @@ mod tests {
             max_position_embeddings: 4096,
             tie_word_embeddings: tied,
             attention_bias: true,
+            o_proj_bias: true,
             mlp_bias: false,
             sliding_window: None,
             architecture: "test".into(),
@@ -594,6 +774,31 @@ mod tests {
                 batch.iter().map(|s| m.label_logits(std::slice::from_ref(s), prefix).unwrap().remove(0)).collect();
             assert_close(&together, &alone, "batched vs alone");
             assert_eq!(together.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2, 0]);
+        }
+    }
+
+    #[test]
+    fn the_cpu_kernels_score_like_the_generic_tensor_path() {
+        // Both rotary layouts and a sliding window, with a prefix, a padded batch and the
+        // row-only last layer.
+        for (style, window) in [(RopeStyle::Half, None), (RopeStyle::Interleaved, Some(9))] {
+            let mut cfg = config(2, false);
+            cfg.rope_style = style;
+            cfg.sliding_window = window;
+            let t = tensors(&cfg, 12);
+            let mut m = load(cfg, t).unwrap();
+            let prefix_ids = ids(40, 13);
+            let seqs = [ids(30, 14), ids(17, 15)];
+            let rows: [&[usize]; 2] = [&[0, 12, 29], &[3, 16]];
+            let batch: Vec<SeqRows<'_>> = seqs.iter().zip(rows).map(|(s, r)| SeqRows { ids: s, rows: r }).collect();
+            let mut runs = Vec::new();
+            for kernels in [true, false] {
+                m.set_cpu_kernels(kernels);
+                let prefix = m.prefill(&prefix_ids).unwrap();
+                runs.push((m.label_logits(&batch, Some(&prefix)).unwrap(), m.label_logits(&batch, None).unwrap()));
+            }
+            assert_close(&runs[0].0, &runs[1].0, "with a prefix: kernels vs generic");
+            assert_close(&runs[0].1, &runs[1].1, "without: kernels vs generic");
         }
     }
 

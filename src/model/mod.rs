@@ -1,14 +1,19 @@
 //! Model loading: a Hugging Face directory (config.json + safetensors, single or sharded) or a
 //! GGUF file (quantized). Both produce the same [`llama::Llama`].
 
+pub mod adapter;
+pub mod attention;
 pub mod config;
+pub mod dequant;
+pub mod simd;
 pub mod gguf;
+pub mod head;
 pub mod llama;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 
@@ -128,15 +133,33 @@ pub fn read_hf_config(dir: &Path) -> Result<LlamaConfig> {
     LlamaConfig::from_hf_json(&text)
 }
 
-/// Loads HF safetensors weights; `label_ids` selects the two `lm_head` rows kept.
+/// Loads HF safetensors weights with the step head `head` names.
 pub fn load_hf(
     cfg: LlamaConfig,
     files: &[PathBuf],
-    label_ids: [u32; 2],
+    head: head::HeadSpec,
     dtype: DType,
     device: &Device,
 ) -> Result<Llama> {
-    Llama::load(&Weights::safetensors(files, dtype, device)?, cfg, label_ids)
+    Llama::load(&Weights::safetensors(files, dtype, device)?, cfg, head)
+}
+
+/// Loads HF safetensors weights with a PEFT LoRA adapter merged in (the base is read into
+/// memory, merged, then converted to `dtype`).
+pub fn load_hf_adapted(
+    cfg: LlamaConfig,
+    files: &[PathBuf],
+    adapter: &adapter::Adapter,
+    head: head::HeadSpec,
+    dtype: DType,
+    device: &Device,
+) -> Result<Llama> {
+    for f in files {
+        check_safetensors_header(f)?;
+    }
+    let mut tensors = adapter::load_all(files)?;
+    adapter.merge_into(&mut tensors)?;
+    Llama::load(&Weights::from_tensors(tensors, dtype, device), cfg, head)
 }
 
 /// Where [`Llama::load`] takes its tensors from. Tensors are asked for by their Hugging Face
@@ -145,8 +168,30 @@ pub fn load_hf(
 pub enum Weights<'a> {
     /// Safetensors files (or in-memory tensors), converted to the activation dtype.
     Hf { vb: VarBuilder<'a>, origin: PathBuf },
-    /// A GGUF file: dequantized to f32, except the linears unless `dequantize`.
-    Gguf { file: &'a GgufFile, device: Device, dequantize: bool },
+    /// A GGUF file: norms dequantized to f32; linears (and the embedding) as `linears` says.
+    Gguf { file: &'a GgufFile, device: Device, linears: GgufLinears },
+}
+
+/// How the linears of a GGUF model run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufLinears {
+    /// Expanded to f32 once at load: f32-gemm speed, 4 bytes per weight resident.
+    Dequantized,
+    /// Quantized in memory, through candle's quantized matmul kernels (the GPU default).
+    Quantized,
+    /// Quantized in memory, each expanded to f32 right before its matmul and dropped after:
+    /// f32-gemm speed on prompt-sized batches with about the GGUF's size resident.
+    Streamed,
+}
+
+impl GgufLinears {
+    pub fn name(self) -> &'static str {
+        match self {
+            GgufLinears::Dequantized => "dequantized",
+            GgufLinears::Quantized => "quantized",
+            GgufLinears::Streamed => "streamed",
+        }
+    }
 }
 
 impl Weights<'static> {
@@ -198,12 +243,15 @@ impl Weights<'_> {
         }
     }
 
-    /// The weight of a linear as a quantized matmul, or `None` where linears are dense (then
-    /// [`Weights::get`] it).
-    pub fn qmatmul(&self, name: &str, shape: impl Into<Shape>) -> Result<Option<QMatMul>> {
+    /// A tensor that stays quantized (the linears and embedding of a GGUF file not dequantized
+    /// at load), with how its linears run; `None` where tensors are dense (then [`Weights::get`]
+    /// it). Tensors stored unquantized (f32, f16) are dense too.
+    pub fn quantized(&self, name: &str, shape: impl Into<Shape>) -> Result<Option<(QTensor, GgufLinears)>> {
         match self {
-            Weights::Gguf { file, device, dequantize: false } => {
-                Ok(Some(QMatMul::from_qtensor(file.hf_tensor(name, &shape.into(), device)?)?))
+            Weights::Gguf { file, device, linears } if *linears != GgufLinears::Dequantized => {
+                let q = file.hf_tensor(name, &shape.into(), device)?;
+                let dense = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+                Ok((!dense).then_some((q, *linears)))
             }
             _ => Ok(None),
         }

@@ -64,7 +64,11 @@ pub mod rules {
     }
 
     pub fn solution() -> Object {
-        text(true, "The solution as raw text, cut into steps at `Step N:` markers (give `steps` or `solution`); not blank.").build()
+        text(
+            true,
+            "The solution as raw text, cut into steps by the profile's rule (`Step N:` markers for med-prm; `\\n\\nStep` for \
+             meds3; blank lines for qwen2.5-math-prm, rlhflow-prm) (give `steps` or `solution`); not blank.",
+        ).build()
     }
 
     pub fn query() -> Object {
@@ -154,7 +158,7 @@ pub struct RankRequest {
     pub candidates: Vec<Candidate>,
     #[serde(default)]
     pub aggregation: Option<Aggregation>,
-    /// How `selected` is chosen (default `best_of_n`).
+    /// How `selected` is chosen (default: the profile's: `best_of_n`, `min_vote_sum` for meds3).
     #[serde(default)]
     pub selection: Option<Selection>,
     /// Return only the best `top_n` candidates (all are scored); at least 1.
@@ -185,6 +189,11 @@ pub struct Aggregates {
 }
 
 impl Aggregates {
+    /// The aggregates of `scores` without their first `drop` steps (the profile's `drop_steps`).
+    pub fn without(scores: &[f32], drop: usize) -> Self {
+        Self::of(&scores[drop.min(scores.len())..])
+    }
+
     pub fn of(scores: &[f32]) -> Self {
         Aggregates {
             min: Aggregation::Min.apply(scores),
@@ -197,6 +206,8 @@ impl Aggregates {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ScoreResponse {
+    /// The PRM profile that scored the request.
+    pub profile: String,
     pub steps: Vec<StepScore>,
     pub aggregates: Aggregates,
     pub aggregation: Aggregation,
@@ -228,6 +239,8 @@ pub struct Selected {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RankResponse {
+    /// The PRM profile that scored the request.
+    pub profile: String,
     /// Sorted by score, best first (ties keep request order; unscored last).
     pub candidates: Vec<RankedCandidate>,
     /// Null when no candidate could be selected (no candidate has a step).
@@ -321,8 +334,9 @@ impl From<Scored> for ScoreResponse {
     fn from(s: Scored) -> Self {
         let c = &s.candidates[0];
         ScoreResponse {
+            profile: s.profile.clone(),
             steps: step_scores(c),
-            aggregates: Aggregates::of(&c.scores),
+            aggregates: Aggregates::without(&c.scores, s.drop_steps),
             aggregation: s.aggregation,
             score: s.ranking.scores[0],
             answer: c.answer.clone(),
@@ -336,6 +350,7 @@ impl From<Scored> for RankResponse {
     fn from(s: Scored) -> Self {
         let (c, r) = (&s.candidates, &s.ranking);
         RankResponse {
+            profile: s.profile.clone(),
             candidates: r
                 .order
                 .iter()
@@ -343,7 +358,7 @@ impl From<Scored> for RankResponse {
                     index: i,
                     score: r.scores[i],
                     steps: step_scores(&c[i]),
-                    aggregates: Aggregates::of(&c[i].scores),
+                    aggregates: Aggregates::without(&c[i].scores, s.drop_steps),
                     answer: c[i].answer.clone(),
                 })
                 .collect(),

@@ -77,7 +77,9 @@ pub struct PrefixBench {
     pub per_candidate_layer_bytes: usize,
 }
 
-pub fn bench_prefix(engine: &Engine, candidates: usize, prefix_tokens: usize, suffix_tokens: usize, max_batch_tokens: usize) -> Result<PrefixBench> {
+/// A Best-of-`candidates` workload: one question with documents filling ~`prefix_tokens` of
+/// prompt, and candidates of ~`suffix_tokens` of steps each (80%..120%), from the bench records.
+pub fn best_of_n_prompts(engine: &Engine, candidates: usize, prefix_tokens: usize, suffix_tokens: usize) -> Result<Vec<Prompt>> {
     let data: serde_json::Value = serde_json::from_str(include_str!("../../data/bench-records.json")).expect("bench records");
     let recs = data["records"].as_array().expect("records");
     let tok = &engine.builder.tokenizer;
@@ -108,6 +110,11 @@ pub fn bench_prefix(engine: &Engine, candidates: usize, prefix_tokens: usize, su
         }
         prompts.push(engine.builder.prompt(&ctx, &Solution::Steps(steps))?);
     }
+    Ok(prompts)
+}
+
+pub fn bench_prefix(engine: &Engine, candidates: usize, prefix_tokens: usize, suffix_tokens: usize, max_batch_tokens: usize) -> Result<PrefixBench> {
+    let prompts = best_of_n_prompts(engine, candidates, prefix_tokens, suffix_tokens)?;
     let refs: Vec<&Prompt> = prompts.iter().collect();
     let k = crate::prompt::shared_prefix_len(&refs);
     let mean_suffix = refs.iter().map(|p| p.ids.len() - k).sum::<usize>() / candidates.max(1);
@@ -139,4 +146,99 @@ pub fn bench_prefix(engine: &Engine, candidates: usize, prefix_tokens: usize, su
         prefix_kv_bytes,
         per_candidate_layer_bytes,
     })
+}
+
+/// medprm against the reference implementation (Hugging Face transformers, batch 1, the full
+/// vocabulary head, as the Med-PRM authors' script scores), on one Best-of-N workload, in one run.
+pub struct VsReference {
+    pub candidates: usize,
+    pub prefix_tokens: usize,
+    pub mean_suffix_tokens: usize,
+    pub steps: usize,
+    pub medprm_s: f64,
+    pub reference_s: f64,
+    /// Largest |p(+) medprm − p(+) reference| over every step.
+    pub max_abs_diff: f64,
+    /// What the reference reported about itself (torch version, threads).
+    pub reference_info: String,
+}
+
+/// Scores `prompts` with medprm (shared prefix, as `/v1/rank` does) and with the reference
+/// script `script` run by `python` on the same token ids; `model_dir` is the Hugging Face
+/// directory both load. `work` holds the exchange files.
+pub fn bench_vs_reference(
+    engine: &Engine,
+    prompts: &[Prompt],
+    max_batch_tokens: usize,
+    python: &std::path::Path,
+    script: &std::path::Path,
+    model_dir: &std::path::Path,
+    work: &std::path::Path,
+) -> Result<VsReference> {
+    use crate::error::Error;
+    let refs: Vec<&Prompt> = prompts.iter().collect();
+    let k = crate::prompt::shared_prefix_len(&refs);
+    let _ = engine.score(&refs[..1])?; // warm up
+    let t = Instant::now();
+    let ours = engine.score_shared(&refs, k, max_batch_tokens)?;
+    let medprm_s = t.elapsed().as_secs_f64();
+
+    std::fs::create_dir_all(work).map_err(|e| Error::bad_file(work, e))?;
+    let input = work.join("prompts.json");
+    let output = work.join("reference.json");
+    let doc = serde_json::json!({
+        "label_ids": engine.info.label_token_ids,
+        "prompts": prompts.iter().map(|p| serde_json::json!({"ids": p.ids, "rows": p.tag_rows})).collect::<Vec<_>>(),
+    });
+    std::fs::write(&input, doc.to_string()).map_err(|e| Error::bad_file(&input, e))?;
+    let status = std::process::Command::new(python)
+        .arg(script)
+        .arg("--model")
+        .arg(model_dir)
+        .arg("--prompts")
+        .arg(&input)
+        .arg("--out")
+        .arg(&output)
+        .status()
+        .map_err(|e| Error::bad_file(python, e))?;
+    if !status.success() {
+        return Err(Error::Unsupported(format!("the reference script failed ({status})")));
+    }
+    let text = std::fs::read_to_string(&output).map_err(|e| Error::bad_file(&output, e))?;
+    let reference: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::bad_file(&output, e))?;
+    let theirs: Vec<Vec<f64>> = serde_json::from_value(reference["scores"].clone()).map_err(|e| Error::bad_file(&output, e))?;
+    if theirs.len() != ours.len() || theirs.iter().zip(&ours).any(|(a, b)| a.len() != b.len()) {
+        return Err(Error::Unsupported("the reference scored a different number of steps".into()));
+    }
+    let max_abs_diff = theirs
+        .iter()
+        .flatten()
+        .zip(ours.iter().flatten())
+        .map(|(a, b)| (a - *b as f64).abs())
+        .fold(0.0, f64::max);
+    Ok(VsReference {
+        candidates: prompts.len(),
+        prefix_tokens: k,
+        mean_suffix_tokens: refs.iter().map(|p| p.ids.len() - k).sum::<usize>() / prompts.len().max(1),
+        steps: ours.iter().map(Vec::len).sum(),
+        medprm_s,
+        reference_s: reference["seconds"].as_f64().unwrap_or(f64::NAN),
+        max_abs_diff,
+        reference_info: reference["info"].as_str().unwrap_or_default().to_string(),
+    })
+}
+
+/// FLOPs of scoring `n` solutions of `prefix` + `suffix` tokens on a model of `shape`:
+/// `(reference, medprm)`: batch 1 with the vocabulary head on every token, against the prefix once,
+/// every suffix after it and two head rows at the step tags.
+pub fn best_of_n_flops(shape: crate::tools::testmodel::Shape, vocab: usize, n: usize, prefix: usize, suffix: usize) -> (f64, f64) {
+    let (h, d) = (shape.hidden as f64, shape.head_dim() as f64);
+    let kv = shape.kv_heads as f64 * d;
+    let per_token = 2.0 * shape.layers as f64 * (2.0 * h * h + 2.0 * h * kv + 3.0 * h * shape.intermediate as f64);
+    // q·k and p·v: 4·d per visible key per head.
+    let attn = |from: f64, to: f64| 4.0 * d * shape.heads as f64 * shape.layers as f64 * (to * to - from * from) / 2.0;
+    let (n, p, s) = (n as f64, prefix as f64, suffix as f64);
+    let reference = n * ((p + s) * (per_token + 2.0 * h * vocab as f64) + attn(0.0, p + s));
+    let medprm = p * per_token + attn(0.0, p) + n * (s * per_token + attn(p, p + s));
+    (reference, medprm)
 }

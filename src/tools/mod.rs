@@ -3,4 +3,5 @@
 
 pub mod bench;
 pub mod loadgen;
+pub mod prm_models;
 pub mod testmodel;

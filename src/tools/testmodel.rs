@@ -22,12 +22,30 @@ use crate::rng::SplitMix64;
 pub const VERSION: &str = "medprm-test-llama31-v1";
 pub const SEED: u64 = 20_250_613;
 
-pub const HIDDEN: usize = 64;
-pub const INTERMEDIATE: usize = 160;
-pub const LAYERS: usize = 2;
-pub const HEADS: usize = 4;
-pub const KV_HEADS: usize = 2;
 pub const VOCAB: usize = 128_257;
+
+/// The widths of a generated model; the vocabulary is always the Llama-3 tokenizer's plus the tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+}
+
+impl Shape {
+    /// The committed-golden test model.
+    pub const TEST: Shape = Shape { hidden: 64, intermediate: 160, layers: 2, heads: 4, kv_heads: 2 };
+    /// SmolLM2-135M's widths (a Med-PRM-shaped model of the demo model's size).
+    pub const SMOLLM2: Shape = Shape { hidden: 576, intermediate: 1536, layers: 30, heads: 9, kv_heads: 3 };
+    /// Llama-3.1-8B's widths (Med-PRM's own), for arithmetic.
+    pub const LLAMA_8B: Shape = Shape { hidden: 4096, intermediate: 14336, layers: 32, heads: 32, kv_heads: 8 };
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+}
 pub const TAG_ID: u32 = 128_256;
 
 pub const LLAMA31_TEMPLATE: &str = include_str!("../../templates/llama-3.1.jinja");
@@ -85,19 +103,29 @@ pub fn cached_dir(name: &str, make: impl FnOnce(&Path) -> Result<()>) -> Result<
 
 /// Writes the test model into `out`, using the Llama-3 `tokenizer.json` at `llama3_tokenizer`.
 pub fn generate(out: &Path, llama3_tokenizer: &Path) -> Result<()> {
+    generate_shaped(out, llama3_tokenizer, Shape::TEST, SEED, VERSION)
+}
+
+/// Writes a Med-PRM-shaped model of `shape` into `out`: seeded weights whose spread shrinks
+/// with the width (as 1/√hidden, exactly the test model's at hidden 64) so that activations stay
+/// in range at any size. `name` goes into config.json.
+pub fn generate_shaped(out: &Path, llama3_tokenizer: &Path, shape: Shape, seed: u64, name: &str) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::bad_file(out, e))?;
-    let head_dim = HIDDEN / HEADS;
-    let mut rng = SplitMix64::new(SEED);
+    let head_dim = shape.head_dim();
+    let width = (64.0 / shape.hidden as f32).sqrt();
+    let mut rng = SplitMix64::new(seed);
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    let mut put = |name: String, shape: &[usize], mean: f32, std: f32, rng: &mut SplitMix64| -> Result<()> {
-        let n: usize = shape.iter().product();
+    let mut put = |name: String, dims: &[usize], mean: f32, std: f32, rng: &mut SplitMix64| -> Result<()> {
+        let n: usize = dims.iter().product();
+        // Projections and the head scale with the width; norms (mean 1) and the embedding do not.
+        let std = if mean == 0.0 && !name.starts_with("model.embed") { std * width } else { std };
         let v: Vec<f32> = (0..n).map(|_| mean + rng.uniform_std(std)).collect();
-        tensors.insert(name, Tensor::from_vec(v, shape, &Device::Cpu)?);
+        tensors.insert(name, Tensor::from_vec(v, dims, &Device::Cpu)?);
         Ok(())
     };
-    let (h, kv, i) = (HIDDEN, KV_HEADS * head_dim, INTERMEDIATE);
+    let (h, kv, i) = (shape.hidden, shape.kv_heads * head_dim, shape.intermediate);
     put("model.embed_tokens.weight".into(), &[VOCAB, h], 0.0, 0.6, &mut rng)?;
-    for l in 0..LAYERS {
+    for l in 0..shape.layers {
         let p = format!("model.layers.{l}");
         put(format!("{p}.input_layernorm.weight"), &[h], 1.0, 0.1, &mut rng)?;
         put(format!("{p}.self_attn.q_proj.weight"), &[h, h], 0.0, 0.15, &mut rng)?;
@@ -116,11 +144,11 @@ pub fn generate(out: &Path, llama3_tokenizer: &Path) -> Result<()> {
     let config = json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "hidden_size": HIDDEN,
-        "intermediate_size": INTERMEDIATE,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
         "head_dim": head_dim,
         "hidden_act": "silu",
         "rms_norm_eps": 1e-5,
@@ -137,7 +165,7 @@ pub fn generate(out: &Path, llama3_tokenizer: &Path) -> Result<()> {
         "bos_token_id": 128000,
         "eos_token_id": 128009,
         "torch_dtype": "float32",
-        "_medprm_test_model": VERSION,
+        "_medprm_test_model": name,
     });
     write_json(&out.join("config.json"), &config)?;
 

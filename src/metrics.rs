@@ -16,6 +16,38 @@ pub struct FamilyDoc {
     pub help: String,
 }
 
+/// How a request ended (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// The request was wrong (4xx other than 401 and 429).
+    ClientError,
+    /// The client disconnected before the answer.
+    Cancelled,
+    /// Refused for load or not ready yet: 429 or 503, with Retry-After.
+    Overloaded,
+    /// Missing or wrong API key.
+    Unauthorized,
+    /// The server or its model failed (424, 5xx).
+    ServerError,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] =
+        [Outcome::Success, Outcome::ClientError, Outcome::Cancelled, Outcome::Overloaded, Outcome::Unauthorized, Outcome::ServerError];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::ClientError => "client_error",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Overloaded => "overloaded",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::ServerError => "server_error",
+        }
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
@@ -41,6 +73,7 @@ pub struct Metrics {
     pub in_flight_candidates: IntGauge,
     pub shared_prefix_tokens: Histogram,
     pub prefix_saved_tokens: Counter,
+    pub open_connections: IntGauge,
 }
 
 fn hist(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -54,10 +87,10 @@ impl Metrics {
         let tokens = exponential_buckets(16.0, 2.0, 14).expect("buckets");
         let m = Metrics {
             registry: Registry::new(),
-            requests: IntCounterVec::new(Opts::new("medprm_request_count", "Requests received"), &["endpoint"]).unwrap(),
+            requests: IntCounterVec::new(Opts::new("medprm_request_count", "Requests, each counted once when it ends, by outcome"), &["endpoint", "outcome"]).unwrap(),
             successes: IntCounterVec::new(Opts::new("medprm_request_success", "Requests answered successfully"), &["endpoint"]).unwrap(),
-            failures: IntCounterVec::new(Opts::new("medprm_request_failure", "Requests answered with an error"), &["endpoint", "error_type"]).unwrap(),
-            request_duration: HistogramVec::new(HistogramOpts::new("medprm_request_duration_seconds", "Whole request time").buckets(secs.clone()), &["endpoint"]).unwrap(),
+            failures: IntCounterVec::new(Opts::new("medprm_request_failure", "Requests that did not succeed (an error answer, or `cancelled`: the client left first)"), &["endpoint", "error_type"]).unwrap(),
+            request_duration: HistogramVec::new(HistogramOpts::new("medprm_request_duration_seconds", "Whole request time, by outcome").buckets(secs.clone()), &["endpoint", "outcome"]).unwrap(),
             tokenization_duration: hist("medprm_tokenization_duration_seconds", "Prompt building and tokenization per request", secs.clone()),
             queue_duration: hist("medprm_queue_duration_seconds", "Time a request waited in the queue", secs.clone()),
             inference_duration: hist("medprm_inference_duration_seconds", "Forward pass time per batch", secs.clone()),
@@ -77,6 +110,7 @@ impl Metrics {
             in_flight_candidates: IntGauge::new("medprm_in_flight_candidates", "Candidates holding a concurrency permit").unwrap(),
             shared_prefix_tokens: hist("medprm_shared_prefix_tokens", "Shared prefix length of rank requests scored with prefix sharing", tokens),
             prefix_saved_tokens: Counter::new("medprm_prefix_saved_tokens_total", "Prompt tokens not recomputed thanks to prefix sharing").unwrap(),
+            open_connections: IntGauge::new("medprm_open_connections", "Client connections open (capped by --max-connections)").unwrap(),
         };
         for c in m.collectors() {
             m.registry.register(c).expect("metric names are unique");
@@ -110,6 +144,7 @@ impl Metrics {
             Box::new(self.backend_up.clone()),
             Box::new(self.ready.clone()),
             Box::new(self.model_info.clone()),
+            Box::new(self.open_connections.clone()),
         ]
     }
 
@@ -134,6 +169,19 @@ impl Metrics {
             .collect()
     }
 
+    /// Records one finished request: counted once, under its outcome, with its duration; a
+    /// request that did not succeed is also counted by its error type.
+    pub fn record_request(&self, endpoint: &str, outcome: Outcome, error_type: Option<&str>, seconds: f64) {
+        let o = outcome.label();
+        self.requests.with_label_values(&[endpoint, o]).inc();
+        self.request_duration.with_label_values(&[endpoint, o]).observe(seconds);
+        if outcome == Outcome::Success {
+            self.successes.with_label_values(&[endpoint]).inc();
+        } else {
+            self.failures.with_label_values(&[endpoint, error_type.unwrap_or(o)]).inc();
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode metrics");
@@ -144,5 +192,26 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_counted_once_under_its_outcome() {
+        let m = Metrics::new();
+        m.record_request("score", Outcome::Success, None, 0.01);
+        m.record_request("score", Outcome::Cancelled, None, 0.02);
+        m.record_request("rank", Outcome::ClientError, Some("validation"), 0.03);
+        let count = |e: &str, o: Outcome| m.requests.with_label_values(&[e, o.label()]).get();
+        assert_eq!(count("score", Outcome::Success), 1);
+        assert_eq!(count("score", Outcome::Cancelled), 1);
+        assert_eq!(count("rank", Outcome::ClientError), 1);
+        assert_eq!(m.successes.with_label_values(&["score"]).get(), 1);
+        assert_eq!(m.failures.with_label_values(&["score", "cancelled"]).get(), 1);
+        assert_eq!(m.failures.with_label_values(&["rank", "validation"]).get(), 1);
+        assert_eq!(m.request_duration.with_label_values(&["score", "cancelled"]).get_sample_count(), 1);
     }
 }

@@ -154,7 +154,7 @@ fn exposed_series() -> BTreeMap<String, prometheus::proto::MetricType> {
     touch(&m.request_duration);
     touch(&m.retrieval_cache);
     touch(&m.model_info);
-    m.requests.with_label_values(&["score"]).inc();
+    m.requests.with_label_values(&["score", "success"]).inc();
     m.inference_duration.observe(0.25);
     let text = m.render();
     let samples: BTreeSet<&str> = text

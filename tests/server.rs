@@ -395,3 +395,75 @@ async fn far_over_limit_input_is_refused_by_a_bounded_probe() {
     let rank = json!({"question": "Q?", "candidates": [{"steps": ["a"]}, {"solution": big}]});
     expect_error(c.post(s.url("/v1/rank")).json(&rank), 422, "validation", "candidates[1]:").await;
 }
+
+#[tokio::test]
+async fn every_request_is_counted_once_by_outcome() {
+    // Requests wait up to 1.5 s for a batch to fill, so one can be held in flight.
+    let s = Server::ready(&["--api-key", "k", "--max-concurrent-requests", "2", "--max-candidates", "2", "--max-queue-delay-ms", "1500"]).await;
+    let c = reqwest::Client::new();
+    let score = s.url("/v1/score");
+    let metrics_text = || async { reqwest::get(s.url("/metrics")).await.unwrap().text().await.unwrap() };
+    let value = |m: &str, start: &str| -> f64 {
+        m.lines().find(|l| l.starts_with(start)).and_then(|l| l.split_whitespace().last()).map_or(0.0, |v| v.parse().unwrap())
+    };
+    let wait_for = |start: &'static str, want: f64| {
+        let metrics_text = &metrics_text;
+        async move {
+            for _ in 0..2000 {
+                if value(&metrics_text().await, start) == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("{start} never reached {want}");
+        }
+    };
+    let ok = json!({"question": "Q", "steps": ["a"]});
+    // success
+    assert_eq!(c.post(&score).bearer_auth("k").json(&ok).send().await.unwrap().status(), 200);
+    // client_error
+    expect_error(c.post(&score).bearer_auth("k").json(&json!({"question": "Q", "steps": []})), 422, "validation", "steps").await;
+    // unauthorized
+    expect_error(c.post(&score).json(&ok), 401, "unauthorized", "bearer").await;
+    // overloaded: a two-candidate rank holds both permits while it waits for its batch.
+    let rank = tokio::spawn({
+        let (c, url) = (c.clone(), s.url("/v1/rank"));
+        async move {
+            let body = json!({"question": "Q", "candidates": [{"steps": ["a"]}, {"steps": ["b"]}]});
+            c.post(url).bearer_auth("k").json(&body).send().await.unwrap().status().as_u16()
+        }
+    });
+    wait_for("medprm_in_flight_candidates ", 2.0).await;
+    expect_error(c.post(&score).bearer_auth("k").json(&ok), 429, "overloaded", "overloaded").await;
+    assert_eq!(rank.await.unwrap(), 200);
+    // cancelled: the client closes its connection while its request waits in the queue.
+    {
+        use tokio::io::AsyncWriteExt;
+        let addr = s.url.trim_start_matches("http://").to_string();
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let body = ok.to_string();
+        let req = format!(
+            "POST /v1/score HTTP/1.1\r\nHost: medprm\r\nAuthorization: Bearer k\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(req.as_bytes()).await.unwrap();
+        wait_for("medprm_in_flight_candidates ", 1.0).await;
+        drop(conn);
+    }
+    wait_for("medprm_request_count{endpoint=\"score\",outcome=\"cancelled\"}", 1.0).await;
+    let m = metrics_text().await;
+    let count = |e: &str, o: &str| value(&m, &format!("medprm_request_count{{endpoint=\"{e}\",outcome=\"{o}\"}}"));
+    let durations = |e: &str, o: &str| value(&m, &format!("medprm_request_duration_seconds_count{{endpoint=\"{e}\",outcome=\"{o}\"}}"));
+    let want = [("score", "success", 1.0), ("score", "client_error", 1.0), ("score", "unauthorized", 1.0), ("score", "overloaded", 1.0),
+                ("score", "cancelled", 1.0), ("rank", "success", 1.0), ("score", "server_error", 0.0)];
+    for (e, o, n) in want {
+        assert_eq!(count(e, o), n, "{e} {o}:\n{m}");
+        assert_eq!(durations(e, o), n, "duration of {e} {o}");
+    }
+    let total: f64 = m.lines().filter(|l| l.starts_with("medprm_request_count{")).map(|l| l.split_whitespace().last().unwrap().parse::<f64>().unwrap()).sum();
+    let succeeded: f64 = m.lines().filter(|l| l.starts_with("medprm_request_success{")).map(|l| l.split_whitespace().last().unwrap().parse::<f64>().unwrap()).sum();
+    let failed: f64 = m.lines().filter(|l| l.starts_with("medprm_request_failure{")).map(|l| l.split_whitespace().last().unwrap().parse::<f64>().unwrap()).sum();
+    assert_eq!(total, 6.0, "each request counted once:\n{m}");
+    assert_eq!(succeeded + failed, total);
+    assert_eq!(value(&m, "medprm_request_failure{endpoint=\"score\",error_type=\"cancelled\"}"), 1.0);
+}

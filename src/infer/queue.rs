@@ -62,7 +62,12 @@ pub struct BatchConfig {
     pub max_batch_tokens: usize,
     pub max_batch_requests: usize,
     pub max_queue_delay: Duration,
+    /// Tests only (`--fault-injection`): a prompt holding [`FAULT_MARKER`] makes the model panic.
+    pub fault_injection: bool,
 }
+
+/// The text that, with `--fault-injection`, makes the model panic on the prompt holding it.
+pub const FAULT_MARKER: &str = "MEDPRM_FAULT_PANIC";
 
 enum Cmd {
     Append(Job),
@@ -171,14 +176,21 @@ fn queue_loop(rx: Receiver<Cmd>, cfg: BatchConfig, metrics: Arc<Metrics>) {
 
 /// Runs prompts through the model (their shared prefix, if any, once), recording every forward
 /// pass in the metrics; a panic in the model becomes an error for these prompts only.
-fn forward(engine: &Engine, prompts: &[&Prompt], prefix: usize, budget: usize, metrics: &Metrics) -> Result<Vec<Vec<f32>>, String> {
+fn forward(engine: &Engine, prompts: &[&Prompt], prefix: usize, cfg: &BatchConfig, metrics: &Metrics) -> Result<Vec<Vec<f32>>, String> {
+    let budget = cfg.max_batch_tokens;
     let mut observe = |p: Pass| {
         metrics.batch_size.observe(p.sequences as f64);
         metrics.batch_tokens.observe((p.prefix_tokens + p.padded_tokens) as f64);
         metrics.padding_ratio.observe(1.0 - p.tokens as f64 / p.padded_tokens.max(1) as f64);
         metrics.inference_duration.observe(p.seconds);
     };
-    match std::panic::catch_unwind(AssertUnwindSafe(|| engine.score_passes(prompts, prefix, budget, &mut observe))) {
+    let run = || {
+        if cfg.fault_injection && prompts.iter().any(|p| p.text.contains(FAULT_MARKER)) {
+            panic!("fault injection: {FAULT_MARKER} in a prompt");
+        }
+        engine.score_passes(prompts, prefix, budget, &mut observe)
+    };
+    match std::panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("the model panicked on this batch".into()),
@@ -199,9 +211,9 @@ pub fn backend_loop(engine: Engine, queue: Queue, cfg: BatchConfig, metrics: Arc
         let results: Vec<Result<Vec<Vec<f32>>, String>> = if shared > 0 {
             metrics.shared_prefix_tokens.observe(shared as f64);
             metrics.prefix_saved_tokens.inc_by((shared * (n_seqs - 1)) as f64);
-            vec![forward(&engine, &prompts, shared, cfg.max_batch_tokens, &metrics)]
+            vec![forward(&engine, &prompts, shared, &cfg, &metrics)]
         } else {
-            match forward(&engine, &prompts, 0, cfg.max_batch_tokens, &metrics) {
+            match forward(&engine, &prompts, 0, &cfg, &metrics) {
             Ok(all) => {
                 let mut it = all.into_iter();
                 batch.iter().map(|j| Ok(it.by_ref().take(j.prompts.len()).collect())).collect()
@@ -209,7 +221,7 @@ pub fn backend_loop(engine: Engine, queue: Queue, cfg: BatchConfig, metrics: Arc
             Err(e) if batch.len() == 1 => vec![Err(e)],
             Err(_) => batch
                 .iter()
-                .map(|j| forward(&engine, &j.prompts.iter().collect::<Vec<_>>(), 0, cfg.max_batch_tokens, &metrics))
+                .map(|j| forward(&engine, &j.prompts.iter().collect::<Vec<_>>(), 0, &cfg, &metrics))
                 .collect(),
             }
         };
@@ -237,7 +249,7 @@ mod tests {
     }
 
     fn cfg() -> BatchConfig {
-        BatchConfig { max_batch_tokens: 1000, max_batch_requests: 8, max_queue_delay: Duration::ZERO }
+        BatchConfig { max_batch_tokens: 1000, max_batch_requests: 8, max_queue_delay: Duration::ZERO, fault_injection: false }
     }
 
     #[test]

@@ -21,7 +21,7 @@ impl Infer {
     /// A search request (`/v1/retrieve`): `k` defaults to 5, `mode` to the server's.
     pub async fn retrieve(&self, query: String, k: Option<usize>, mode: Option<Mode>) -> Result<Arc<Vec<Hit>>> {
         self.require_index("retrieve")?;
-        if query.trim().is_empty() {
+        if crate::steps::py_strip(&query).is_empty() {
             return Err(Error::input("query", "must not be empty"));
         }
         let k = k.unwrap_or(DEFAULT_K);

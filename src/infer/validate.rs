@@ -46,9 +46,10 @@ pub struct CandidateRequest {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrieveOptions {
-    /// Documents to retrieve before the budget keeps a prefix of them (default: the server's
-    /// `--retrieve-k`, else 5).
-    #[serde(default)]
+    /// Documents to retrieve before the budget keeps a prefix of them, 1..=100 (default: the
+    /// server's `--retrieve-k`, else 5).
+    #[serde(default, deserialize_with = "crate::server::api::count")]
+    #[schema(minimum = 1, maximum = 100)]
     pub k: Option<usize>,
     #[serde(default)]
     pub mode: Option<Mode>,
@@ -68,7 +69,7 @@ pub fn solution(steps: Option<Vec<String>>, solution: Option<String>, field: &st
         (None, None) => Err(Error::input(field, "`steps` or `solution` is required")),
         (Some(s), None) if s.is_empty() => Err(Error::input(format!("{field}.steps"), "must not be empty")),
         (Some(s), None) => Ok(Solution::Steps(s)),
-        (None, Some(t)) if t.trim().is_empty() => Err(Error::input(format!("{field}.solution"), "must not be empty")),
+        (None, Some(t)) if crate::steps::py_strip(&t).is_empty() => Err(Error::input(format!("{field}.solution"), "must not be empty")),
         (None, Some(t)) => Ok(Solution::Raw(t)),
     }
 }

@@ -10,28 +10,101 @@ use crate::retrieval::{Hit, IndexInfo, Mode};
 
 pub use crate::infer::{Citation, DocumentsUsed, RetrieveOptions, Usage};
 
+/// The schema of the texts the validator requires to be non-blank: a character other than the
+/// whitespace it strips (Python's `str.strip` whitespace, [`crate::steps::py_strip`]).
+pub const NON_BLANK: &str = r"[^\t\n\u000b\f\r \u001c-\u001f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
+
+/// A count given as a JSON integer, or as a number with no fraction (`2.0`: JSON Schema calls it
+/// an integer too).
+pub fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
+    if let Some(u) = n.as_u64() {
+        return usize::try_from(u).map(Some).map_err(|_| D::Error::custom(format!("{n} is too large")));
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 18446744073709551616.0 => Ok(Some(f as usize)),
+        _ => Err(D::Error::custom(format!("invalid value: {n}, expected a non-negative integer"))),
+    }
+}
+
+/// A nested struct only from a JSON object (serde would also take an array of its fields).
+pub fn object<'de, D: serde::Deserializer<'de>, T: serde::de::DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(v) => from_object(v).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// A list of structs, each only from a JSON object.
+pub fn objects<'de, D: serde::Deserializer<'de>, T: serde::de::DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
+    let items = Vec::<serde_json::Value>::deserialize(d)?;
+    items.into_iter().enumerate().map(|(i, v)| from_object(v).map_err(|e| serde::de::Error::custom(format!("[{i}]: {e}")))).collect()
+}
+
+fn from_object<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
+    if !v.is_object() {
+        return Err(format!("invalid type: expected an object, got {v}"));
+    }
+    serde_json::from_value(v).map_err(|e| e.to_string())
+}
+
+/// Field schemas the derive cannot state (patterns on array items, several types at once).
+pub mod rules {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    use utoipa::openapi::{Array, Object};
+
+    fn text(nullable: bool, description: &str) -> ObjectBuilder {
+        let t = if nullable { SchemaType::from_iter([Type::String, Type::Null]) } else { SchemaType::Type(Type::String) };
+        ObjectBuilder::new().schema_type(t).min_length(Some(1)).pattern(Some(super::NON_BLANK)).description(Some(description))
+    }
+
+    pub fn question() -> Object {
+        text(false, "The question, options included (`\"<stem>\\n\\n(A) ...\\n(B) ...\"`); not blank.").build()
+    }
+
+    pub fn solution() -> Object {
+        text(
+            true,
+            "The solution as raw text, cut into steps by the profile's rule (`Step N:` markers for med-prm; `\\n\\nStep` for \
+             meds3; blank lines for qwen2.5-math-prm, rlhflow-prm) (give `steps` or `solution`); not blank.",
+        ).build()
+    }
+
+    pub fn query() -> Object {
+        text(false, "The search text; not blank.").build()
+    }
+
+    pub fn steps() -> Array {
+        ArrayBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+            .items(text(false, "One step; not blank.").build())
+            .min_items(Some(1))
+            .description(Some("The solution as explicit steps (give `steps` or `solution`): at least one, none blank."))
+            .build()
+    }
+}
+
 /// Score every step of one solution.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreRequest {
-    /// The question, options included (`"<stem>\n\n(A) ...\n(B) ..."`).
+    #[schema(schema_with = rules::question)]
     pub question: String,
     /// Evidence documents, most relevant first; the profile's token budget keeps a prefix of them.
     #[serde(default)]
     pub documents: Option<Vec<String>>,
-    /// The solution as explicit steps (give `steps` or `solution`).
     #[serde(default)]
+    #[schema(schema_with = rules::steps)]
     pub steps: Option<Vec<String>>,
-    /// The solution as raw text, cut into steps by the profile's rule (`Step N:` markers for
-    /// med-prm; `\n\nStep` for meds3; blank lines for qwen2.5-math-prm, rlhflow-prm) (give
-    /// `steps` or `solution`).
     #[serde(default)]
+    #[schema(schema_with = rules::solution)]
     pub solution: Option<String>,
     /// Solution score reported as `score` (default: the profile's, `min` for med-prm).
     #[serde(default)]
     pub aggregation: Option<Aggregation>,
     /// Retrieve the documents from the server's index (when `documents` is absent).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub retrieve: Option<RetrieveOptions>,
 }
 
@@ -39,9 +112,11 @@ pub struct ScoreRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrieveRequest {
+    #[schema(schema_with = rules::query)]
     pub query: String,
-    /// 1..=100 (default 5).
-    #[serde(default)]
+    /// Documents to return, 1..=100 (default 5).
+    #[serde(default, deserialize_with = "count")]
+    #[schema(minimum = 1, maximum = 100)]
     pub k: Option<usize>,
     /// Default `hybrid`.
     #[serde(default)]
@@ -59,8 +134,10 @@ pub struct RetrieveResponse {
 #[serde(deny_unknown_fields)]
 pub struct Candidate {
     #[serde(default)]
+    #[schema(schema_with = rules::steps)]
     pub steps: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(schema_with = rules::solution)]
     pub solution: Option<String>,
     /// The candidate's final answer (for votes); extracted from the text when absent.
     #[serde(default)]
@@ -71,21 +148,26 @@ pub struct Candidate {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RankRequest {
+    #[schema(schema_with = rules::question)]
     pub question: String,
     #[serde(default)]
     pub documents: Option<Vec<String>>,
+    /// The candidate solutions: at least one, at most the server's `--max-candidates`.
+    #[schema(min_items = 1)]
+    #[serde(deserialize_with = "objects")]
     pub candidates: Vec<Candidate>,
     #[serde(default)]
     pub aggregation: Option<Aggregation>,
     /// How `selected` is chosen (default: the profile's: `best_of_n`, `min_vote_sum` for meds3).
     #[serde(default)]
     pub selection: Option<Selection>,
-    /// Return only the best `top_n` candidates (all are scored).
-    #[serde(default)]
+    /// Return only the best `top_n` candidates (all are scored); at least 1.
+    #[serde(default, deserialize_with = "count")]
+    #[schema(minimum = 1, maximum = 18446744073709551615_u64)]
     pub top_n: Option<usize>,
     /// Retrieve the documents from the server's index (when `documents` is absent); one search
     /// shared by all candidates.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub retrieve: Option<RetrieveOptions>,
 }
 

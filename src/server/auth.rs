@@ -11,6 +11,7 @@ use super::error::ApiError;
 use super::AppState;
 
 pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let start = std::time::Instant::now();
     if let Some(key) = &state.cfg.api_key {
         let ok = req
             .headers()
@@ -22,8 +23,9 @@ pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next:
             // The label the route's own metrics use: `/v2/rerank` → `rerank`.
             let path = req.uri().path().trim_start_matches('/');
             let endpoint = path.strip_prefix("v1/").or_else(|| path.strip_prefix("v2/")).unwrap_or(path).to_string();
-            state.infer.metrics().failures.with_label_values(&[endpoint.as_str(), "unauthorized"]).inc();
-            return ApiError::Unauthorized.into_response();
+            let e = ApiError::Unauthorized;
+            state.infer.metrics().record_request(&endpoint, e.outcome(), Some(e.error_type()), start.elapsed().as_secs_f64());
+            return e.into_response();
         }
     }
     next.run(req).await

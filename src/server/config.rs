@@ -6,6 +6,9 @@ use std::time::Duration;
 use crate::args::ModelArgs;
 use crate::infer::{BatchConfig, InferConfig};
 
+/// `--max-candidates` unless set (the committed OpenAPI document states it).
+pub const DEFAULT_MAX_CANDIDATES: usize = 64;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeConfig {
     #[command(flatten)]
@@ -32,7 +35,7 @@ pub struct ServeConfig {
     #[arg(long, env = "MEDPRM_MAX_INPUT_TOKENS", default_value_t = 8192)]
     pub max_input_tokens: usize,
     /// Candidates per rank request.
-    #[arg(long, env = "MEDPRM_MAX_CANDIDATES", default_value_t = 64)]
+    #[arg(long, env = "MEDPRM_MAX_CANDIDATES", default_value_t = DEFAULT_MAX_CANDIDATES)]
     pub max_candidates: usize,
     /// Largest request body in bytes (larger: 413).
     #[arg(long, env = "MEDPRM_PAYLOAD_LIMIT", default_value_t = 2_000_000)]
@@ -71,6 +74,27 @@ pub struct ServeConfig {
     /// if requests were cut, else 0.
     #[arg(long, env = "MEDPRM_SHUTDOWN_TIMEOUT_S", default_value_t = 70)]
     pub shutdown_timeout_s: u64,
+    /// Seconds a client has to send a complete request head, counted from when the server starts
+    /// waiting for one (the connection opened, or the previous response was sent); then the
+    /// connection is closed. Bounds slow-header (slowloris) clients.
+    #[arg(long, env = "MEDPRM_HEADER_READ_TIMEOUT_S", default_value_t = 10)]
+    pub header_read_timeout_s: u64,
+    /// Seconds an idle keep-alive connection stays open after its last response (0: no
+    /// keep-alive, every response closes its connection). At most --header-read-timeout-s.
+    #[arg(long, env = "MEDPRM_KEEP_ALIVE_TIMEOUT_S", default_value_t = 5)]
+    pub keep_alive_timeout_s: u64,
+    /// Seconds a request body may take to arrive, and the longest pause between two of its
+    /// chunks (slower: 408).
+    #[arg(long, env = "MEDPRM_BODY_TIMEOUT_S", default_value_t = 30)]
+    pub body_timeout_s: u64,
+    /// Open client connections at most; further connections wait in the listen backlog until one
+    /// closes (bounds the descriptors a client can hold).
+    #[arg(long, env = "MEDPRM_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// For tests only, never in production: a request whose text contains `MEDPRM_FAULT_PANIC`
+    /// makes the model panic on it (the server must answer it alone with an error and go on).
+    #[arg(long, env = "MEDPRM_FAULT_INJECTION")]
+    pub fault_injection: bool,
     /// Wait this long before the warm-up (lets probes and tests observe the not-ready state).
     #[arg(long, env = "MEDPRM_WARMUP_DELAY_MS", default_value_t = 0)]
     pub warmup_delay_ms: u64,
@@ -84,6 +108,16 @@ impl ServeConfig {
         anyhow::ensure!(self.tokenization_workers > 0, "--tokenization-workers must be positive");
         anyhow::ensure!(self.retrieve_k == 0 || self.index.is_some(), "--retrieve-k needs --index");
         anyhow::ensure!(self.api_key.as_deref() != Some(""), "--api-key must not be empty");
+        anyhow::ensure!(self.header_read_timeout_s > 0, "--header-read-timeout-s must be positive");
+        anyhow::ensure!(self.body_timeout_s > 0, "--body-timeout-s must be positive");
+        anyhow::ensure!(self.max_connections > 0, "--max-connections must be positive");
+        anyhow::ensure!(
+            self.keep_alive_timeout_s <= self.header_read_timeout_s,
+            "--keep-alive-timeout-s ({}) must not exceed --header-read-timeout-s ({}): the wait for the next request head \
+             counts from the end of the previous response",
+            self.keep_alive_timeout_s,
+            self.header_read_timeout_s
+        );
         if self.retrieve_k > 0 {
             crate::retrieval::check_k(self.retrieve_k, "--retrieve-k")?;
         }
@@ -103,6 +137,7 @@ impl ServeConfig {
                 max_batch_tokens: self.max_batch_tokens,
                 max_batch_requests: self.max_batch_requests,
                 max_queue_delay: Duration::from_millis(self.max_queue_delay_ms),
+                fault_injection: self.fault_injection,
             },
             max_concurrent_candidates: self.max_concurrent_requests,
             max_candidates: self.max_candidates,

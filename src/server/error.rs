@@ -9,7 +9,7 @@ use serde::Serialize;
 pub struct ErrorBody {
     /// What went wrong, naming the offending field.
     pub error: String,
-    /// `bad_request`, `payload_too_large`, `validation`, `unauthorized`, `not_found`,
+    /// `bad_request`, `request_timeout`, `payload_too_large`, `validation`, `unauthorized`, `not_found`,
     /// `overloaded`, `not_ready`, `backend`.
     pub error_type: String,
 }
@@ -23,6 +23,8 @@ pub enum ScoringErrors {
     BadRequest(ErrorBody),
     #[response(status = 401, description = "Missing or wrong API key")]
     Unauthorized(ErrorBody),
+    #[response(status = 408, description = "Request body not received in time")]
+    RequestTimeout(ErrorBody),
     #[response(status = 413, description = "Payload too large")]
     PayloadTooLarge(ErrorBody),
     #[response(status = 422, description = "Invalid input")]
@@ -36,6 +38,7 @@ pub enum ScoringErrors {
 #[derive(Debug)]
 pub enum ApiError {
     BadRequest(String),
+    RequestTimeout,
     PayloadTooLarge(String),
     Validation(String),
     Unauthorized,
@@ -49,6 +52,7 @@ impl ApiError {
     pub fn error_type(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Validation(_) => "validation",
             ApiError::Unauthorized => "unauthorized",
@@ -62,6 +66,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -72,11 +77,27 @@ impl ApiError {
         }
     }
 
+    /// The request's `outcome` in the metrics.
+    pub fn outcome(&self) -> crate::metrics::Outcome {
+        use crate::metrics::Outcome;
+        match self {
+            ApiError::Unauthorized => Outcome::Unauthorized,
+            ApiError::Overloaded | ApiError::NotReady => Outcome::Overloaded,
+            ApiError::Backend(_) => Outcome::ServerError,
+            ApiError::BadRequest(_)
+            | ApiError::RequestTimeout
+            | ApiError::PayloadTooLarge(_)
+            | ApiError::Validation(_)
+            | ApiError::NotFound(_) => Outcome::ClientError,
+        }
+    }
+
     /// What went wrong, naming the field.
     pub fn message(&self) -> String {
         match self {
             ApiError::BadRequest(m) | ApiError::PayloadTooLarge(m) | ApiError::Validation(m) | ApiError::NotFound(m) | ApiError::Backend(m) => m.clone(),
             ApiError::Unauthorized => "authorization: missing or wrong bearer token".into(),
+            ApiError::RequestTimeout => "body: not received within --body-timeout-s".into(),
             ApiError::Overloaded => "overloaded: too many candidates in flight; retry after the delay in Retry-After".into(),
             ApiError::NotReady => "not ready: the model is loading or warming up".into(),
         }

@@ -12,6 +12,7 @@ use axum::Json;
 use serde::Serialize;
 
 use crate::infer::{JobRequest, Scored, Timings};
+use crate::metrics::{Metrics, Outcome};
 
 use super::api::*;
 use super::error::{ApiError, ScoringErrors};
@@ -24,21 +25,56 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::BadRequest("content-type: expected `application/json`".into()));
+        }
+        // The whole body must arrive within --body-timeout-s (the RequestBodyTimeoutLayer bounds
+        // each pause between its chunks by the same time).
+        let limit = req.extensions().get::<BodyTimeout>().map_or(Duration::MAX, |t| t.0);
+        let bytes = match tokio::time::timeout(limit, axum::body::Bytes::from_request(req, state)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge("body: larger than the payload limit".into()))
+            }
+            Ok(Err(e)) if caused_by_timeout(&e) => return Err(ApiError::RequestTimeout),
+            Ok(Err(e)) => return Err(ApiError::BadRequest(format!("body: {}", e.body_text()))),
+            Err(_) => return Err(ApiError::RequestTimeout),
+        };
+        // Every request body is a JSON object (serde would also fill a struct from an array).
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b == b'[') {
+            return Err(ApiError::Validation("body: invalid type: expected a JSON object, got an array".into()));
+        }
+        match Json::<T>::from_bytes(&bytes) {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(rej) => Err(match rej {
                 JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!("body: malformed JSON: {}", e.body_text())),
                 JsonRejection::JsonDataError(e) => ApiError::Validation(format!("body: {}", e.body_text())),
-                JsonRejection::MissingJsonContentType(_) => {
-                    ApiError::BadRequest("content-type: expected `application/json`".into())
-                }
-                JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                    ApiError::PayloadTooLarge("body: larger than the payload limit".into())
-                }
                 other => ApiError::BadRequest(format!("body: {}", other.body_text())),
             }),
         }
     }
+}
+
+/// `application/json` or `application/<something>+json`, parameters allowed.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// `--body-timeout-s`, carried to [`ApiJson`] as a request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn ms(d: Duration) -> HeaderValue {
@@ -72,22 +108,41 @@ pub(crate) async fn observed_as(
     render: fn(ApiError) -> Response,
     body: impl std::future::Future<Output = Result<Response, ApiError>>,
 ) -> Response {
-    let start = Instant::now();
-    let m = state.infer.metrics();
-    m.requests.with_label_values(&[endpoint]).inc();
+    let mut pending = Pending { metrics: state.infer.metrics(), endpoint, start: Instant::now(), done: false };
     let r = body.await;
-    m.request_duration.with_label_values(&[endpoint]).observe(start.elapsed().as_secs_f64());
+    pending.done = true;
+    let seconds = pending.start.elapsed().as_secs_f64();
+    let m = state.infer.metrics();
     match r {
         Ok(v) => {
-            m.successes.with_label_values(&[endpoint]).inc();
+            m.record_request(endpoint, Outcome::Success, None, seconds);
             v
         }
         Err(e) => {
-            m.failures.with_label_values(&[endpoint, e.error_type()]).inc();
+            m.record_request(endpoint, e.outcome(), Some(e.error_type()), seconds);
             if matches!(e, ApiError::Backend(_)) {
                 tracing::error!(endpoint, error = ?e, "request failed in the backend");
             }
             render(e)
+        }
+    }
+}
+
+/// A request whose future is dropped before it ends: the client went away (hyper drops the
+/// handler when the connection closes). Counted as `cancelled`, which is not a client error.
+struct Pending<'a> {
+    metrics: &'a Metrics,
+    endpoint: &'static str,
+    start: Instant,
+    done: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let seconds = self.start.elapsed().as_secs_f64();
+            tracing::debug!(endpoint = self.endpoint, seconds, "client disconnected before the answer: request cancelled");
+            self.metrics.record_request(self.endpoint, Outcome::Cancelled, None, seconds);
         }
     }
 }

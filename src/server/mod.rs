@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backend;
 pub mod compat;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod handlers;
 pub mod router;
@@ -28,21 +29,20 @@ pub struct AppState {
     pub infer: Infer,
 }
 
-/// Resolves on SIGTERM or Ctrl-C (graceful shutdown begins) and arms the deadline: whatever still
-/// holds the server `timeout` later (a slow request, a half-open or idle connection) does not
-/// keep the process alive.
-async fn shutdown_with_deadline(timeout: Duration, metrics: Arc<Metrics>) {
+/// Waits for SIGTERM or Ctrl-C, tells the server to shut down (stop accepting, close idle and
+/// half-open connections, finish the requests in flight) and arms the deadline: whatever still
+/// holds the server `timeout` later (a slow request) does not keep the process alive.
+async fn shutdown_with_deadline(timeout: Duration, metrics: Arc<Metrics>, tx: tokio::sync::watch::Sender<bool>) {
     shutdown_signal().await;
-    tokio::spawn(async move {
-        tokio::time::sleep(timeout).await;
-        let in_flight = metrics.in_flight_candidates.get();
-        if in_flight > 0 {
-            tracing::error!(in_flight, "shutdown deadline reached: exiting with candidates still in flight");
-            std::process::exit(1);
-        }
-        tracing::info!("shutdown deadline reached: closing the connections still open (no request in flight)");
-        std::process::exit(0);
-    });
+    let _ = tx.send(true);
+    tokio::time::sleep(timeout).await;
+    let in_flight = metrics.in_flight_candidates.get();
+    if in_flight > 0 {
+        tracing::error!(in_flight, "shutdown deadline reached: exiting with candidates still in flight");
+        std::process::exit(1);
+    }
+    tracing::info!("shutdown deadline reached: closing the connections still open (no request in flight)");
+    std::process::exit(0);
 }
 
 async fn shutdown_signal() {
@@ -77,8 +77,15 @@ pub fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         println!("medprm listening on http://{local}");
         tracing::info!(%local, "listening; loading the model");
         backend::start(state.clone());
-        let shutdown = shutdown_with_deadline(Duration::from_secs(state.cfg.shutdown_timeout_s), state.infer.metrics().clone());
-        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(shutdown_with_deadline(Duration::from_secs(state.cfg.shutdown_timeout_s), state.infer.metrics().clone(), tx));
+        let limits = conn::ConnLimits {
+            header_read_timeout: Duration::from_secs(state.cfg.header_read_timeout_s),
+            keep_alive_timeout: Duration::from_secs(state.cfg.keep_alive_timeout_s),
+            max_connections: state.cfg.max_connections,
+        };
+        let metrics = state.infer.metrics().clone();
+        conn::serve(listener, router(state), limits, metrics, rx).await;
         tracing::info!("stopped");
         anyhow::Ok(())
     })

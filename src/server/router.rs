@@ -20,18 +20,84 @@ use super::{auth, compat, error, handlers, AppState};
     paths(handlers::score, handlers::rank, handlers::retrieve, handlers::health, handlers::ready, handlers::info, handlers::metrics,
           compat::openrlhf::get_reward, compat::rerank::rerank, compat::rerank::rerank_v1_doc, compat::rerank::rerank_bare_doc,
           compat::pooling::pooling),
-    components(schemas(error::ErrorBody, compat::rerank::TeiRank)),
+    components(schemas(error::ErrorBody, compat::rerank::TeiRank, compat::pooling::VllmError)),
     tags((name = "scoring", description = "Step rewards and Best-of-N"), (name = "retrieval", description = "Guideline search"),
          (name = "operations", description = "Probes, info and metrics"),
          (name = "compatibility", description = "Protocols of existing clients: OpenRLHF, vLLM pooling, Cohere/Jina/TEI rerank"))
 )]
 pub struct ApiDoc;
 
-/// The OpenAPI document as pretty JSON (what `proto-docs/openapi.json` holds).
+/// The OpenAPI document as pretty JSON for a server with the default limits (what
+/// `proto-docs/openapi.json` holds).
 pub fn openapi_json() -> String {
+    openapi_json_for(super::config::DEFAULT_MAX_CANDIDATES)
+}
+
+/// The OpenAPI document of a server that takes at most `max_candidates` per rank request.
+pub fn openapi_json_for(max_candidates: usize) -> String {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
-    doc.to_pretty_json().expect("serializable OpenAPI") + "\n"
+    let mut v = serde_json::to_value(&doc).expect("serializable OpenAPI");
+    state_rules(&mut v, max_candidates);
+    serde_json::to_string_pretty(&v).expect("serializable OpenAPI") + "\n"
+}
+
+/// The validator's rules the derived schemas cannot state, added to the document: `steps` and
+/// `solution` exclude each other (exactly one, not null), so do `documents` and `retrieve`;
+/// rank requests take at most `--max-candidates` and no `retrieve.include_steps`.
+fn state_rules(doc: &mut serde_json::Value, max_candidates: usize) {
+    use serde_json::json;
+    // A rerank body with TEI's `texts` is answered with TEI's bare array.
+    for path in ["/rerank", "/v1/rerank", "/v2/rerank"] {
+        doc["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]["schema"] = json!({"oneOf": [
+            {"$ref": "#/components/schemas/RerankResponse"},
+            {"type": "array", "items": {"$ref": "#/components/schemas/TeiRank"}, "description": "With `texts` (TEI)."}
+        ]});
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    let one_solution = json!([
+        {"required": ["steps"], "properties": {"steps": {"type": "array"}}},
+        {"required": ["solution"], "properties": {"solution": {"type": "string"}}}
+    ]);
+    let not_both_documents_and_retrieve = json!({
+        "required": ["documents", "retrieve"],
+        "properties": {"documents": {"type": "array"}, "retrieve": {"type": "object"}}
+    });
+    for name in ["ScoreRequest", "Candidate"] {
+        schemas[name]["oneOf"] = one_solution.clone();
+    }
+    for name in ["ScoreRequest", "RankRequest"] {
+        schemas[name]["not"] = not_both_documents_and_retrieve.clone();
+    }
+    // Rerank: the query is the question; the candidates come as `documents` or TEI's `texts`
+    // (one of them), each a non-blank solution, at most --max-candidates.
+    let non_blank = json!({"type": "string", "minLength": 1, "pattern": super::api::NON_BLANK});
+    schemas["RerankDocument"] = json!({
+        "oneOf": [non_blank.clone(), {"type": "object", "required": ["text"], "properties": {"text": non_blank.clone()}}],
+        "description": "A document to rank: a string, or an object with `text` (Jina, Cohere v1); not blank."
+    });
+    let rerank = &mut schemas["RerankRequest"];
+    rerank["properties"]["query"] = json!({"type": "string", "minLength": 1, "pattern": super::api::NON_BLANK,
+                                           "description": "The question (options included); not blank."});
+    for (field, items) in [("documents", json!({"$ref": "#/components/schemas/RerankDocument"})), ("texts", non_blank)] {
+        let p = &mut rerank["properties"][field];
+        p["items"] = items;
+        p["minItems"] = json!(1);
+        p["maxItems"] = json!(max_candidates);
+    }
+    rerank["oneOf"] = json!([
+        {"required": ["documents"], "properties": {"documents": {"type": "array"}}},
+        {"required": ["texts"], "properties": {"texts": {"type": "array"}}}
+    ]);
+    let rank = &mut schemas["RankRequest"]["properties"];
+    rank["candidates"]["maxItems"] = json!(max_candidates);
+    rank["retrieve"] = json!({
+        "oneOf": [
+            {"type": "null"},
+            {"allOf": [{"$ref": "#/components/schemas/RetrieveOptions"}, {"type": "object", "properties": {"include_steps": {"const": false}}}]}
+        ],
+        "description": "Retrieve the documents from the server's index (when `documents` is absent); one search shared by all candidates, so `include_steps` (a /v1/score option) must be false."
+    });
 }
 
 /// A 404 without a body (Swagger UI's, under /docs) gets the JSON error every other route gives.
@@ -45,6 +111,8 @@ async fn json_not_found(req: Request, next: Next) -> Response {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let body_timeout = Duration::from_secs(state.cfg.body_timeout_s);
+    let max_candidates = state.cfg.max_candidates;
     let scoring = Router::new()
         .route("/v1/score", post(handlers::score))
         .route("/v1/rank", post(handlers::rank))
@@ -62,11 +130,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(handlers::ready))
         .route("/info", get(handlers::info))
         .route("/metrics", get(handlers::metrics))
-        .route("/openapi.json", get(|| async { ([("content-type", "application/json")], openapi_json()) }))
+        .route("/openapi.json", get(move || async move { ([("content-type", "application/json")], openapi_json_for(max_candidates)) }))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs"))
         .fallback(handlers::not_found)
         .layer(middleware::from_fn(json_not_found))
         .layer(DefaultBodyLimit::max(state.cfg.payload_limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(axum::Extension(handlers::BodyTimeout(body_timeout)))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()))

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use crate::prompt::RawInput;
 
-use super::super::error::{ApiError, ScoringErrors};
+use super::super::error::ApiError;
 use super::super::handlers::{observed_as, with_timing_headers, ApiJson};
 use super::super::AppState;
 use super::{model_name, response_id};
@@ -94,11 +94,31 @@ pub struct VllmErrorDetail {
     pub code: u16,
 }
 
+/// The error responses of the pooling routes, in vLLM's shape (for the OpenAPI document).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum PoolingErrors {
+    #[response(status = 400, description = "Malformed JSON")]
+    BadRequest(VllmError),
+    #[response(status = 401, description = "Missing or wrong API key")]
+    Unauthorized(VllmError),
+    #[response(status = 408, description = "Request body not received in time")]
+    RequestTimeout(VllmError),
+    #[response(status = 413, description = "Payload too large")]
+    PayloadTooLarge(VllmError),
+    #[response(status = 422, description = "Invalid input")]
+    Validation(VllmError),
+    #[response(status = 429, description = "Overloaded; see Retry-After")]
+    Overloaded(VllmError),
+    #[response(status = 503, description = "Model not ready")]
+    NotReady(VllmError),
+}
+
 /// Our error in vLLM's shape (status and headers kept).
 fn vllm_error(e: ApiError) -> Response {
     let status = e.status();
     let kind = match status {
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "BadRequestError",
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT => "BadRequestError",
         StatusCode::UNPROCESSABLE_ENTITY => "UnprocessableEntityError",
         StatusCode::UNAUTHORIZED => "AuthenticationError",
         StatusCode::NOT_FOUND => "NotFoundError",
@@ -114,7 +134,7 @@ fn vllm_error(e: ApiError) -> Response {
 
 /// Step rewards of caller-built prompts (vLLM `/pooling`, STEP pooling; also `/v1/pooling`).
 #[utoipa::path(post, path = "/pooling", request_body = PoolingRequest, tag = "compatibility",
-    responses((status = 200, description = "`[p_neg, p_pos]` per step tag of each input", body = PoolingResponse), ScoringErrors))]
+    responses((status = 200, description = "`[p_neg, p_pos]` per step tag of each input", body = PoolingResponse), PoolingErrors))]
 #[tracing::instrument(skip_all, name = "pooling")]
 pub async fn pooling(State(state): State<Arc<AppState>>, body: Result<ApiJson<PoolingRequest>, ApiError>) -> Response {
     observed_as(&state, "pooling", vllm_error, async {

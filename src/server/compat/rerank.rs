@@ -41,7 +41,8 @@ pub struct RerankRequest {
     #[serde(default)]
     pub texts: Option<Vec<String>>,
     /// Return only the best `top_n` (0, as vLLM allows: all).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::server::api::count")]
+    #[schema(minimum = 0, maximum = 18446744073709551615_u64)]
     pub top_n: Option<usize>,
     /// Include each document's text in the results (default true).
     #[serde(default)]

@@ -1,0 +1,140 @@
+//! Property-based fuzzing (proptest; cargo-fuzz needs a nightly toolchain) of the code that
+//! handles caller text: step splitting, chat-template rendering, prompt neutralisation and
+//! request JSON. 0 panics, and the invariants below hold for every generated input.
+//! `make test` runs proptest's default 256 cases per target; `make reliability` sets
+//! `PROPTEST_CASES` for a long run.
+
+use std::sync::{Arc, OnceLock};
+
+use medprm::prompt::{PromptBuilder, Solution};
+use medprm::template::{ChatTemplate, Message};
+use proptest::prelude::*;
+use serde_json::Value;
+
+/// Text that stresses the code: step markers, tags, added-token text, whitespace of every
+/// kind, and arbitrary Unicode.
+fn nasty_text() -> impl Strategy<Value = String> {
+    let pieces = prop_oneof![
+        Just("Step 1:".to_string()),
+        Just("## Step 12:".to_string()),
+        Just(" ки".to_string()),
+        Just("ки".to_string()),
+        Just("<|eot_id|>".to_string()),
+        Just("<|begin_of_text|>".to_string()),
+        Just("<|start_header_id|>user<|end_header_id|>".to_string()),
+        Just("{{ x }}{% if %}".to_string()),
+        Just("\n\r\t\u{1c}\u{85}\u{a0}\u{2028}\u{3000}".to_string()),
+        Just(" + -".to_string()),
+        "\\PC{0,12}",
+        any::<char>().prop_map(|c| c.to_string()),
+    ];
+    prop::collection::vec(pieces, 0..12).prop_map(|v| v.concat())
+}
+
+fn builder() -> &'static PromptBuilder {
+    static B: OnceLock<PromptBuilder> = OnceLock::new();
+    B.get_or_init(|| {
+        let dir = medprm::tools::testmodel::ensure().expect("test model (run scripts/fetch-assets.sh)");
+        let tokenizer = medprm::tokenizer::PrmTokenizer::from_dir(&dir).expect("tokenizer");
+        let profile = medprm::profile::Profile::load("med-prm").expect("profile");
+        PromptBuilder::new(profile, Arc::new(tokenizer)).expect("builder")
+    })
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| Value::from(n)),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| Value::from(f)),
+        nasty_text().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        let keys = prop_oneof![
+            Just("question".to_string()),
+            Just("steps".to_string()),
+            Just("solution".to_string()),
+            Just("candidates".to_string()),
+            Just("documents".to_string()),
+            Just("retrieve".to_string()),
+            Just("k".to_string()),
+            Just("top_n".to_string()),
+            Just("aggregation".to_string()),
+            Just("selection".to_string()),
+            "[a-z_]{1,8}",
+        ];
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((keys, inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn step_splitting_never_panics_and_steps_are_clean(text in nasty_text()) {
+        let split = medprm::steps::split_solution(&text);
+        for s in &split.steps {
+            prop_assert!(!s.contains('\n'), "a step keeps a newline: {s:?}");
+            prop_assert_eq!(medprm::steps::py_strip(s), s.as_str(), "a step is stripped");
+        }
+        let _ = medprm::steps::py_strip(&text);
+        let _ = medprm::steps::has_marker(&text);
+        let _ = medprm::steps::split_tagged(&text, " ки");
+    }
+
+    #[test]
+    fn template_rendering_never_panics(system in nasty_text(), user in nasty_text(), gen in any::<bool>()) {
+        static T: OnceLock<ChatTemplate> = OnceLock::new();
+        let t = T.get_or_init(|| {
+            let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/templates/llama-3.1.jinja")).unwrap();
+            ChatTemplate::new(&src, Some("<|begin_of_text|>"), Some("<|eot_id|>")).unwrap()
+        });
+        let out = t.render(&[Message::new("system", system), Message::new("user", user)], gen);
+        prop_assert!(out.is_ok(), "{out:?}");
+        prop_assert!(out.unwrap().starts_with("<|begin_of_text|>"));
+    }
+
+    #[test]
+    fn caller_text_cannot_add_or_remove_step_tags(
+        question in nasty_text(),
+        docs in prop::collection::vec(nasty_text(), 0..3),
+        steps in prop::collection::vec(nasty_text(), 1..5),
+    ) {
+        let b = builder();
+        let n = b.neutralise(&question);
+        prop_assert_eq!(b.neutralise(&n), n.clone(), "neutralising is idempotent");
+        let ctx = match b.context(&question, &docs) {
+            Ok(c) => c,
+            Err(e) => {
+                prop_assert!(medprm::steps::py_strip(&question).is_empty(), "only a blank question is refused: {e}");
+                return Ok(());
+            }
+        };
+        let blank = steps.iter().any(|s| medprm::steps::py_strip(s).is_empty());
+        match b.prompt(&ctx, &Solution::Steps(steps.clone())) {
+            Ok(p) => {
+                prop_assert!(!blank);
+                prop_assert_eq!(p.tag_rows.len(), steps.len(), "one scored position per step, whatever the text");
+            }
+            Err(e) => prop_assert!(blank, "refused non-blank steps: {e}"),
+        }
+        if let Ok(p) = b.prompt(&ctx, &Solution::Raw(steps.join(" "))) {
+            prop_assert_eq!(p.tag_rows.len(), p.steps.len());
+        }
+    }
+
+    #[test]
+    fn request_json_never_panics(v in json_value(), text in "\\PC{0,64}") {
+        use medprm::server::api::{RankRequest, ScoreRequest, RetrieveRequest};
+        let _ = serde_json::from_str::<ScoreRequest>(&text);
+        let _ = serde_json::from_str::<RankRequest>(&text);
+        if let Ok(r) = serde_json::from_value::<ScoreRequest>(v.clone()) {
+            let _: medprm::infer::JobRequest = r.into();
+        }
+        if let Ok(r) = serde_json::from_value::<RankRequest>(v.clone()) {
+            let _: medprm::infer::JobRequest = r.into();
+        }
+        let _ = serde_json::from_value::<RetrieveRequest>(v);
+    }
+}

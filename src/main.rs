@@ -98,6 +98,21 @@ enum BenchShape {
     Smollm2,
 }
 
+/// A Best-of-N workload of the prefix and vs-reference benches.
+#[derive(clap::Args)]
+struct BestOfN {
+    #[arg(long, default_value_t = 16)]
+    candidates: usize,
+    /// Tokens of system prompt, documents and question.
+    #[arg(long, default_value_t = 2700)]
+    prefix_tokens: usize,
+    /// Mean tokens of each candidate's steps (candidates vary ±20%).
+    #[arg(long, default_value_t = 500)]
+    suffix_tokens: usize,
+    #[arg(long, default_value_t = 16384)]
+    max_batch_tokens: usize,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Scoring throughput of the engine (no HTTP) against the gemm peak of this machine.
@@ -121,16 +136,8 @@ enum BenchCommand {
     Prefix {
         #[command(flatten)]
         model: ModelArgs,
-        #[arg(long, default_value_t = 16)]
-        candidates: usize,
-        /// Tokens of system prompt, documents and question.
-        #[arg(long, default_value_t = 2700)]
-        prefix_tokens: usize,
-        /// Mean tokens of each candidate's steps (candidates vary ±20%).
-        #[arg(long, default_value_t = 500)]
-        suffix_tokens: usize,
-        #[arg(long, default_value_t = 16384)]
-        max_batch_tokens: usize,
+        #[command(flatten)]
+        workload: BestOfN,
         /// Run attention as generic tensor operations instead of the CPU kernels (to compare).
         #[arg(long)]
         generic_attention: bool,
@@ -142,16 +149,8 @@ enum BenchCommand {
         /// Widths of the generated model.
         #[arg(long, value_enum, default_value = "smollm2")]
         shape: BenchShape,
-        #[arg(long, default_value_t = 16)]
-        candidates: usize,
-        /// Tokens of system prompt, documents and question.
-        #[arg(long, default_value_t = 2700)]
-        prefix_tokens: usize,
-        /// Mean tokens of each candidate's steps (candidates vary ±20%).
-        #[arg(long, default_value_t = 500)]
-        suffix_tokens: usize,
-        #[arg(long, default_value_t = 16384)]
-        max_batch_tokens: usize,
+        #[command(flatten)]
+        workload: BestOfN,
         /// Python with torch and transformers (`make golden-venv`).
         #[arg(long, env = "MEDPRM_REFERENCE_PYTHON", default_value = "python3")]
         python: PathBuf,
@@ -259,7 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("throughput       {:.0} tokens/s", r.tokens_per_s);
             println!("model compute    {:.1} GFLOP/s = {:.0}% of gemm peak", r.model_gflops, 100.0 * r.model_gflops / r.gemm_gflops);
         }
-        Command::Bench(BenchCommand::Prefix { model, candidates, prefix_tokens, suffix_tokens, max_batch_tokens, generic_attention }) => {
+        Command::Bench(BenchCommand::Prefix { model, workload: BestOfN { candidates, prefix_tokens, suffix_tokens, max_batch_tokens }, generic_attention }) => {
             let mut engine = load_model(&model.options()?)?;
             engine.model.set_cpu_kernels(!generic_attention);
             let r = medprm::tools::bench::bench_prefix(&engine, candidates, prefix_tokens, suffix_tokens, max_batch_tokens)?;
@@ -276,7 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("memory             prefix K/V {:.1} MiB once; {:.1} MiB per candidate while a layer runs",
                      r.prefix_kv_bytes as f64 / 1048576.0, r.per_candidate_layer_bytes as f64 / 1048576.0);
         }
-        Command::Bench(BenchCommand::VsReference { shape, candidates, prefix_tokens, suffix_tokens, max_batch_tokens, python, script }) => {
+        Command::Bench(BenchCommand::VsReference { shape, workload: BestOfN { candidates, prefix_tokens, suffix_tokens, max_batch_tokens }, python, script }) => {
             use medprm::tools::testmodel::{self, Shape};
             let (shape, name) = match shape {
                 BenchShape::Test => (Shape::TEST, "bench-test-shape-v1"),

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
-use super::testmodel::{cached_dir, LLAMA31_TEMPLATE};
+use super::testmodel::{cached_dir, write_llama3_tokenizer};
 use crate::assets::asset;
 use crate::error::{Error, Result};
 use crate::model::gguf::write_json;
@@ -159,7 +159,7 @@ pub fn generate_meds3(out: &Path, llama3_tokenizer: &Path) -> Result<()> {
         "pad_token_id": 128004,
     });
     write_json(&out.join("config.json"), &llama31_config("LlamaForTokenClassification", MEDS3_VERSION, labels))?;
-    write_llama3_tokenizer(out, llama3_tokenizer)?;
+    write_llama3_tokenizer(out, read_json(llama3_tokenizer)?)?;
     write_lora(&out.join("adapter"), &mut g.rng)
 }
 
@@ -206,39 +206,6 @@ fn write_lora(dir: &Path, rng: &mut SplitMix64) -> Result<()> {
             "fan_in_fan_out": false,
             "inference_mode": true,
             "base_model_name_or_path": null,
-        }),
-    )
-}
-
-/// The Llama-3 tokenizer with a BOS-adding post-processor (as Llama-3.1-Instruct's) and the
-/// Llama-3.1 chat template.
-fn write_llama3_tokenizer(out: &Path, llama3_tokenizer: &Path) -> Result<()> {
-    let mut tok = read_json(llama3_tokenizer)?;
-    tok["post_processor"] = json!({
-        "type": "Sequence",
-        "processors": [
-            {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
-            {"type": "TemplateProcessing",
-             "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-                        {"Sequence": {"id": "A", "type_id": 0}}],
-             "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-                      {"Sequence": {"id": "A", "type_id": 0}},
-                      {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
-                      {"Sequence": {"id": "B", "type_id": 1}}],
-             "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
-                                                      "tokens": ["<|begin_of_text|>"]}}}
-        ]
-    });
-    write_json(&out.join("tokenizer.json"), &tok)?;
-    write_json(
-        &out.join("tokenizer_config.json"),
-        &json!({
-            "bos_token": "<|begin_of_text|>",
-            "eos_token": "<|eot_id|>",
-            "chat_template": LLAMA31_TEMPLATE,
-            "model_max_length": 131072,
-            "clean_up_tokenization_spaces": true,
-            "tokenizer_class": "PreTrainedTokenizerFast",
         }),
     )
 }

@@ -177,6 +177,13 @@ pub fn generate_shaped(out: &Path, llama3_tokenizer: &Path, shape: Shape, seed: 
     }
     added.push(json!({"id": TAG_ID, "content": " ки", "single_word": false, "lstrip": false,
                       "rstrip": false, "normalized": false, "special": true}));
+    write_llama3_tokenizer(out, tok)
+}
+
+/// Writes `tok` (the Llama-3 tokenizer, possibly with added tokens) into `out` with a
+/// BOS-adding post-processor (as Llama-3.1-Instruct's), and a tokenizer_config.json carrying
+/// the Llama-3.1 chat template.
+pub(crate) fn write_llama3_tokenizer(out: &Path, mut tok: serde_json::Value) -> Result<()> {
     tok["post_processor"] = json!({
         "type": "Sequence",
         "processors": [

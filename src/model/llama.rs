@@ -435,14 +435,16 @@ impl Llama {
         prefix_kv: Option<(&Tensor, &Tensor)>,
         pass: &Pass,
     ) -> Result<Tensor> {
-        let views = [k, v].into_iter().chain(prefix_kv.into_iter().flat_map(|(a, b)| [a, b]));
-        let views = views.map(CpuF32::new).collect::<Result<Vec<_>>>()?;
-        let qv = CpuF32::new(q)?;
+        let (qv, kv, vv) = (CpuF32::new(q)?, CpuF32::new(k)?, CpuF32::new(v)?);
+        let prefix = match prefix_kv {
+            Some((pk, pv)) => Some((CpuF32::new(pk)?, CpuF32::new(pv)?)),
+            None => None,
+        };
         let mut sources = Vec::with_capacity(2);
-        if views.len() == 4 {
-            sources.push(KeyValues { k: views[2].get(), v: views[3].get(), len: pass.off, first_position: 0, shared: true });
+        if let Some((pk, pv)) = &prefix {
+            sources.push(KeyValues { k: pk.get(), v: pv.get(), len: pass.off, first_position: 0, shared: true });
         }
-        sources.push(KeyValues { k: views[0].get(), v: views[1].get(), len: pass.t, first_position: pass.off, shared: false });
+        sources.push(KeyValues { k: kv.get(), v: vv.get(), len: pass.t, first_position: pass.off, shared: false });
         let out = attention::causal_attention(self.heads_geometry(), qv.get(), rows, &sources);
         Tensor::from_vec(out, q.dims2()?, &self.device)
     }

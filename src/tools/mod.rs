@@ -5,3 +5,4 @@ pub mod bench;
 pub mod loadgen;
 pub mod prm_models;
 pub mod testmodel;
+pub mod visualprm_model;

@@ -1,0 +1,262 @@
+//! Greyscale DICOM → 8-bit RGB, windowed as a viewer would show it.
+//!
+//! Accepted: a DICOM Part 10 file (with or without the 128-byte preamble) in Implicit or
+//! Explicit VR Little Endian (uncompressed), Samples per Pixel 1, Photometric Interpretation
+//! MONOCHROME1 or MONOCHROME2, Bits Allocated 8 or 16, any Bits Stored up to that with High Bit
+//! = Bits Stored − 1, unsigned or signed (Pixel Representation 0/1). Of a multi-frame object the
+//! first frame is used. Everything else (compressed transfer syntaxes, Big Endian, colour,
+//! 32-bit or float pixels) is refused with a reason; the Modality LUT Sequence and VOI LUT
+//! Sequence, when present, are ignored.
+//!
+//! The conversion, per pixel, in f64:
+//! 1. the stored value (masked to Bits Stored, sign-extended when signed) is rescaled:
+//!    `x = v · RescaleSlope + RescaleIntercept` (1 and 0 when absent);
+//! 2. with a Window Center `c` / Window Width `w` (the first pair when several), the VOI function
+//!    of PS3.3 C.11.2.1.2 maps `x` to `y` in `[0, 255]`, following VOI LUT Function:
+//!    - `LINEAR` (the default, needs `w ≥ 1`): `y = 0` if `x ≤ c − 0.5 − (w − 1)/2`, `y = 255` if
+//!      `x > c − 0.5 + (w − 1)/2`, else `y = ((x − (c − 0.5)) / (w − 1) + 0.5) · 255`;
+//!    - `LINEAR_EXACT` (`w > 0`): `y = 0` if `x ≤ c − w/2`, `255` if `x > c + w/2`, else
+//!      `y = ((x − c) / w + 0.5) · 255`;
+//!    - `SIGMOID` (`w > 0`): `y = 255 / (1 + exp(−4 (x − c) / w))`;
+//!
+//!    without a usable window (absent, or a width out of range), min–max of the rescaled values
+//!    of the frame: `y = (x − min) / (max − min) · 255` (all 0 when `max = min`);
+//! 3. `y` becomes the byte `floor(y + 0.5)` clamped to 0..=255; MONOCHROME1 (0 is white) is
+//!    inverted to `255 − byte`;
+//! 4. the grey byte is replicated to R, G and B.
+
+use dicom_core::value::{PrimitiveValue, Value};
+use dicom_core::header::HasLength;
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+
+use super::{check_size, ImageError, Rgb8};
+
+const MT: &str = "application/dicom";
+const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+
+fn bad(reason: impl Into<String>) -> ImageError {
+    ImageError::Decode { media_type: MT.into(), reason: reason.into() }
+}
+
+fn unsupported(reason: impl std::fmt::Display) -> ImageError {
+    ImageError::Unsupported(format!("DICOM: {reason}"))
+}
+
+fn int_attr(obj: &DefaultDicomObject, tag: dicom_core::Tag, name: &str) -> Result<Option<i64>, ImageError> {
+    match obj.element_opt(tag).map_err(|e| bad(format!("{name}: {e}")))? {
+        None => Ok(None),
+        Some(e) => e.to_int::<i64>().map(Some).map_err(|e| bad(format!("{name}: {e}"))),
+    }
+}
+
+fn required_int(obj: &DefaultDicomObject, tag: dicom_core::Tag, name: &str) -> Result<i64, ImageError> {
+    int_attr(obj, tag, name)?.ok_or_else(|| bad(format!("missing {name}")))
+}
+
+fn floats_attr(obj: &DefaultDicomObject, tag: dicom_core::Tag, name: &str) -> Result<Vec<f64>, ImageError> {
+    match obj.element_opt(tag).map_err(|e| bad(format!("{name}: {e}")))? {
+        None => Ok(Vec::new()),
+        Some(e) if e.value().is_empty() => Ok(Vec::new()),
+        Some(e) => e.to_multi_float64().map_err(|e| bad(format!("{name}: {e}"))),
+    }
+}
+
+fn str_attr(obj: &DefaultDicomObject, tag: dicom_core::Tag, name: &str) -> Result<Option<String>, ImageError> {
+    match obj.element_opt(tag).map_err(|e| bad(format!("{name}: {e}")))? {
+        None => Ok(None),
+        Some(e) => {
+            let s = e.to_str().map_err(|e| bad(format!("{name}: {e}")))?;
+            Ok(Some(s.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_ascii_uppercase()))
+        }
+    }
+}
+
+/// The VOI function of the file's first window, if it has a usable one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Window {
+    Linear { c: f64, w: f64 },
+    LinearExact { c: f64, w: f64 },
+    Sigmoid { c: f64, w: f64 },
+}
+
+impl Window {
+    fn apply(self, x: f64) -> f64 {
+        match self {
+            Window::Linear { c, w } => {
+                if x <= c - 0.5 - (w - 1.0) / 2.0 {
+                    0.0
+                } else if x > c - 0.5 + (w - 1.0) / 2.0 {
+                    255.0
+                } else {
+                    ((x - (c - 0.5)) / (w - 1.0) + 0.5) * 255.0
+                }
+            }
+            Window::LinearExact { c, w } => {
+                if x <= c - w / 2.0 {
+                    0.0
+                } else if x > c + w / 2.0 {
+                    255.0
+                } else {
+                    ((x - c) / w + 0.5) * 255.0
+                }
+            }
+            Window::Sigmoid { c, w } => 255.0 / (1.0 + (-4.0 * (x - c) / w).exp()),
+        }
+    }
+}
+
+fn to_byte(y: f64) -> u8 {
+    (y + 0.5).floor().clamp(0.0, 255.0) as u8
+}
+
+/// Decode a DICOM file as described in the module documentation.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, ImageError> {
+    let body = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+        &bytes[128..]
+    } else if bytes.starts_with(b"DICM") {
+        bytes
+    } else {
+        return Err(bad("not a DICOM Part 10 file (no `DICM` marker after the 128-byte preamble)"));
+    };
+    let obj = OpenFileOptions::new().from_reader(body).map_err(|e| bad(e.to_string()))?;
+    let ts = obj.meta().transfer_syntax().to_string();
+    if ts != IMPLICIT_VR_LE && ts != EXPLICIT_VR_LE {
+        return Err(unsupported(format!(
+            "transfer syntax {ts}: only uncompressed Implicit/Explicit VR Little Endian \
+             ({IMPLICIT_VR_LE}, {EXPLICIT_VR_LE}) is read"
+        )));
+    }
+    let rows = required_int(&obj, tags::ROWS, "Rows")?;
+    let cols = required_int(&obj, tags::COLUMNS, "Columns")?;
+    if rows <= 0 || cols <= 0 {
+        return Err(bad(format!("the image is {cols}x{rows}")));
+    }
+    check_size(MT, cols as u64, rows as u64, max_pixels)?;
+    let samples = int_attr(&obj, tags::SAMPLES_PER_PIXEL, "Samples per Pixel")?.unwrap_or(1);
+    let photometric = str_attr(&obj, tags::PHOTOMETRIC_INTERPRETATION, "Photometric Interpretation")?
+        .ok_or_else(|| bad("missing Photometric Interpretation"))?;
+    let invert = match photometric.as_str() {
+        "MONOCHROME1" => true,
+        "MONOCHROME2" => false,
+        other => {
+            return Err(unsupported(format!(
+                "Photometric Interpretation {other} with {samples} samples per pixel: only \
+                 greyscale (MONOCHROME1/MONOCHROME2) images are read"
+            )))
+        }
+    };
+    if samples != 1 {
+        return Err(unsupported(format!("{samples} samples per pixel in a {photometric} image")));
+    }
+    let allocated = required_int(&obj, tags::BITS_ALLOCATED, "Bits Allocated")?;
+    let stored = int_attr(&obj, tags::BITS_STORED, "Bits Stored")?.unwrap_or(allocated);
+    let high = int_attr(&obj, tags::HIGH_BIT, "High Bit")?.unwrap_or(stored - 1);
+    let signed = int_attr(&obj, tags::PIXEL_REPRESENTATION, "Pixel Representation")?.unwrap_or(0) == 1;
+    if allocated != 8 && allocated != 16 {
+        return Err(unsupported(format!("Bits Allocated {allocated}: only 8 and 16 are read")));
+    }
+    if stored < 1 || stored > allocated || high != stored - 1 {
+        return Err(unsupported(format!(
+            "Bits Stored {stored} / High Bit {high} with Bits Allocated {allocated}: pixel values \
+             must sit in the low bits"
+        )));
+    }
+
+    let n = rows as usize * cols as usize;
+    let pixel = obj.element_opt(tags::PIXEL_DATA).map_err(|e| bad(e.to_string()))?;
+    let pixel = pixel.ok_or_else(|| bad("no Pixel Data"))?;
+    let raw: Vec<i64> = {
+        let mask: u32 = if stored >= 32 { u32::MAX } else { (1u32 << stored) - 1 };
+        let sign_bit = 1u32 << (stored - 1);
+        let value = |u: u32| -> i64 {
+            let u = u & mask;
+            if signed && u & sign_bit != 0 {
+                u as i64 - (mask as i64 + 1)
+            } else {
+                u as i64
+            }
+        };
+        let short = || bad(format!("Pixel Data holds fewer than the {n} pixels of {cols}x{rows}"));
+        match pixel.value() {
+            Value::Primitive(PrimitiveValue::U8(b)) if allocated == 8 => {
+                b.get(..n).ok_or_else(short)?.iter().map(|&v| value(v as u32)).collect()
+            }
+            Value::Primitive(PrimitiveValue::U8(b)) => b
+                .get(..2 * n)
+                .ok_or_else(short)?
+                .chunks_exact(2)
+                .map(|p| value(u16::from_le_bytes([p[0], p[1]]) as u32))
+                .collect(),
+            Value::Primitive(PrimitiveValue::U16(v)) if allocated == 8 => {
+                // 8-bit samples read as OW words: little-endian byte order is pixel order.
+                let bytes: Vec<u8> = v.iter().flat_map(|w| w.to_le_bytes()).collect();
+                bytes.get(..n).ok_or_else(short)?.iter().map(|&v| value(v as u32)).collect()
+            }
+            Value::Primitive(PrimitiveValue::U16(v)) if allocated == 16 => {
+                v.get(..n).ok_or_else(short)?.iter().map(|&v| value(v as u32)).collect()
+            }
+            Value::Primitive(PrimitiveValue::I16(v)) if allocated == 16 => {
+                v.get(..n).ok_or_else(short)?.iter().map(|&v| value(v as u16 as u32)).collect()
+            }
+            Value::PixelSequence(_) => return Err(unsupported("encapsulated (compressed) Pixel Data")),
+            _ => return Err(bad("Pixel Data of an unexpected type")),
+        }
+    };
+
+    let slope = floats_attr(&obj, tags::RESCALE_SLOPE, "Rescale Slope")?.first().copied().unwrap_or(1.0);
+    let intercept =
+        floats_attr(&obj, tags::RESCALE_INTERCEPT, "Rescale Intercept")?.first().copied().unwrap_or(0.0);
+    let rescaled: Vec<f64> = raw.iter().map(|&v| v as f64 * slope + intercept).collect();
+
+    let centers = floats_attr(&obj, tags::WINDOW_CENTER, "Window Center")?;
+    let widths = floats_attr(&obj, tags::WINDOW_WIDTH, "Window Width")?;
+    let function = str_attr(&obj, tags::VOILUT_FUNCTION, "VOI LUT Function")?;
+    let window = match (centers.first(), widths.first()) {
+        (Some(&c), Some(&w)) => match function.as_deref() {
+            None | Some("") | Some("LINEAR") => (w >= 1.0).then_some(Window::Linear { c, w }),
+            Some("LINEAR_EXACT") => (w > 0.0).then_some(Window::LinearExact { c, w }),
+            Some("SIGMOID") => (w > 0.0).then_some(Window::Sigmoid { c, w }),
+            Some(other) => return Err(unsupported(format!("VOI LUT Function {other}"))),
+        },
+        _ => None,
+    };
+    let grey: Vec<u8> = match window {
+        Some(win) => rescaled.iter().map(|&x| to_byte(win.apply(x))).collect(),
+        None => {
+            let lo = rescaled.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = rescaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if hi > lo {
+                rescaled.iter().map(|&x| to_byte((x - lo) / (hi - lo) * 255.0)).collect()
+            } else {
+                vec![0; n]
+            }
+        }
+    };
+    let data = grey.iter().flat_map(|&g| {
+        let g = if invert { 255 - g } else { g };
+        [g, g, g]
+    });
+    Rgb8::from_raw(cols as u32, rows as u32, data.collect()).ok_or_else(|| bad("pixel count mismatch"))
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_window_follows_ps3_3() {
+        let w = Window::Linear { c: 40.0, w: 400.0 };
+        // Bounds: c − 0.5 ∓ (w − 1)/2 = −160.0 and 239.0.
+        assert_eq!(w.apply(-160.0), 0.0);
+        assert_eq!(w.apply(239.5), 255.0);
+        assert_eq!(to_byte(w.apply(39.5)), 128); // centre → 0.5·255 = 127.5 → 128
+        let one = Window::Linear { c: 100.0, w: 1.0 };
+        assert_eq!((one.apply(99.5), one.apply(99.6)), (0.0, 255.0));
+        let exact = Window::LinearExact { c: 0.0, w: 10.0 };
+        assert_eq!((exact.apply(-5.0), exact.apply(0.0), exact.apply(5.1)), (0.0, 127.5, 255.0));
+        let s = Window::Sigmoid { c: 0.0, w: 10.0 };
+        assert_eq!(s.apply(0.0), 127.5);
+    }
+}

@@ -103,6 +103,8 @@ fn offline_core(args: &ScoreArgs) -> Infer {
         retrieve_k,
         retrieve_mode,
         retrieve_cache: 64,
+        max_images: 0,
+        max_image_pixels: 0,
     };
     Infer::new(cfg, Arc::new(Metrics::new()))
 }
@@ -261,7 +263,7 @@ fn record_job(rec: &Value, ri: usize, args: &ScoreArgs, cfg: &InferConfig) -> Re
             Ok(Candidate { solution: solution_of(s, &field)?, field, answer: None })
         })
         .collect::<Result<_>>()?;
-    Ok(ScoreJob { name: format!("records[{ri}]"), question, candidates, documents, aggregation: args.aggregation, selection: Selection::BestOfN, top_n: None })
+    Ok(ScoreJob { name: format!("records[{ri}]"), question, candidates, documents, aggregation: args.aggregation, selection: Selection::BestOfN, top_n: None, images: vec![] })
 }
 
 impl ScoreSummary {

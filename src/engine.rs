@@ -12,7 +12,9 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
 use crate::model::head::{HeadKind, HeadSpec};
-use crate::model::llama::{positive_probability, Llama, SeqRows};
+use crate::model::internvit::VisionTower;
+use crate::model::internvl::InternVlConfig;
+use crate::model::llama::{positive_probability, Llama, SeqRows, Splice};
 use crate::model::{self, GgufLinears, ModelFiles};
 use crate::profile::Profile;
 use crate::prompt::{Prompt, PromptBuilder};
@@ -78,12 +80,30 @@ pub struct ModelInfo {
     pub label_token_ids: Option<[u32; 2]>,
     /// Weights of the matrix multiplications per token (for FLOP estimates).
     pub matmul_params: usize,
+    /// The vision tower, for models that read images (`null` otherwise).
+    pub vision: Option<VisionInfo>,
+}
+
+/// What a vision model does with an image.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct VisionInfo {
+    pub architecture: String,
+    /// Side of a square tile, in pixels.
+    pub image_size: usize,
+    /// Image tokens per tile.
+    pub tokens_per_tile: usize,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    /// The token whose positions take the image features.
+    pub image_token_id: u32,
 }
 
 pub struct Engine {
     pub builder: Arc<PromptBuilder>,
     pub model: Llama,
     pub info: ModelInfo,
+    /// The vision tower and its image token id (InternVL checkpoints).
+    pub vision: Option<(VisionTower, u32)>,
 }
 
 impl Engine {
@@ -94,8 +114,18 @@ impl Engine {
         }
         let files = ModelFiles::resolve(&opts.model)?;
         let beside_tokenizer = files.dir().join("tokenizer.json").is_file();
+        let internvl = match &files {
+            ModelFiles::HfDir { dir, .. } => InternVlConfig::read(dir)?,
+            ModelFiles::Gguf { .. } => None,
+        };
         let (cfg, tokenizer, gguf) = match &files {
-            ModelFiles::HfDir { dir, .. } => (model::read_hf_config(dir)?, PrmTokenizer::from_dir(dir)?, None),
+            ModelFiles::HfDir { dir, .. } => {
+                let cfg = match &internvl {
+                    Some(ivl) => ivl.text.clone(),
+                    None => model::read_hf_config(dir)?,
+                };
+                (cfg, PrmTokenizer::from_dir(dir)?, None)
+            }
             ModelFiles::Gguf { file } => {
                 let g = GgufFile::open(file)?;
                 let cfg = g.config()?;
@@ -113,6 +143,9 @@ impl Engine {
         };
         let adapter = match (&opts.adapter, &files) {
             (None, _) => None,
+            (Some(_), _) if internvl.is_some() => {
+                return Err(Error::Unsupported("--adapter with an InternVL (vision) checkpoint".into()))
+            }
             (Some(dir), ModelFiles::HfDir { .. }) => Some(model::adapter::Adapter::open(dir)?),
             (Some(_), ModelFiles::Gguf { .. }) => {
                 return Err(Error::Unsupported("--adapter with a GGUF model (give the Hugging Face base directory)".into()))
@@ -121,7 +154,8 @@ impl Engine {
         // The adapter's task (a TOKEN_CLS LoRA on a causal LM base) decides the head before the
         // base's architecture does.
         let implied = adapter.as_ref().and_then(|a| a.implied_head()).or_else(|| HeadKind::implied_by(&cfg.architecture));
-        let mut profile = Profile::load(opts.profile.as_deref().unwrap_or(default_profile(implied)))?;
+        let fallback = if internvl.is_some() { "visualprm" } else { default_profile(implied) };
+        let mut profile = Profile::load(opts.profile.as_deref().unwrap_or(fallback))?;
         profile.max_token_len = opts.max_token_len.unwrap_or(profile.max_token_len);
         profile.doc_reserve = opts.doc_reserve.unwrap_or(profile.doc_reserve);
         if profile.doc_reserve > profile.max_token_len {
@@ -150,6 +184,27 @@ impl Engine {
                 cfg.vocab_size
             )));
         }
+        let image_token_id = match (&internvl, &profile.image) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(Error::Profile {
+                    profile: profile.name.clone(),
+                    reason: "the model reads images but the profile has no `image` section (use `visualprm`)".into(),
+                })
+            }
+            (Some(ivl), Some(im)) => {
+                let id = tokenizer.single_token(&im.context).ok_or_else(|| {
+                    Error::TokenizerMismatch(format!("the image token `{}` is not one token of this tokenizer", im.context))
+                })?;
+                if let Some(cfg_id) = ivl.image_token_id.filter(|&c| c != id) {
+                    return Err(Error::TokenizerMismatch(format!(
+                        "config.json's image_token_id is {cfg_id} but the tokenizer's `{}` is {id}",
+                        im.context
+                    )));
+                }
+                Some(id)
+            }
+        };
         let builder = PromptBuilder::new(profile, Arc::new(tokenizer))?;
         let label_ids = builder.label_ids();
         let head = match (builder.profile.head, label_ids) {
@@ -158,7 +213,14 @@ impl Engine {
             (HeadKind::ScoreMlp, _) => HeadSpec::ScoreMlp,
             (HeadKind::LabelTokens, None) => unreachable!("a label_tokens profile has label ids"),
         };
+        let mut vision = None;
         let (model, dtype) = match (&files, gguf) {
+            (ModelFiles::HfDir { safetensors, .. }, _) if internvl.is_some() => {
+                let ivl = internvl.as_ref().expect("checked");
+                let (llama, tower) = model::internvl::load(ivl, safetensors, head, opts.dtype, &opts.device)?;
+                vision = Some((tower, image_token_id.expect("an InternVL model has an image token")));
+                (llama, opts.dtype)
+            }
             (ModelFiles::HfDir { safetensors, .. }, _) => match &adapter {
                 Some(a) => (model::load_hf_adapted(cfg, safetensors, a, head, opts.dtype, &opts.device)?, opts.dtype),
                 None => (model::load_hf(cfg, safetensors, head, opts.dtype, &opts.device)?, opts.dtype),
@@ -209,13 +271,26 @@ impl Engine {
             step_tag: builder.profile.step_tag.clone(),
             label_token_ids: label_ids,
             matmul_params: c.matmul_params(),
+            vision: vision.as_ref().map(|(t, id): &(VisionTower, u32)| VisionInfo {
+                architecture: "InternViT".into(),
+                image_size: t.cfg().image_size,
+                tokens_per_tile: t.cfg().tokens_per_tile(),
+                num_layers: t.cfg().num_layers,
+                hidden_size: t.cfg().hidden_size,
+                image_token_id: *id,
+            }),
         };
-        Ok(Engine { builder: Arc::new(builder), model, info })
+        Ok(Engine { builder: Arc::new(builder), model, info, vision })
     }
 
     /// One forward pass over a batch of prompts: p(+) of every step of every prompt.
     pub fn score(&self, prompts: &[&Prompt]) -> Result<Vec<Vec<f32>>> {
-        let seqs: Vec<SeqRows<'_>> = prompts.iter().map(|p| SeqRows { ids: &p.ids, rows: &p.tag_rows }).collect();
+        let splices = self.image_splices(prompts)?;
+        let seqs: Vec<SeqRows<'_>> = prompts
+            .iter()
+            .zip(&splices)
+            .map(|(p, s)| SeqRows { ids: &p.ids, rows: &p.tag_rows, splices: s })
+            .collect();
         let logits = self.model.label_logits(&seqs, None)?;
         Ok(logits.into_iter().map(|rows| rows.into_iter().map(positive_probability).collect()).collect())
     }
@@ -244,13 +319,27 @@ impl Engine {
         on_pass: &mut dyn FnMut(Pass),
     ) -> Result<Vec<Vec<f32>>> {
         let mut start = Instant::now();
-        let prefix = if prefix_len > 0 { Some(self.model.prefill(&prompts[0].ids[..prefix_len])?) } else { None };
+        let cfg = self.model.cfg();
+        if let crate::model::config::RopeScaling::Dynamic { .. } = cfg.rope_scaling {
+            // Dynamic NTK would rescale the rotation past this length; we only run it unscaled.
+            if let Some(p) = prompts.iter().find(|p| p.ids.len() > cfg.max_position_embeddings) {
+                return Err(Error::input(
+                    "input",
+                    format!("the prompt has {} tokens, more than the model's max_position_embeddings {} (dynamic rope scaling is not supported)", p.ids.len(), cfg.max_position_embeddings),
+                ));
+            }
+        }
+        let splices = self.image_splices(prompts)?;
+        // Image rows inside the shared prefix run with it (the prompts share their images);
+        // the rest move with their suffixes.
+        let (prefix_splices, splices) = split_splices(splices, prefix_len)?;
+        let prefix = if prefix_len > 0 { Some(self.model.prefill(&prompts[0].ids[..prefix_len], &prefix_splices)?) } else { None };
         let rows: Vec<Vec<usize>> =
             prompts.iter().map(|p| p.tag_rows.iter().map(|&r| r - prefix_len).collect()).collect();
         let mut out = Vec::with_capacity(prompts.len());
         for range in plan_batches(prompts.iter().map(|p| p.ids.len() - prefix_len), max_batch_tokens) {
             let seqs: Vec<SeqRows<'_>> = range
-                .map(|i| SeqRows { ids: &prompts[i].ids[prefix_len..], rows: &rows[i] })
+                .map(|i| SeqRows { ids: &prompts[i].ids[prefix_len..], rows: &rows[i], splices: &splices[i] })
                 .collect();
             let logits = self.model.label_logits(&seqs, prefix.as_ref())?;
             out.extend(logits.into_iter().map(|r| r.into_iter().map(positive_probability).collect::<Vec<_>>()));
@@ -266,6 +355,91 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+impl Engine {
+    /// The image features of every prompt, placed on its runs of the image token (one vision
+    /// pass per distinct image of the batch).
+    fn image_splices(&self, prompts: &[&Prompt]) -> Result<Vec<Vec<Splice>>> {
+        if prompts.iter().all(|p| p.images.is_empty()) {
+            return Ok(vec![vec![]; prompts.len()]);
+        }
+        let Some((tower, image_id)) = &self.vision else {
+            return Err(Error::input("images", format!("profile `{}`: the model reads no images", self.builder.profile.name)));
+        };
+        let mut done: Vec<(Arc<crate::prompt::PreparedImage>, candle_core::Tensor)> = Vec::new();
+        let mut out = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let runs = token_runs(&p.ids, *image_id);
+            if runs.len() != p.images.len() {
+                return Err(Error::Tokenizer(format!("the prompt holds {} image-token runs for {} images", runs.len(), p.images.len())));
+            }
+            let mut splices = Vec::with_capacity(runs.len());
+            for ((at, n), img) in runs.into_iter().zip(&p.images) {
+                if n != img.tokens {
+                    return Err(Error::Tokenizer(format!("an image of {} tokens has a run of {n} image tokens", img.tokens)));
+                }
+                let same = |(d, _): &&(Arc<crate::prompt::PreparedImage>, candle_core::Tensor)| {
+                    Arc::ptr_eq(d, img) || (d.hash == img.hash && d.tiles == img.tiles && d.pixels == img.pixels)
+                };
+                let embeds = match done.iter().find(same) {
+                    Some((_, e)) => e.clone(),
+                    None => {
+                        let e = tower.embed(&img.pixels, img.tiles)?;
+                        done.push((img.clone(), e.clone()));
+                        e
+                    }
+                };
+                splices.push(Splice { at, embeds });
+            }
+            out.push(splices);
+        }
+        Ok(out)
+    }
+}
+
+/// (start, length) of every maximal run of `token` in `ids`.
+fn token_runs(ids: &[u32], token: u32) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        if ids[i] == token {
+            let start = i;
+            while i < ids.len() && ids[i] == token {
+                i += 1;
+            }
+            runs.push((start, i - start));
+        } else {
+            i += 1;
+        }
+    }
+    runs
+}
+
+/// Splits per-prompt splices at `prefix_len`: the first prompt's rows before it (the shared
+/// prefix's), and every prompt's rows after it, re-based to its suffix.
+fn split_splices(splices: Vec<Vec<Splice>>, prefix_len: usize) -> Result<(Vec<Splice>, Vec<Vec<Splice>>)> {
+    if prefix_len == 0 {
+        return Ok((vec![], splices));
+    }
+    let mut prefix = Vec::new();
+    let mut rest = Vec::with_capacity(splices.len());
+    for (i, list) in splices.into_iter().enumerate() {
+        let mut mine = Vec::new();
+        for s in list {
+            let n = s.embeds.dim(0)?;
+            let inside = prefix_len.saturating_sub(s.at).min(n);
+            if inside > 0 && i == 0 {
+                prefix.push(Splice { at: s.at, embeds: s.embeds.narrow(0, 0, inside)? });
+            }
+            if inside < n {
+                let at = s.at + inside - prefix_len;
+                mine.push(Splice { at, embeds: s.embeds.narrow(0, inside, n - inside)? });
+            }
+        }
+        rest.push(mine);
+    }
+    Ok((prefix, rest))
 }
 
 /// The profile used when none is given, from the head the model's architecture (or adapter)
@@ -313,6 +487,22 @@ pub fn plan_batches(lengths: impl IntoIterator<Item = usize>, max_batch_tokens: 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn image_token_runs_and_prefix_split() {
+        assert_eq!(super::token_runs(&[1, 9, 9, 2, 9, 3, 9, 9, 9], 9), vec![(1, 2), (4, 1), (6, 3)]);
+        let t = |n: usize| candle_core::Tensor::arange(0f32, n as f32, &candle_core::Device::Cpu).unwrap().reshape((n, 1)).unwrap();
+        let s = |at: usize, n: usize| super::Splice { at, embeds: t(n) };
+        // A run straddling the prefix end (rows 3..7, prefix 5) splits into 3..5 and 0..2.
+        let (pre, rest) = super::split_splices(vec![vec![s(3, 4)], vec![s(3, 4)]], 5).unwrap();
+        assert_eq!((pre.len(), pre[0].at, pre[0].embeds.dim(0).unwrap()), (1, 3, 2));
+        assert_eq!(rest[1][0].at, 0);
+        assert_eq!(rest[1][0].embeds.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![2.0, 3.0]);
+        // Entirely after the prefix: re-based.
+        let (pre, rest) = super::split_splices(vec![vec![s(8, 2)]], 5).unwrap();
+        assert!(pre.is_empty());
+        assert_eq!(rest[0][0].at, 3);
+    }
+
     #[test]
     fn batches_respect_padded_budget() {
         let b = super::plan_batches([10, 10, 30, 5, 100, 1], 60);

@@ -18,6 +18,9 @@ pub enum Error {
     Profile { profile: String, reason: String },
     #[error("invalid input: {field}: {reason}")]
     Input { field: String, reason: String },
+    /// Input over a size limit (HTTP 413).
+    #[error("too large: {field}: {reason}")]
+    TooLarge { field: String, reason: String },
     #[error("chat template: {0}")]
     Template(String),
     #[error("model: {0}")]

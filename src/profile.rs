@@ -103,6 +103,10 @@ pub struct Profile {
     /// With `split_on`: put before every piece that does not start with it (MedS³: `"Step"`).
     #[serde(default)]
     pub split_restore: Option<String>,
+    /// With `split_on`: keep blank pieces as steps (VisualPRM's `str.split` keeps them and
+    /// scores them); otherwise they are dropped.
+    #[serde(default)]
+    pub keep_empty_steps: bool,
     /// Whether prompt text is tokenized with the tokenizer's special tokens (BOS for Llama):
     /// Med-PRM's double BOS comes from this; MedS³ and RLHFlow tokenize without them.
     #[serde(default = "yes")]
@@ -121,6 +125,32 @@ pub struct Profile {
     /// Selection when a rank request names none (default `best_of_n`).
     #[serde(default)]
     pub selection: Selection,
+    /// How images enter the question (vision PRMs only; a profile without it takes no images).
+    #[serde(default)]
+    pub image: Option<ImagePrompt>,
+}
+
+/// InternVL's image layout: each image is cut into tiles and written into the question as
+/// `start` + `context` × (tiles × tokens per tile) + `end`; the vision tower's features replace
+/// the `context` tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePrompt {
+    /// Where the caller puts an image in the question (`<image>`); the i-th placeholder is the
+    /// i-th image.
+    pub placeholder: String,
+    /// Put before a question that has no placeholder, once per image: `{n}` is the image's
+    /// 1-based number. `single_prefix` when there is one image, `multi_prefix` otherwise.
+    pub single_prefix: String,
+    pub multi_prefix: String,
+    pub start: String,
+    pub context: String,
+    pub end: String,
+    /// Dynamic tiling: at least `min_tiles` and at most `max_tiles` tiles (before the thumbnail).
+    pub min_tiles: usize,
+    pub max_tiles: usize,
+    /// A whole-image thumbnail tile after the others when there is more than one.
+    pub use_thumbnail: bool,
 }
 
 const BUILTIN: &[(&str, &str)] = &[
@@ -129,6 +159,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("meds3", include_str!("../profiles/meds3.json")),
     ("qwen2.5-math-prm", include_str!("../profiles/qwen2.5-math-prm.json")),
     ("rlhflow-prm", include_str!("../profiles/rlhflow-prm.json")),
+    ("visualprm", include_str!("../profiles/visualprm.json")),
 ];
 
 impl Profile {
@@ -194,6 +225,17 @@ impl Profile {
         }
         if self.doc_reserve > self.max_token_len {
             return bad("doc_reserve is larger than max_token_len");
+        }
+        if let Some(im) = &self.image {
+            if im.placeholder.is_empty() || im.context.is_empty() {
+                return bad("image.placeholder and image.context must not be empty");
+            }
+            if im.min_tiles == 0 || im.min_tiles > im.max_tiles {
+                return bad("image tiles need 1 <= min_tiles <= max_tiles");
+            }
+            if !im.single_prefix.contains(&im.placeholder) || !im.multi_prefix.contains(&im.placeholder) {
+                return bad("image.single_prefix and image.multi_prefix must contain the placeholder");
+            }
         }
         Ok(())
     }

@@ -47,9 +47,27 @@ pub enum RawInput {
     Ids(Vec<u32>),
 }
 
+/// An image ready for the vision tower: its normalised tiles (tiles × 3 × S × S, CHW) and the
+/// number of image tokens it becomes in the prompt.
+pub struct PreparedImage {
+    /// Content hash of the caller's bytes: one vision pass per distinct image in a batch.
+    pub hash: u64,
+    pub tiles: usize,
+    pub tokens: usize,
+    pub pixels: Vec<f32>,
+}
+
+impl std::fmt::Debug for PreparedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedImage").field("hash", &self.hash).field("tiles", &self.tiles).field("tokens", &self.tokens).finish()
+    }
+}
+
 /// Question and documents shared by every candidate of a request.
 pub struct Context {
     question: String,
+    /// The question's images, in the order their tokens appear.
+    pub images: Vec<Arc<PreparedImage>>,
     /// Kept documents, neutralised, in order.
     pub documents: Vec<String>,
     /// How many of the supplied documents the budget kept.
@@ -72,6 +90,8 @@ pub struct Prompt {
     pub shared_text_end: Option<usize>,
     /// Leading tokens that lie entirely before `shared_text_end` (0 without a marker).
     pub shared_tokens: usize,
+    /// The images whose tokens the prompt holds, in order.
+    pub images: Vec<Arc<PreparedImage>>,
 }
 
 /// The scored row of each step tag: the last token whose span holds the tag's last byte
@@ -282,6 +302,51 @@ impl PromptBuilder {
 
     /// Applies the document budget and prepares what every candidate shares.
     pub fn context(&self, question: &str, documents: &[String]) -> Result<Context> {
+        self.context_with_images(question, documents, vec![])
+    }
+
+    /// [`PromptBuilder::context`] for a question with images: the profile's placeholders (or,
+    /// without any, its prefixes) become each image's tokens, in order.
+    pub fn context_with_images(&self, question: &str, documents: &[String], images: Vec<Arc<PreparedImage>>) -> Result<Context> {
+        let mut ctx = self.context_text(question, documents)?;
+        if images.is_empty() {
+            return Ok(ctx);
+        }
+        let Some(im) = &self.profile.image else {
+            return Err(Error::input("images", format!("profile `{}` scores text only; it takes no images", self.profile.name)));
+        };
+        let placed = question.matches(im.placeholder.as_str()).count();
+        let question = match placed {
+            0 if images.len() == 1 => format!("{}{question}", im.single_prefix),
+            0 => {
+                let prefixes: String = (1..=images.len()).map(|n| im.multi_prefix.replace("{n}", &n.to_string())).collect();
+                format!("{prefixes}{question}")
+            }
+            n if n == images.len() => question.to_string(),
+            n => {
+                return Err(Error::input(
+                    "question",
+                    format!("holds {n} `{}` placeholders for {} images", im.placeholder, images.len()),
+                ))
+            }
+        };
+        // Caller text is neutralised piece by piece; only our expansions hold image tokens.
+        let mut text = String::new();
+        for (i, piece) in question.split(im.placeholder.as_str()).enumerate() {
+            if i > 0 {
+                let img = &images[i - 1];
+                text.push_str(&im.start);
+                text.push_str(&im.context.repeat(img.tokens));
+                text.push_str(&im.end);
+            }
+            text.push_str(&self.neutralise(piece));
+        }
+        ctx.question = text;
+        ctx.images = images;
+        Ok(ctx)
+    }
+
+    fn context_text(&self, question: &str, documents: &[String]) -> Result<Context> {
         if py_strip(question).is_empty() {
             return Err(Error::input("question", "must not be empty"));
         }
@@ -299,7 +364,13 @@ impl PromptBuilder {
                 kept.push(doc);
             }
         }
-        Ok(Context { question: self.neutralise(question), n_docs_kept: kept.len(), documents: kept, document_tokens: used })
+        Ok(Context {
+            question: self.neutralise(question),
+            images: vec![],
+            n_docs_kept: kept.len(),
+            documents: kept,
+            document_tokens: used,
+        })
     }
 
     /// The steps of a solution (caller text, not yet neutralised) and the untagged text before
@@ -320,7 +391,7 @@ impl PromptBuilder {
                     let restore = self.profile.split_restore.as_deref().unwrap_or("");
                     let steps = text
                         .split(on.as_str())
-                        .filter(|piece| !py_strip(piece).is_empty())
+                        .filter(|piece| self.profile.keep_empty_steps || !py_strip(piece).is_empty())
                         .map(|piece| if piece.starts_with(restore) { piece.to_string() } else { format!("{restore}{piece}") })
                         .collect();
                     Ok((None, steps))
@@ -447,7 +518,7 @@ impl PromptBuilder {
             tag_rows.push(ids.len() - 1);
             text.push_str(&segment);
         }
-        Ok(Prompt { text, ids, tag_rows, steps, shared_text_end: Some(shared_text_end), shared_tokens })
+        Ok(Prompt { text, ids, tag_rows, steps, shared_text_end: Some(shared_text_end), shared_tokens, images: ctx.images.clone() })
     }
 
     /// `multi_turn` (RLHFlow): every step a user turn (the first one `user_format` with the
@@ -500,7 +571,7 @@ impl PromptBuilder {
         let shared_tokens = shared_text_end
             .map(|end| enc.offsets.iter().take_while(|&&(_, e)| e <= end).count())
             .unwrap_or(0);
-        Ok(Prompt { text, ids: enc.ids, tag_rows, steps, shared_text_end, shared_tokens })
+        Ok(Prompt { text, ids: enc.ids, tag_rows, steps, shared_text_end, shared_tokens, images: ctx.images.clone() })
     }
 
     /// Renders and tokenizes one candidate.
@@ -532,7 +603,7 @@ impl PromptBuilder {
         let shared_tokens = shared_text_end
             .map(|end| enc.offsets.iter().take_while(|&&(_, e)| e <= end).count())
             .unwrap_or(0);
-        Ok(Prompt { text, ids: enc.ids, tag_rows, steps, shared_text_end, shared_tokens })
+        Ok(Prompt { text, ids: enc.ids, tag_rows, steps, shared_text_end, shared_tokens, images: ctx.images.clone() })
     }
 }
 
@@ -596,7 +667,7 @@ impl PromptBuilder {
         if ids.is_empty() {
             return Err(Error::input("input", "must not be empty"));
         }
-        Ok(Prompt { text, ids, steps: vec![String::new(); tag_rows.len()], tag_rows, shared_text_end: None, shared_tokens: 0 })
+        Ok(Prompt { text, ids, steps: vec![String::new(); tag_rows.len()], tag_rows, shared_text_end: None, shared_tokens: 0, images: vec![] })
     }
 }
 

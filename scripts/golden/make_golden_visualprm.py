@@ -213,7 +213,8 @@ def conversation(question, steps, system):
     text = "<|im_start|>system\n" + system + SEP
     for k, step in enumerate(steps):
         turn = f"### Question:\n{question}\n\n### Solution Process:\n{step}" if k == 0 else step
-        text += ROLE_USER + turn + SEP + ROLE_ASSISTANT + "+" + SEP
+        # MPT style (conversation.py get_prompt): an empty message is its role opening alone.
+        text += ROLE_USER + (turn + SEP if turn else "") + ROLE_ASSISTANT + "+" + SEP
     return text
 
 
@@ -298,10 +299,11 @@ class Scorer:
         out, history = [], ""
         for k, step in enumerate(split_steps(solution)):
             turn = f"### Question:\n{question}\n\n### Solution Process:\n{step}" if k == 0 else step
-            text = "<|im_start|>system\n" + system + SEP + history + ROLE_USER + turn + SEP + ROLE_ASSISTANT
+            user = ROLE_USER + (turn + SEP if turn else "")
+            text = "<|im_start|>system\n" + system + SEP + history + user + ROLE_ASSISTANT
             _, logits = self.logits(expand_images(text, tiles_per_image), pixel_values)
             out.append(self.soft(logits[-1]))
-            history += ROLE_USER + turn + SEP + ROLE_ASSISTANT + "+" + SEP
+            history += user + ROLE_ASSISTANT + "+" + SEP
         return out
 
 

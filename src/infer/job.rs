@@ -20,6 +20,17 @@ pub struct ScoreJob {
     pub aggregation: Aggregation,
     pub selection: Selection,
     pub top_n: Option<usize>,
+    /// The question's images (vision profiles only), in order.
+    pub images: Vec<ImageInput>,
+}
+
+/// A caller's image: its bytes (base64-decoded, not yet read) and media type.
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    /// How errors name it (`images[1]`).
+    pub field: String,
+    pub media_type: String,
+    pub bytes: std::sync::Arc<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]

@@ -26,9 +26,9 @@ use crate::metrics::Metrics;
 use crate::prompt::{shared_prefix_len, Prompt, PromptBuilder, RawInput};
 use crate::retrieval::{Index, Mode};
 
-pub use job::{Candidate, Citation, Documents, DocumentsUsed, ScoreJob, Scored, ScoredCandidate, ScoredPrompts, Timings, Usage};
+pub use job::{Candidate, Citation, Documents, DocumentsUsed, ImageInput, ScoreJob, Scored, ScoredCandidate, ScoredPrompts, Timings, Usage};
 pub use queue::BatchConfig;
-pub use validate::{CandidateRequest, Candidates, RetrieveOptions, JobRequest};
+pub use validate::{CandidateRequest, Candidates, ImageRequest, RetrieveOptions, JobRequest};
 use workers::Workers;
 
 /// Limits and defaults of the scoring core (`medprm serve` flags; `medprm score` lifts the
@@ -52,6 +52,10 @@ pub struct InferConfig {
     pub retrieve_mode: Mode,
     /// Entries of the retrieval cache.
     pub retrieve_cache: usize,
+    /// Images per request (vision models).
+    pub max_images: usize,
+    /// Pixels (width × height) per image, checked from the file's header before decoding.
+    pub max_image_pixels: u64,
 }
 
 pub struct Infer {
@@ -205,8 +209,14 @@ impl Infer {
         let (solutions, answers): (Vec<_>, Vec<_>) =
             job.candidates.into_iter().map(|c| ((c.field, c.solution), c.answer)).unzip();
         let (b, question, limit) = (builder.clone(), job.question, self.cfg.max_input_tokens);
+        let (images, max_pixels) = (job.images, self.cfg.max_image_pixels);
+        let vision = self.info().and_then(|i| i.vision.clone());
         let (kept, doc_tokens, prompts) = self
             .on_worker(move || {
+                let images = images
+                    .iter()
+                    .map(|im| prepare_image(im, &b, vision.as_ref(), max_pixels))
+                    .collect::<Result<Vec<_>>>()?;
                 // Refuse far-over-limit text before tokenizing all of it.
                 let parts = std::iter::once(("question", std::borrow::Cow::from(question.as_str())))
                     .chain(solutions.iter().map(|(field, s)| (field.as_str(), s.text())));
@@ -215,7 +225,7 @@ impl Infer {
                         return Err(over_limit(field, &format!("more than {n}"), limit));
                     }
                 }
-                let ctx = b.context(&question, &documents)?;
+                let ctx = b.context_with_images(&question, &documents, images)?;
                 let prompts = solutions
                     .iter()
                     .map(|(field, s)| {
@@ -305,6 +315,39 @@ impl Infer {
         let (prompts, scores) = self.run(prompts, &fields, &mut timings).await?;
         Ok(ScoredPrompts { prompt_tokens: prompts.iter().map(|p| p.ids.len()).collect(), scores, timings })
     }
+}
+
+/// Reads, tiles and normalises one image of a job (on a worker thread): the tiles the vision
+/// tower takes and the number of image tokens it becomes.
+pub fn prepare_image(
+    im: &ImageInput,
+    b: &PromptBuilder,
+    vision: Option<&crate::engine::VisionInfo>,
+    max_pixels: u64,
+) -> Result<Arc<crate::prompt::PreparedImage>> {
+    use std::hash::{Hash, Hasher};
+    let (Some(layout), Some(vision)) = (&b.profile.image, vision) else {
+        return Err(Error::input("images", format!("profile `{}`: the loaded model reads no images", b.profile.name)));
+    };
+    let rgb = crate::image::decode(&im.bytes, &im.media_type, max_pixels).map_err(|e| {
+        if e.is_too_large() {
+            Error::TooLarge { field: im.field.clone(), reason: format!("{e} (--max-image-pixels)") }
+        } else {
+            Error::input(format!("{}.data", im.field), e.to_string())
+        }
+    })?;
+    let tiling = crate::image::TileConfig {
+        image_size: vision.image_size as u32,
+        min_tiles: layout.min_tiles as u32,
+        max_tiles: layout.max_tiles as u32,
+        use_thumbnail: layout.use_thumbnail,
+    };
+    let tiles = crate::image::tiles(&rgb, &tiling);
+    let pixels = crate::image::to_tensor(&tiles, crate::image::IMAGENET_MEAN, crate::image::IMAGENET_STD);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    im.bytes.hash(&mut h);
+    im.media_type.hash(&mut h);
+    Ok(Arc::new(crate::prompt::PreparedImage { hash: h.finish(), tiles: tiles.len(), tokens: tiles.len() * vision.tokens_per_tile, pixels }))
 }
 
 /// The token-limit error.

@@ -241,7 +241,7 @@ mod tests {
     fn job(lens: &[usize]) -> Job {
         let prompts = lens
             .iter()
-            .map(|&n| Prompt { text: String::new(), ids: vec![0; n], tag_rows: vec![], steps: vec![], shared_text_end: None, shared_tokens: 0 })
+            .map(|&n| Prompt { text: String::new(), ids: vec![0; n], tag_rows: vec![], steps: vec![], shared_text_end: None, shared_tokens: 0, images: vec![] })
             .collect();
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::mem::forget(rx); // keep the job "connected"

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::prompt::Solution;
 use crate::retrieval::{self, Mode};
 
-use super::job::{Candidate, Documents, ScoreJob};
+use super::job::{Candidate, Documents, ImageInput, ScoreJob};
 use super::Infer;
 
 /// A scoring request as a route received it, before validation.
@@ -24,6 +24,8 @@ pub struct JobRequest {
     pub aggregation: Option<Aggregation>,
     pub selection: Option<Selection>,
     pub top_n: Option<usize>,
+    /// Images of the question (base64 data and media type), in order.
+    pub images: Vec<ImageRequest>,
 }
 
 /// One solution (errors name it `field`; its steps may join the retrieval query) or N candidates
@@ -57,6 +59,14 @@ pub struct RetrieveOptions {
     /// /v1/score only.
     #[serde(default)]
     pub include_steps: bool,
+}
+
+/// An image as a request carries it.
+#[derive(Debug, Clone)]
+pub struct ImageRequest {
+    /// Base64 (standard alphabet, padding optional) of the file's bytes.
+    pub data: String,
+    pub media_type: String,
 }
 
 /// Documents a search returns when neither the request nor `--retrieve-k` says how many.
@@ -129,7 +139,9 @@ impl Infer {
             }
             Documents::Caller(vec![])
         };
+        let images = self.images(req.images, &profile.name)?;
         Ok(ScoreJob {
+            images,
             name: req.name,
             question: req.question,
             candidates,
@@ -138,6 +150,48 @@ impl Infer {
             selection: req.selection.unwrap_or(profile.selection),
             top_n: req.top_n,
         })
+    }
+
+    /// Checks the images against the model and `--max-images`, and decodes their base64 (the
+    /// pixels are read later, on a worker).
+    fn images(&self, images: Vec<ImageRequest>, profile: &str) -> Result<Vec<ImageInput>> {
+        use base64::Engine as _;
+        if images.is_empty() {
+            return Ok(vec![]);
+        }
+        let vision = self.info().is_some_and(|i| i.vision.is_some());
+        let has_image_prompt = self.builder()?.profile.image.is_some();
+        if !vision || !has_image_prompt {
+            return Err(Error::input("images", format!("profile `{profile}` scores text only: the loaded model reads no images")));
+        }
+        let max = self.config().max_images;
+        if images.len() > max {
+            return Err(Error::input("images", format!("{} images, more than --max-images {max}", images.len())));
+        }
+        let b64 = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        images
+            .into_iter()
+            .enumerate()
+            .map(|(i, im)| {
+                let field = format!("images[{i}]");
+                if !crate::image::MEDIA_TYPES.contains(&im.media_type.as_str()) {
+                    return Err(Error::input(
+                        format!("{field}.media_type"),
+                        format!("`{}` is not one of {}", im.media_type, crate::image::MEDIA_TYPES.join(", ")),
+                    ));
+                }
+                let bytes = b64
+                    .decode(im.data.trim())
+                    .map_err(|e| Error::input(format!("{field}.data"), format!("not base64: {e}")))?;
+                if bytes.is_empty() {
+                    return Err(Error::input(format!("{field}.data"), "must not be empty"));
+                }
+                Ok(ImageInput { field, media_type: im.media_type, bytes: std::sync::Arc::new(bytes) })
+            })
+            .collect()
     }
 
     /// `documents`, `retrieve` or the server's default retrieval.

@@ -20,6 +20,10 @@ pub enum RopeScaling {
     Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: f32 },
     /// `rope_type = "linear"`: positions divided by `factor`.
     Linear { factor: f32 },
+    /// `rope_type = "dynamic"` (dynamic NTK, InternLM2.5): the frequencies change only for
+    /// sequences longer than `max_position_embeddings`; shorter ones rotate unscaled, and the
+    /// engine refuses longer ones.
+    Dynamic { factor: f32 },
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +65,9 @@ struct HfConfig {
     rms_norm_eps: Option<f64>,
     rope_theta: Option<f64>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers 5's single place for the rotary settings (`rope_theta`, `rope_type`, and the
+    /// scaling parameters), replacing `rope_theta` + `rope_scaling`.
+    rope_parameters: Option<serde_json::Value>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     vocab_size: usize,
@@ -106,7 +113,10 @@ impl LlamaConfig {
             )));
         }
         let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
-        let rope_scaling = parse_rope_scaling(c.rope_scaling.as_ref())?;
+        let rope_scaling = parse_rope_scaling(c.rope_scaling.as_ref().or(c.rope_parameters.as_ref()))?;
+        let rope_theta = c
+            .rope_theta
+            .or_else(|| c.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64()));
         // Qwen2: q/k/v always carry biases, the output projection never; its `sliding_window`
         // applies only with `use_sliding_window` (and then to some layers only: not supported).
         let qwen2 = c.model_type.as_deref() == Some("qwen2") || arch.starts_with("Qwen2");
@@ -127,7 +137,7 @@ impl LlamaConfig {
             num_kv_heads,
             head_dim,
             rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: c.rope_theta.unwrap_or(10_000.0) as f32,
+            rope_theta: rope_theta.unwrap_or(10_000.0) as f32,
             rope_scaling,
             rope_style: RopeStyle::Half,
             vocab_size: c.vocab_size,
@@ -151,7 +161,7 @@ impl LlamaConfig {
             .map(|i| 1.0f32 / base.powf(i as f32 / dim as f32))
             .collect();
         match self.rope_scaling {
-            RopeScaling::None | RopeScaling::Linear { .. } => inv,
+            RopeScaling::None | RopeScaling::Linear { .. } | RopeScaling::Dynamic { .. } => inv,
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
                 let low_freq_wavelen = old / low_freq_factor;
                 let high_freq_wavelen = old / high_freq_factor;
@@ -200,6 +210,7 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<RopeScaling> {
             original_max_position_embeddings: num("original_max_position_embeddings")?,
         }),
         "linear" => Ok(RopeScaling::Linear { factor: num("factor")? }),
+        "dynamic" => Ok(RopeScaling::Dynamic { factor: num("factor")? }),
         other => Err(Error::Unsupported(format!("rope_scaling type `{other}` (supported: llama3, linear)"))),
     }
 }

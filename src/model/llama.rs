@@ -196,6 +196,16 @@ impl KvPrefix {
 pub struct SeqRows<'a> {
     pub ids: &'a [u32],
     pub rows: &'a [usize],
+    /// Input embeddings given instead of looked up (image tokens).
+    pub splices: &'a [Splice],
+}
+
+/// Rows `at..at + n` of a sequence take the (n, hidden) `embeds` as their input embeddings
+/// instead of their tokens' (InternVL's `<IMG_CONTEXT>` positions take the image features).
+#[derive(Debug, Clone)]
+pub struct Splice {
+    pub at: usize,
+    pub embeds: Tensor,
 }
 
 /// What every layer of one forward pass shares: the batch shape and the rotary angles of its
@@ -393,12 +403,34 @@ impl Llama {
 
     /// Embeds a right-padded batch (every sequence `t` long) that continues a prefix of `off`
     /// tokens, and prepares what its layers share.
-    fn start(&self, ids: &[Vec<u32>], off: usize) -> Result<(Tensor, Pass)> {
+    /// The input embeddings of a right-padded batch (`splices[i]` replacing rows of sequence
+    /// `i`; rows past the sequence's length are dropped) and what its layers share.
+    fn start(&self, ids: &[Vec<u32>], off: usize, splices: &[&[Splice]]) -> Result<(Tensor, Pass)> {
         let b = ids.len();
         let t = ids.first().map(|s| s.len()).unwrap_or(0);
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let flat = Tensor::from_vec(flat, b * t, &self.device)?;
-        let x = self.embed.rows(&flat)?;
+        let mut x = self.embed.rows(&flat)?;
+        if splices.iter().any(|s| !s.is_empty()) {
+            // One gather over [token embeddings; spliced rows]: row r reads index[r].
+            let mut index: Vec<u32> = (0..(b * t) as u32).collect();
+            let mut extra = Vec::new();
+            let mut next = b * t;
+            for (seq, list) in splices.iter().enumerate() {
+                for s in list.iter().filter(|s| s.at < t) {
+                    let n = s.embeds.dim(0)?.min(t - s.at);
+                    for j in 0..n {
+                        index[seq * t + s.at + j] = (next + j) as u32;
+                    }
+                    next += n;
+                    extra.push(s.embeds.narrow(0, 0, n)?.to_dtype(self.dtype)?);
+                }
+            }
+            let mut all = vec![x];
+            all.extend(extra);
+            let index = Tensor::from_vec(index, b * t, &self.device)?;
+            x = Tensor::cat(&all, 0)?.index_select(&index, 0)?;
+        }
         let positions: Vec<usize> = (off..off + t).collect();
         let rope = self.rope_table(&positions)?;
         let n_keys = off + t;
@@ -554,8 +586,8 @@ impl Llama {
     }
 
     /// Runs a prefix once and returns its per-layer K/V.
-    pub fn prefill(&self, ids: &[u32]) -> Result<KvPrefix> {
-        let (mut x, pass) = self.start(&[ids.to_vec()], 0)?;
+    pub fn prefill(&self, ids: &[u32], splices: &[Splice]) -> Result<KvPrefix> {
+        let (mut x, pass) = self.start(&[ids.to_vec()], 0, &[splices])?;
         let mut out = KvPrefix { k: vec![], v: vec![], len: ids.len() };
         let n_layers = self.layers.len();
         for (li, layer) in self.layers.iter().enumerate() {
@@ -600,7 +632,8 @@ impl Llama {
             .flat_map(|(b, (i, _))| seqs[*i].rows.iter().map(move |&r| (b, r)))
             .collect();
 
-        let (mut x, pass) = self.start(&ids, prefix.map_or(0, |p| p.len))?;
+        let splices: Vec<&[Splice]> = live.iter().map(|(i, _)| seqs[*i].splices).collect();
+        let (mut x, pass) = self.start(&ids, prefix.map_or(0, |p| p.len), &splices)?;
         let n_layers = self.layers.len();
         for (li, layer) in self.layers.iter().enumerate() {
             let (h, k, v) = self.layer_kv(layer, &x, &pass)?;
@@ -752,14 +785,50 @@ mod tests {
         // The whole sequence's attention runs in more than one query block.
         assert!(m.query_block(1, seq.len()) < seq.len());
         let rows = [310, 311, 420, 599];
-        let whole = m.label_logits(&[SeqRows { ids: &seq, rows: &rows }], None).unwrap();
-        let prefix = m.prefill(&seq[..300]).unwrap();
+        let whole = m.label_logits(&[SeqRows { ids: &seq, rows: &rows, splices: &[] }], None).unwrap();
+        let prefix = m.prefill(&seq[..300], &[]).unwrap();
         assert_eq!(prefix.len(), 300);
         let suffix_rows: Vec<usize> = rows.iter().map(|r| r - 300).collect();
-        let split = m.label_logits(&[SeqRows { ids: &seq[300..], rows: &suffix_rows }], Some(&prefix)).unwrap();
+        let split = m.label_logits(&[SeqRows { ids: &seq[300..], rows: &suffix_rows, splices: &[] }], Some(&prefix)).unwrap();
         assert_close(&split, &whole, "prefix + suffix vs whole");
         // The logits are not degenerate: positions differ.
         assert!((whole[0][0][0] - whole[0][2][0]).abs() > 1e-3, "{whole:?}");
+    }
+
+    /// Spliced rows replace the token embeddings: splicing a token's own embedding changes
+    /// nothing; splicing another token's makes the sequence score like that token's; and a
+    /// splice split between a prefix and its suffix scores like the whole.
+    #[test]
+    fn spliced_embeddings_replace_token_embeddings_whole_or_across_a_prefix() {
+        let cfg = config(2, false);
+        let t = tensors(&cfg, 11);
+        let table = t["model.embed_tokens.weight"].clone();
+        let m = load(cfg, t).unwrap();
+        let seq = ids(80, 12);
+        let rows = [40, 79];
+        let plain = m.label_logits(&[SeqRows { ids: &seq, rows: &rows, splices: &[] }], None).unwrap();
+        let own = table.index_select(&Tensor::new(&seq[10..30], &Device::Cpu).unwrap(), 0).unwrap();
+        let same = [Splice { at: 10, embeds: own }];
+        let got = m.label_logits(&[SeqRows { ids: &seq, rows: &rows, splices: &same }], None).unwrap();
+        assert_close(&got, &plain, "own embeddings spliced");
+
+        let mut other = seq.clone();
+        for id in &mut other[10..30] {
+            *id = (*id + 5) % VOCAB as u32;
+        }
+        let want = m.label_logits(&[SeqRows { ids: &other, rows: &rows, splices: &[] }], None).unwrap();
+        let swapped = [Splice { at: 10, embeds: table.index_select(&Tensor::new(&other[10..30], &Device::Cpu).unwrap(), 0).unwrap() }];
+        let got = m.label_logits(&[SeqRows { ids: &seq, rows: &rows, splices: &swapped }], None).unwrap();
+        assert_close(&got, &want, "other embeddings spliced");
+        assert!((got[0][0][0] - plain[0][0][0]).abs() > 1e-4, "the splice changes the scores");
+
+        // Rows 10..30 spliced, prefix of 20: 10..20 go with the prefix, 20..30 with the suffix.
+        let e = swapped[0].embeds.clone();
+        let prefix = m.prefill(&seq[..20], &[Splice { at: 10, embeds: e.narrow(0, 0, 10).unwrap() }]).unwrap();
+        let tail = [Splice { at: 0, embeds: e.narrow(0, 10, 10).unwrap() }];
+        let suffix_rows: Vec<usize> = rows.iter().map(|r| r - 20).collect();
+        let split = m.label_logits(&[SeqRows { ids: &seq[20..], rows: &suffix_rows, splices: &tail }], Some(&prefix)).unwrap();
+        assert_close(&split, &want, "splice across a prefix");
     }
 
     #[test]
@@ -768,9 +837,9 @@ mod tests {
         let seqs = [ids(9, 4), ids(23, 5), ids(14, 6), ids(5, 7)];
         // The second sequence is cut after row 11; the last has no rows and is not run.
         let rows: [&[usize]; 4] = [&[2, 8], &[0, 11], &[4, 13], &[]];
-        let prefix = m.prefill(&ids(10, 8)).unwrap();
+        let prefix = m.prefill(&ids(10, 8), &[]).unwrap();
         for prefix in [None, Some(&prefix)] {
-            let batch: Vec<SeqRows<'_>> = seqs.iter().zip(rows).map(|(s, r)| SeqRows { ids: s, rows: r }).collect();
+            let batch: Vec<SeqRows<'_>> = seqs.iter().zip(rows).map(|(s, r)| SeqRows { ids: s, rows: r, splices: &[] }).collect();
             let together = m.label_logits(&batch, prefix).unwrap();
             let alone: Vec<Vec<[f32; 2]>> =
                 batch.iter().map(|s| m.label_logits(std::slice::from_ref(s), prefix).unwrap().remove(0)).collect();
@@ -792,11 +861,11 @@ mod tests {
             let prefix_ids = ids(40, 13);
             let seqs = [ids(30, 14), ids(17, 15)];
             let rows: [&[usize]; 2] = [&[0, 12, 29], &[3, 16]];
-            let batch: Vec<SeqRows<'_>> = seqs.iter().zip(rows).map(|(s, r)| SeqRows { ids: s, rows: r }).collect();
+            let batch: Vec<SeqRows<'_>> = seqs.iter().zip(rows).map(|(s, r)| SeqRows { ids: s, rows: r, splices: &[] }).collect();
             let mut runs = Vec::new();
             for kernels in [true, false] {
                 m.set_cpu_kernels(kernels);
-                let prefix = m.prefill(&prefix_ids).unwrap();
+                let prefix = m.prefill(&prefix_ids, &[]).unwrap();
                 runs.push((m.label_logits(&batch, Some(&prefix)).unwrap(), m.label_logits(&batch, None).unwrap()));
             }
             assert_close(&runs[0].0, &runs[1].0, "with a prefix: kernels vs generic");
@@ -826,7 +895,7 @@ mod tests {
         let want = vec![vec![expect(9), expect(12)], vec![expect(5)]];
         let m = load(cfg, t.clone()).unwrap();
         let (a, b) = ([1, 9, 4, 12], [5, 2]);
-        let got = m.label_logits(&[SeqRows { ids: &a, rows: &[1, 3] }, SeqRows { ids: &b, rows: &[0] }], None).unwrap();
+        let got = m.label_logits(&[SeqRows { ids: &a, rows: &[1, 3], splices: &[] }, SeqRows { ids: &b, rows: &[0], splices: &[] }], None).unwrap();
         assert_close(&got, &want, "hand-computed");
     }
 

@@ -8,6 +8,8 @@ pub mod dequant;
 pub mod simd;
 pub mod gguf;
 pub mod head;
+pub mod internvit;
+pub mod internvl;
 pub mod llama;
 
 use std::collections::HashMap;

@@ -5,7 +5,7 @@ use utoipa::ToSchema;
 
 use crate::aggregate::{Aggregation, Selection};
 use crate::engine::ModelInfo;
-use crate::infer::{CandidateRequest, Candidates, JobRequest, Scored, ScoredCandidate};
+use crate::infer::{CandidateRequest, Candidates, ImageRequest, JobRequest, Scored, ScoredCandidate};
 use crate::retrieval::{Hit, IndexInfo, Mode};
 
 pub use crate::infer::{Citation, DocumentsUsed, RetrieveOptions, Usage};
@@ -106,6 +106,30 @@ pub struct ScoreRequest {
     /// Retrieve the documents from the server's index (when `documents` is absent).
     #[serde(default, deserialize_with = "object")]
     pub retrieve: Option<RetrieveOptions>,
+    /// Images of the question (vision profiles such as `visualprm`; a text-only model refuses
+    /// them), at most the server's `--max-images`. Each goes where the question holds an
+    /// `<image>` placeholder, in order; without placeholders they are put before the question.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub images: Vec<ImageData>,
+}
+
+/// An image, sent inline (the server never fetches a URL or reads a path).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageData {
+    /// The file's bytes in base64 (standard alphabet).
+    #[schema(min_length = 1)]
+    pub data: String,
+    /// `image/png`, `image/jpeg` or `application/dicom` (8/16-bit greyscale, uncompressed).
+    #[schema(pattern = "^(image/png|image/jpeg|application/dicom)$")]
+    pub media_type: String,
+}
+
+impl From<ImageData> for ImageRequest {
+    fn from(i: ImageData) -> Self {
+        ImageRequest { data: i.data, media_type: i.media_type }
+    }
 }
 
 /// Search the guideline index.
@@ -169,6 +193,10 @@ pub struct RankRequest {
     /// shared by all candidates.
     #[serde(default, deserialize_with = "object")]
     pub retrieve: Option<RetrieveOptions>,
+    /// Images of the question, shared by all candidates (see `ScoreRequest.images`).
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub images: Vec<ImageData>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -300,6 +328,7 @@ impl From<ScoreRequest> for JobRequest {
             aggregation: r.aggregation,
             selection: None,
             top_n: None,
+            images: r.images.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -322,6 +351,7 @@ impl From<RankRequest> for JobRequest {
             aggregation: r.aggregation,
             selection: r.selection,
             top_n: r.top_n,
+            images: r.images.into_iter().map(Into::into).collect(),
         }
     }
 }

@@ -34,6 +34,13 @@ pub struct ServeConfig {
     /// Longest prompt accepted, in tokens (longer: 422).
     #[arg(long, env = "MEDPRM_MAX_INPUT_TOKENS", default_value_t = 8192)]
     pub max_input_tokens: usize,
+    /// Images per request (vision models; more: 422).
+    #[arg(long, env = "MEDPRM_MAX_IMAGES", default_value_t = 4)]
+    pub max_images: usize,
+    /// Pixels (width × height) per image, read from the file's header before any decoding
+    /// (more: 413).
+    #[arg(long, env = "MEDPRM_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
     /// Candidates per rank request.
     #[arg(long, env = "MEDPRM_MAX_CANDIDATES", default_value_t = DEFAULT_MAX_CANDIDATES)]
     pub max_candidates: usize,
@@ -148,6 +155,8 @@ impl ServeConfig {
             retrieve_k: self.retrieve_k,
             retrieve_mode: self.retrieve_mode,
             retrieve_cache: self.retrieve_cache,
+            max_images: self.max_images,
+            max_image_pixels: self.max_image_pixels,
         }
     }
 }

@@ -109,6 +109,7 @@ impl From<crate::error::Error> for ApiError {
         use crate::error::Error as E;
         match e {
             E::Input { field, reason } => ApiError::Validation(format!("{field}: {reason}")),
+            E::TooLarge { field, reason } => ApiError::PayloadTooLarge(format!("{field}: {reason}")),
             E::NotReady => ApiError::NotReady,
             E::Overloaded => ApiError::Overloaded,
             E::Backend(m) => ApiError::Backend(m),

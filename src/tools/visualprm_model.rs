@@ -32,7 +32,7 @@ use crate::model::gguf::write_json;
 use crate::rng::SplitMix64;
 
 /// Bump when anything about the generated model changes (its golden file must be regenerated).
-pub const VERSION: &str = "medprm-test-visualprm-v1";
+pub const VERSION: &str = "medprm-test-visualprm-v2";
 pub const SEED: u64 = 20_250_311;
 
 // Vision tower (InternViT at toy width).

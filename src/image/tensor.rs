@@ -1,5 +1,7 @@
 //! torchvision's `ToTensor()` + `Normalize(mean, std)` for 8-bit RGB tiles.
 
+use rayon::prelude::*;
+
 use super::Rgb8;
 
 /// ImageNet channel means and standard deviations (`IMAGENET_MEAN` / `IMAGENET_STD` in InternVL).
@@ -25,7 +27,7 @@ pub fn to_tensor(tiles: &[Rgb8], mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
             *x = (v as f32 / 255.0 - mean[c]) / std[c];
         }
     }
-    for (tile, dst) in tiles.iter().zip(out.chunks_exact_mut(3 * plane)) {
+    out.par_chunks_exact_mut(3 * plane).zip(tiles).for_each(|(dst, tile)| {
         assert_eq!((tile.width as usize, tile.height as usize), (w, h), "tiles must share one size");
         let (r, rest) = dst.split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
@@ -34,6 +36,6 @@ pub fn to_tensor(tiles: &[Rgb8], mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
             g[i] = lut[1][px[1] as usize];
             b[i] = lut[2][px[2] as usize];
         }
-    }
+    });
     out
 }

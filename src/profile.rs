@@ -83,6 +83,11 @@ pub struct Profile {
     pub negative_label: String,
     pub system_prompt: Option<String>,
     pub template: TemplateSource,
+    /// With `template: model`: a built-in chat template (`templates/NAME.jinja`) rendered
+    /// instead of the one the model ships (VisualPRM: InternVL's own checkpoints ship an
+    /// InternLM2 template that writes BOS itself and no default system message).
+    #[serde(default)]
+    pub chat_template: Option<String>,
     /// Per kept document; `{n}` is its 1-based number, `{text}` its text.
     pub document_format: String,
     /// `{documents}`, `{question}`, `{solution}` (`tagged`; the first user turn of `multi_turn`,
@@ -151,6 +156,14 @@ pub struct ImagePrompt {
     pub max_tiles: usize,
     /// A whole-image thumbnail tile after the others when there is more than one.
     pub use_thumbnail: bool,
+}
+
+/// Chat templates a profile can name in `chat_template`.
+const TEMPLATES: &[(&str, &str)] = &[("internvl2_5", include_str!("../templates/internvl2_5.jinja"))];
+
+/// A built-in chat template by name.
+pub fn builtin_template(name: &str) -> Option<&'static str> {
+    TEMPLATES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
 }
 
 const BUILTIN: &[(&str, &str)] = &[
@@ -225,6 +238,11 @@ impl Profile {
         }
         if self.doc_reserve > self.max_token_len {
             return bad("doc_reserve is larger than max_token_len");
+        }
+        if let Some(t) = &self.chat_template {
+            if builtin_template(t).is_none() || self.template != TemplateSource::Model {
+                return bad("chat_template must name a built-in template (internvl2_5) and needs `template`: `model`");
+            }
         }
         if let Some(im) = &self.image {
             if im.placeholder.is_empty() || im.context.is_empty() {

@@ -229,7 +229,8 @@ impl PromptBuilder {
         let template = match profile.template {
             TemplateSource::None => None,
             TemplateSource::Model => {
-                let src = tokenizer.chat_template.as_deref().ok_or_else(|| {
+                let builtin = profile.chat_template.as_deref().and_then(crate::profile::builtin_template);
+                let src = builtin.or(tokenizer.chat_template.as_deref()).ok_or_else(|| {
                     perr("the profile renders the model's chat template, but the model has none (tokenizer_config.json `chat_template` or GGUF `tokenizer.chat_template`)".into())
                 })?;
                 Some(ChatTemplate::new(src, tokenizer.bos_token.as_deref(), tokenizer.eos_token.as_deref())?)

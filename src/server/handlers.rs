@@ -32,24 +32,22 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
 /// A JSON request's body, whole: 400 without a JSON content type, 413 over the payload limit,
 /// 408 past `--body-timeout-s`.
 async fn read_json_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
-    {
-        if !json_content_type(req.headers()) {
-            return Err(ApiError::BadRequest("content-type: expected `application/json`".into()));
-        }
-        // The whole body must arrive within --body-timeout-s (the RequestBodyTimeoutLayer bounds
-        // each pause between its chunks by the same time).
-        let limit = req.extensions().get::<BodyTimeout>().map_or(Duration::MAX, |t| t.0);
-        let bytes = match tokio::time::timeout(limit, axum::body::Bytes::from_request(req, state)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(ApiError::PayloadTooLarge("body: larger than the payload limit".into()))
-            }
-            Ok(Err(e)) if caused_by_timeout(&e) => return Err(ApiError::RequestTimeout),
-            Ok(Err(e)) => return Err(ApiError::BadRequest(format!("body: {}", e.body_text()))),
-            Err(_) => return Err(ApiError::RequestTimeout),
-        };
-        Ok(bytes)
+    if !json_content_type(req.headers()) {
+        return Err(ApiError::BadRequest("content-type: expected `application/json`".into()));
     }
+    // The whole body must arrive within --body-timeout-s (the RequestBodyTimeoutLayer bounds
+    // each pause between its chunks by the same time).
+    let limit = req.extensions().get::<BodyTimeout>().map_or(Duration::MAX, |t| t.0);
+    let bytes = match tokio::time::timeout(limit, axum::body::Bytes::from_request(req, state)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::PayloadTooLarge("body: larger than the payload limit".into()))
+        }
+        Ok(Err(e)) if caused_by_timeout(&e) => return Err(ApiError::RequestTimeout),
+        Ok(Err(e)) => return Err(ApiError::BadRequest(format!("body: {}", e.body_text()))),
+        Err(_) => return Err(ApiError::RequestTimeout),
+    };
+    Ok(bytes)
 }
 
 /// A body as `T`: 400 for malformed JSON, 422 for the wrong shape.

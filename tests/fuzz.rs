@@ -1,14 +1,16 @@
 //! Property-based fuzzing (proptest; cargo-fuzz needs a nightly toolchain) of the code that
 //! handles caller text: step splitting, chat-template rendering, prompt neutralisation and
 //! request JSON. 0 panics, and the invariants below hold for every generated input.
-//! `make test` runs proptest's default 256 cases per target; `make reliability` sets
-//! `PROPTEST_CASES` for a long run.
+//! `make test` runs proptest's default 256 cases per target (`PROPTEST_CASES` changes it);
+//! `MEDPRM_FUZZ_SECONDS=600` (what `make fuzz` sets, and `make reliability` runs) instead runs
+//! fresh randomly seeded rounds of cases until that many seconds are spent, and prints the count.
 
 use std::sync::{Arc, OnceLock};
 
 use medprm::prompt::{PromptBuilder, Solution};
 use medprm::template::{ChatTemplate, Message};
 use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::Value;
 
 /// Text that stresses the code: step markers, tags, added-token text, whitespace of every
@@ -70,71 +72,128 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
-proptest! {
-    #[test]
-    fn step_splitting_never_panics_and_steps_are_clean(text in nasty_text()) {
-        let split = medprm::steps::split_solution(&text);
-        for s in &split.steps {
-            prop_assert!(!s.contains('\n'), "a step keeps a newline: {s:?}");
-            prop_assert_eq!(medprm::steps::py_strip(s), s.as_str(), "a step is stripped");
-        }
-        let _ = medprm::steps::py_strip(&text);
-        let _ = medprm::steps::has_marker(&text);
-        let _ = medprm::steps::split_tagged(&text, " ки");
-    }
+/// Cases per round of a timed run.
+const ROUND: u32 = 2000;
 
-    #[test]
-    fn template_rendering_never_panics(system in nasty_text(), user in nasty_text(), gen in any::<bool>()) {
-        static T: OnceLock<ChatTemplate> = OnceLock::new();
-        let t = T.get_or_init(|| {
-            let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/templates/llama-3.1.jinja")).unwrap();
-            ChatTemplate::new(&src, Some("<|begin_of_text|>"), Some("<|eot_id|>")).unwrap()
-        });
-        let out = t.render(&[Message::new("system", system), Message::new("user", user)], gen);
-        prop_assert!(out.is_ok(), "{out:?}");
-        prop_assert!(out.unwrap().starts_with("<|begin_of_text|>"));
-    }
-
-    #[test]
-    fn caller_text_cannot_add_or_remove_step_tags(
-        question in nasty_text(),
-        docs in prop::collection::vec(nasty_text(), 0..3),
-        steps in prop::collection::vec(nasty_text(), 1..5),
-    ) {
-        let b = builder();
-        let n = b.neutralise(&question);
-        prop_assert_eq!(b.neutralise(&n), n.clone(), "neutralising is idempotent");
-        let ctx = match b.context(&question, &docs) {
-            Ok(c) => c,
-            Err(e) => {
-                prop_assert!(medprm::steps::py_strip(&question).is_empty(), "only a blank question is refused: {e}");
-                return Ok(());
-            }
+/// Runs `property` over `strategy`: `PROPTEST_CASES` cases (default 256), or, with
+/// `MEDPRM_FUZZ_SECONDS`, rounds of [`ROUND`] freshly seeded cases until the time is spent.
+/// A failing or panicking case fails the test with the shrunk input.
+fn fuzz<S: Strategy>(name: &str, strategy: S, property: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: std::fmt::Debug,
+{
+    let seconds: Option<f64> = std::env::var("MEDPRM_FUZZ_SECONDS").ok().map(|v| v.parse().expect("MEDPRM_FUZZ_SECONDS: seconds"));
+    let start = std::time::Instant::now();
+    let mut cases: u64 = 0;
+    loop {
+        let config = match seconds {
+            Some(_) => Config { cases: ROUND, failure_persistence: None, ..Config::default() },
+            None => Config { failure_persistence: None, ..Config::default() },
         };
-        let blank = steps.iter().any(|s| medprm::steps::py_strip(s).is_empty());
-        match b.prompt(&ctx, &Solution::Steps(steps.clone())) {
-            Ok(p) => {
-                prop_assert!(!blank);
-                prop_assert_eq!(p.tag_rows.len(), steps.len(), "one scored position per step, whatever the text");
-            }
-            Err(e) => prop_assert!(blank, "refused non-blank steps: {e}"),
+        let n = config.cases;
+        let mut runner = TestRunner::new(config);
+        if let Err(e) = runner.run(&strategy, &property) {
+            panic!("fuzz {name}: after {cases} passing cases: {e}");
         }
-        if let Ok(p) = b.prompt(&ctx, &Solution::Raw(steps.join(" "))) {
-            prop_assert_eq!(p.tag_rows.len(), p.steps.len());
+        cases += n as u64;
+        match seconds {
+            Some(s) if start.elapsed().as_secs_f64() < s => continue,
+            _ => break,
         }
     }
+    eprintln!("reliability: fuzz {name}: {cases} cases in {:.0} s, 0 panics, 0 failed properties", start.elapsed().as_secs_f64());
+}
 
-    #[test]
-    fn request_json_never_panics(v in json_value(), text in "\\PC{0,64}") {
-        use medprm::server::api::{RankRequest, ScoreRequest, RetrieveRequest};
-        let _ = serde_json::from_str::<ScoreRequest>(&text);
-        let _ = serde_json::from_str::<RankRequest>(&text);
-        if let Ok(r) = serde_json::from_value::<ScoreRequest>(v.clone()) {
-            let _: medprm::infer::JobRequest = r.into();
-        }
-        if let Ok(r) = serde_json::from_value::<RankRequest>(v.clone()) {
-            let _: medprm::infer::JobRequest = r.into();
-        }
-        let _ = serde_json::from_value::<RetrieveRequest>(v);
+fn step_splitting(text: String) -> Result<(), TestCaseError> {
+    let split = medprm::steps::split_solution(&text);
+    for s in &split.steps {
+        prop_assert!(!s.contains('\n'), "a step keeps a newline: {s:?}");
+        prop_assert_eq!(medprm::steps::py_strip(s), s.as_str(), "a step is stripped");
     }
+    let _ = medprm::steps::py_strip(&text);
+    let _ = medprm::steps::has_marker(&text);
+    let _ = medprm::steps::split_tagged(&text, " ки");
+    Ok(())
+}
+
+fn template_rendering((system, user, gen): (String, String, bool)) -> Result<(), TestCaseError> {
+    static T: OnceLock<ChatTemplate> = OnceLock::new();
+    let t = T.get_or_init(|| {
+        let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/templates/llama-3.1.jinja")).unwrap();
+        ChatTemplate::new(&src, Some("<|begin_of_text|>"), Some("<|eot_id|>")).unwrap()
+    });
+    let out = t.render(&[Message::new("system", system), Message::new("user", user)], gen);
+    prop_assert!(out.is_ok(), "{out:?}");
+    prop_assert!(out.unwrap().starts_with("<|begin_of_text|>"));
+    Ok(())
+}
+
+fn neutralisation((question, docs, steps): (String, Vec<String>, Vec<String>)) -> Result<(), TestCaseError> {
+    let b = builder();
+    let n = b.neutralise(&question);
+    prop_assert_eq!(b.neutralise(&n), n.clone(), "neutralising is idempotent");
+    let ctx = match b.context(&question, &docs) {
+        Ok(c) => c,
+        Err(e) => {
+            prop_assert!(medprm::steps::py_strip(&question).is_empty(), "only a blank question is refused: {e}");
+            return Ok(());
+        }
+    };
+    let blank = steps.iter().any(|s| medprm::steps::py_strip(s).is_empty());
+    match b.prompt(&ctx, &Solution::Steps(steps.clone())) {
+        Ok(p) => {
+            prop_assert!(!blank);
+            prop_assert_eq!(p.tag_rows.len(), steps.len(), "one scored position per step, whatever the text");
+        }
+        Err(e) => prop_assert!(blank, "refused non-blank steps: {e}"),
+    }
+    if let Ok(p) = b.prompt(&ctx, &Solution::Raw(steps.join(" "))) {
+        prop_assert_eq!(p.tag_rows.len(), p.steps.len());
+    }
+    Ok(())
+}
+
+fn request_json((v, text): (Value, String)) -> Result<(), TestCaseError> {
+    use medprm::server::api::{RankRequest, RetrieveRequest, ScoreRequest};
+    let _ = serde_json::from_str::<ScoreRequest>(&text);
+    let _ = serde_json::from_str::<RankRequest>(&text);
+    if let Ok(r) = serde_json::from_value::<ScoreRequest>(v.clone()) {
+        let _: medprm::infer::JobRequest = r.into();
+    }
+    if let Ok(r) = serde_json::from_value::<RankRequest>(v.clone()) {
+        let _: medprm::infer::JobRequest = r.into();
+    }
+    let _ = serde_json::from_value::<RetrieveRequest>(v);
+    Ok(())
+}
+
+#[test]
+fn step_splitting_never_panics_and_steps_are_clean() {
+    fuzz("step splitting", nasty_text(), step_splitting);
+}
+
+#[test]
+fn template_rendering_never_panics() {
+    fuzz("template rendering", (nasty_text(), nasty_text(), any::<bool>()), template_rendering);
+}
+
+#[test]
+fn caller_text_cannot_add_or_remove_step_tags() {
+    let s = (nasty_text(), prop::collection::vec(nasty_text(), 0..3), prop::collection::vec(nasty_text(), 1..5));
+    fuzz("prompt neutralisation", s, neutralisation);
+}
+
+#[test]
+fn request_json_never_panics() {
+    fuzz("request JSON", (json_value(), "\\PC{0,64}"), request_json);
+}
+
+/// The driver reports a property that fails (it would otherwise pass vacuously).
+#[test]
+#[should_panic(expected = "fuzz always fails: after 0 passing cases")]
+fn a_failing_property_fails_the_run() {
+    fuzz("always fails", nasty_text(), |t| {
+        prop_assert!(t.len() > usize::MAX / 2, "never long enough");
+        Ok(())
+    });
 }

@@ -25,33 +25,44 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !json_content_type(req.headers()) {
-            return Err(ApiError::BadRequest("content-type: expected `application/json`".into()));
+        parse_json(&read_json_body(req, state).await?).map(ApiJson)
+    }
+}
+
+/// A JSON request's body, whole: 400 without a JSON content type, 413 over the payload limit,
+/// 408 past `--body-timeout-s`.
+async fn read_json_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    if !json_content_type(req.headers()) {
+        return Err(ApiError::BadRequest("content-type: expected `application/json`".into()));
+    }
+    // The whole body must arrive within --body-timeout-s (the RequestBodyTimeoutLayer bounds
+    // each pause between its chunks by the same time).
+    let limit = req.extensions().get::<BodyTimeout>().map_or(Duration::MAX, |t| t.0);
+    let bytes = match tokio::time::timeout(limit, axum::body::Bytes::from_request(req, state)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::PayloadTooLarge("body: larger than the payload limit".into()))
         }
-        // The whole body must arrive within --body-timeout-s (the RequestBodyTimeoutLayer bounds
-        // each pause between its chunks by the same time).
-        let limit = req.extensions().get::<BodyTimeout>().map_or(Duration::MAX, |t| t.0);
-        let bytes = match tokio::time::timeout(limit, axum::body::Bytes::from_request(req, state)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(ApiError::PayloadTooLarge("body: larger than the payload limit".into()))
-            }
-            Ok(Err(e)) if caused_by_timeout(&e) => return Err(ApiError::RequestTimeout),
-            Ok(Err(e)) => return Err(ApiError::BadRequest(format!("body: {}", e.body_text()))),
-            Err(_) => return Err(ApiError::RequestTimeout),
-        };
-        // Every request body is a JSON object (serde would also fill a struct from an array).
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b == b'[') {
-            return Err(ApiError::Validation("body: invalid type: expected a JSON object, got an array".into()));
-        }
-        match Json::<T>::from_bytes(&bytes) {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rej) => Err(match rej {
-                JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!("body: malformed JSON: {}", e.body_text())),
-                JsonRejection::JsonDataError(e) => ApiError::Validation(format!("body: {}", e.body_text())),
-                other => ApiError::BadRequest(format!("body: {}", other.body_text())),
-            }),
-        }
+        Ok(Err(e)) if caused_by_timeout(&e) => return Err(ApiError::RequestTimeout),
+        Ok(Err(e)) => return Err(ApiError::BadRequest(format!("body: {}", e.body_text()))),
+        Err(_) => return Err(ApiError::RequestTimeout),
+    };
+    Ok(bytes)
+}
+
+/// A body as `T`: 400 for malformed JSON, 422 for the wrong shape.
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every request body is a JSON object (serde would also fill a struct from an array).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b == b'[') {
+        return Err(ApiError::Validation("body: invalid type: expected a JSON object, got an array".into()));
+    }
+    match Json::<T>::from_bytes(bytes) {
+        Ok(Json(v)) => Ok(v),
+        Err(rej) => Err(match rej {
+            JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!("body: malformed JSON: {}", e.body_text())),
+            JsonRejection::JsonDataError(e) => ApiError::Validation(format!("body: {}", e.body_text())),
+            other => ApiError::BadRequest(format!("body: {}", other.body_text())),
+        }),
     }
 }
 
@@ -148,14 +159,23 @@ impl Drop for Pending<'_> {
 }
 
 /// A scoring route: its JSON → a validated job → the core → its JSON, with timing headers.
-async fn scoring<B, R>(state: &AppState, endpoint: &'static str, body: Result<ApiJson<B>, ApiError>) -> Response
+///
+/// When every candidate permit is taken the core refuses any request (each has at least one
+/// candidate), so the body is then read but not parsed or validated: a refusal under overload
+/// costs the least the connection allows. (The in-flight gauge never exceeds the permits taken,
+/// so this never refuses a request the core would admit.)
+async fn scoring<B, R>(state: &AppState, endpoint: &'static str, req: Request) -> Response
 where
-    B: Into<JobRequest>,
+    B: Into<JobRequest> + serde::de::DeserializeOwned,
     R: From<Scored> + Serialize,
 {
     observed(state, endpoint, async {
         let start = Instant::now();
-        let ApiJson(req) = body?;
+        let bytes = read_json_body(req, &()).await?;
+        if state.infer.metrics().in_flight_candidates.get() >= state.cfg.max_concurrent_requests as i64 {
+            return Err(ApiError::Overloaded);
+        }
+        let req: B = parse_json(&bytes)?;
         let job = state.infer.validate(req.into())?;
         let scored = state.infer.score(job).await?;
         let timings = scored.timings;
@@ -173,8 +193,8 @@ where
         ScoringErrors,
     ))]
 #[tracing::instrument(skip_all, name = "score")]
-pub async fn score(State(state): State<Arc<AppState>>, body: Result<ApiJson<ScoreRequest>, ApiError>) -> Response {
-    scoring::<_, ScoreResponse>(&state, "score", body).await
+pub async fn score(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    scoring::<ScoreRequest, ScoreResponse>(&state, "score", req).await
 }
 
 /// Rank N candidate solutions of one question.
@@ -186,8 +206,8 @@ pub async fn score(State(state): State<Arc<AppState>>, body: Result<ApiJson<Scor
         ScoringErrors,
     ))]
 #[tracing::instrument(skip_all, name = "rank")]
-pub async fn rank(State(state): State<Arc<AppState>>, body: Result<ApiJson<RankRequest>, ApiError>) -> Response {
-    scoring::<_, RankResponse>(&state, "rank", body).await
+pub async fn rank(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    scoring::<RankRequest, RankResponse>(&state, "rank", req).await
 }
 
 /// Search the guideline index (BM25, dense or hybrid).

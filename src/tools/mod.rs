@@ -4,5 +4,6 @@
 pub mod bench;
 pub mod loadgen;
 pub mod prm_models;
+pub mod soak;
 pub mod testmodel;
 pub mod visualprm_model;

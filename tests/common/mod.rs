@@ -25,7 +25,8 @@ impl Server {
             .arg(model)
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(args)
-            .env("RUST_LOG", "warn")
+            // MEDPRM_TEST_SERVER_LOG (e.g. `medprm::access=info`) shows the servers' logs.
+            .env("RUST_LOG", std::env::var("MEDPRM_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

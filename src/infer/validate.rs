@@ -91,6 +91,11 @@ impl Infer {
             return Err(Error::NotReady);
         }
         let cfg = self.config();
+        // Refused here, before admission and the tokenization workers (the prompt builder
+        // checks it again).
+        if crate::steps::py_strip(&req.question).is_empty() {
+            return Err(Error::input("question", "must not be empty"));
+        }
         let (single, field, requests) = match req.candidates {
             Candidates::One { field, candidate } => (true, field, vec![candidate]),
             Candidates::Many { field, candidates } => (false, field, candidates),

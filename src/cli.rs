@@ -71,7 +71,8 @@ struct Tally {
 pub struct ScoreArgs {
     pub input: PathBuf,
     pub output: PathBuf,
-    pub aggregation: Aggregation,
+    /// `None`: the profile's.
+    pub aggregation: Option<Aggregation>,
     pub max_batch_tokens: usize,
     pub progress: bool,
     /// Run each record's shared question+documents prefix once for all its solutions.
@@ -103,8 +104,8 @@ fn offline_core(args: &ScoreArgs) -> Infer {
         retrieve_k,
         retrieve_mode,
         retrieve_cache: 64,
-        max_images: 0,
-        max_image_pixels: 0,
+        max_images: usize::MAX,
+        max_image_pixels: u64::MAX,
     };
     Infer::new(cfg, Arc::new(Metrics::new()))
 }
@@ -129,8 +130,12 @@ pub fn score_file(load: impl FnOnce() -> Result<Engine>, mut args: ScoreArgs) ->
     let records = read_records(&args.input)?;
     let n_records = records.len();
     let infer = offline_core(&args);
-    let jobs = records.iter().enumerate().map(|(ri, r)| record_job(r, ri, &args, infer.config())).collect::<Result<Vec<_>>>()?;
+    let mut jobs = records.iter().enumerate().map(|(ri, r)| record_job(r, ri, &args, infer.config())).collect::<Result<Vec<_>>>()?;
     let engine = load()?;
+    let aggregation = args.aggregation.unwrap_or(engine.builder.profile.aggregation);
+    for j in &mut jobs {
+        j.aggregation = aggregation;
+    }
     let out_file = std::fs::File::create(&args.output).map_err(|e| Error::bad_file(&args.output, e))?;
     let mut out = BufWriter::new(out_file);
     let n_solutions: usize =
@@ -170,8 +175,8 @@ pub fn score_file(load: impl FnOnce() -> Result<Engine>, mut args: ScoreArgs) ->
                     let s = &c.scores[scored.drop_steps.min(c.scores.len())..];
                     o.insert("PRM_min_score".into(), score_value(Aggregation::Min.apply(s)));
                     o.insert("PRM_score".into(), score_value(Aggregation::Last.apply(s)));
-                    if args.aggregation != Aggregation::Min && args.aggregation != Aggregation::Last {
-                        o.insert(format!("PRM_{}_score", args.aggregation.name()), score_value(args.aggregation.apply(s)));
+                    if aggregation != Aggregation::Min && aggregation != Aggregation::Last {
+                        o.insert(format!("PRM_{}_score", aggregation.name()), score_value(aggregation.apply(s)));
                     }
                 }
             }
@@ -263,7 +268,42 @@ fn record_job(rec: &Value, ri: usize, args: &ScoreArgs, cfg: &InferConfig) -> Re
             Ok(Candidate { solution: solution_of(s, &field)?, field, answer: None })
         })
         .collect::<Result<_>>()?;
-    Ok(ScoreJob { name: format!("records[{ri}]"), question, candidates, documents, aggregation: args.aggregation, selection: Selection::BestOfN, top_n: None, images: vec![] })
+    let images = record_images(rec, ri, args)?;
+    Ok(ScoreJob { name: format!("records[{ri}]"), question, candidates, documents, // The profile's aggregation replaces `Min` once the model is loaded (`score_file`).
+        aggregation: args.aggregation.unwrap_or(Aggregation::Min), selection: Selection::BestOfN, top_n: None, images })
+}
+
+/// A record's `images` (vision PRMs): `[{"path": "scan.png"}]`, a path relative to the input
+/// file's directory, the media type from its extension (`.png`, `.jpg`/`.jpeg`, `.dcm`) unless
+/// `media_type` says otherwise.
+fn record_images(rec: &Value, ri: usize, args: &ScoreArgs) -> Result<Vec<crate::infer::ImageInput>> {
+    let list = match rec.get("images") {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(Error::input(format!("records[{ri}].images"), "not an array")),
+    };
+    let base = args.input.parent().unwrap_or(std::path::Path::new("."));
+    list.iter()
+        .enumerate()
+        .map(|(ii, im)| {
+            let field = format!("records[{ri}].images[{ii}]");
+            let path = im
+                .get("path")
+                .and_then(|p| p.as_str())
+                .ok_or_else(|| Error::input(format!("{field}.path"), "missing or not a string"))?;
+            let path = base.join(path);
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+            let media_type = match (im.get("media_type").and_then(|m| m.as_str()), ext.as_str()) {
+                (Some(m), _) => m.to_string(),
+                (None, "png") => "image/png".into(),
+                (None, "jpg" | "jpeg") => "image/jpeg".into(),
+                (None, "dcm") => "application/dicom".into(),
+                (None, _) => return Err(Error::input(format!("{field}.media_type"), "needed: the extension does not say (.png, .jpg, .jpeg, .dcm)")),
+            };
+            let bytes = std::fs::read(&path).map_err(|e| Error::input(format!("{field}.path"), format!("{}: {e}", path.display())))?;
+            Ok(crate::infer::ImageInput { field, media_type, bytes: std::sync::Arc::new(bytes) })
+        })
+        .collect()
 }
 
 impl ScoreSummary {

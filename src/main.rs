@@ -36,9 +36,10 @@ enum Command {
         /// Tokens reserved for question and explanation: documents get max_token_len - doc_reserve.
         #[arg(long)]
         doc_reserve: Option<usize>,
-        /// Solution score used for Best-of-N and weighted vote in the summary.
-        #[arg(long, value_enum, default_value = "min")]
-        aggregation: Aggregation,
+        /// Solution score used for Best-of-N and weighted vote in the summary (default: the
+        /// profile's: min for med-prm, mean for rlhflow-prm and visualprm).
+        #[arg(long, value_enum)]
+        aggregation: Option<Aggregation>,
         /// Padded tokens per forward pass.
         #[arg(long, default_value_t = 16384)]
         max_batch_tokens: usize,

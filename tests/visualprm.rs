@@ -344,3 +344,49 @@ fn the_profiles_template_replaces_the_checkpoints_own() {
     assert_scores("checkpoint with its own template", c, &got);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `medprm score` takes a record's images by path (relative to the input file) and scores like
+/// the reference.
+#[test]
+fn the_cli_scores_records_with_images() {
+    let model = visualprm_model::ensure_visualprm().unwrap();
+    let dir = std::env::temp_dir().join(format!("medprm-visualprm-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = case("rank");
+    let im = c["images"][0]["path"].as_str().unwrap();
+    std::fs::write(dir.join("strip.png"), file(im)).unwrap();
+    let rec = json!({
+        "question": c["question"],
+        "images": [{"path": "strip.png"}],
+        "solutions": c["candidates"].as_array().unwrap().iter().map(|x| json!({"solution": x["solution"]})).collect::<Vec<_>>(),
+    });
+    let bad = json!({"question": "q?", "images": [{"path": "missing.png"}], "solutions": [{"solution": "a"}]});
+    std::fs::write(dir.join("in.jsonl"), format!("{rec}\n")).unwrap();
+    std::fs::write(dir.join("bad.jsonl"), format!("{bad}\n")).unwrap();
+    let run = |input: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_medprm"))
+            .args(["score", "--quiet", "--model"])
+            .arg(&model)
+            .arg("--input")
+            .arg(dir.join(input))
+            .arg("--output")
+            .arg(dir.join("out.jsonl"))
+            .output()
+            .unwrap()
+    };
+    let out = run("in.jsonl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: Value = serde_json::from_str(std::fs::read_to_string(dir.join("out.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let got: Vec<Vec<f32>> = line["solutions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["PRM_score_list"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect();
+    assert_scores("cli", c, &got);
+    assert_eq!(line["_best_of_n"], c["best"]);
+    let out = run("bad.jsonl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("records[0].images[0].path"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

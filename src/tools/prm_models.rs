@@ -60,18 +60,18 @@ pub fn ensure_qwen() -> Result<PathBuf> {
     cached_dir(QWEN_VERSION, |dir| generate_qwen(dir, &tokenizer))
 }
 
-/// Seeded tensors by Hugging Face name.
-struct Gen {
+/// Seeded f32 tensors by name, drawn in call order (also the VisualPRM test model's).
+pub(crate) struct Gen {
     rng: SplitMix64,
-    tensors: HashMap<String, Tensor>,
+    pub(crate) tensors: HashMap<String, Tensor>,
 }
 
 impl Gen {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Gen { rng: SplitMix64::new(seed), tensors: HashMap::new() }
     }
 
-    fn put(&mut self, name: impl Into<String>, shape: &[usize], mean: f32, std: f32) -> Result<()> {
+    pub(crate) fn put(&mut self, name: impl Into<String>, shape: &[usize], mean: f32, std: f32) -> Result<()> {
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| mean + self.rng.uniform_std(std)).collect();
         self.tensors.insert(name.into(), Tensor::from_vec(v, shape, &Device::Cpu)?);

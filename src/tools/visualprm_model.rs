@@ -22,14 +22,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde_json::json;
 
 use super::testmodel::cached_dir;
 use crate::assets::asset;
 use crate::error::{Error, Result};
 use crate::model::gguf::write_json;
-use crate::rng::SplitMix64;
+use super::prm_models::Gen;
 
 /// Bump when anything about the generated model changes (its golden file must be regenerated).
 pub const VERSION: &str = "medprm-test-visualprm-v2";
@@ -123,26 +123,11 @@ pub fn generate(out: &Path, qwen_tokenizer: &Path, layout: Layout) -> Result<()>
     write_tokenizer(out, qwen_tokenizer)
 }
 
-/// Seeded f32 tensors by name, drawn in call order.
-struct Gen {
-    rng: SplitMix64,
-    tensors: HashMap<String, Tensor>,
-}
-
-impl Gen {
-    fn put(&mut self, name: impl Into<String>, shape: &[usize], mean: f32, std: f32) -> Result<()> {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| mean + self.rng.uniform_std(std)).collect();
-        self.tensors.insert(name.into(), Tensor::from_vec(v, shape, &Device::Cpu)?);
-        Ok(())
-    }
-}
-
 /// The weights under transformers' `InternVLForConditionalGeneration` names. Spreads are chosen
 /// so that image embeddings come out at the size of token embeddings and step scores spread
 /// over (0, 1) and depend on the image.
 pub fn hf_tensors() -> Result<HashMap<String, Tensor>> {
-    let mut g = Gen { rng: SplitMix64::new(SEED), tensors: HashMap::new() };
+    let mut g = Gen::new(SEED);
     let (c, ci) = (V_HIDDEN, V_INTERMEDIATE);
     let e = "vision_tower.embeddings";
     g.put(format!("{e}.cls_token"), &[1, 1, c], 0.0, 0.5)?;

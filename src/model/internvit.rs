@@ -9,6 +9,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
+use super::Weights;
 use crate::error::{Error, Result};
 
 /// The encoder's shape and the projector's input folding.
@@ -92,51 +93,48 @@ pub struct VisionTower {
     dtype: DType,
 }
 
-/// Tensor lookup by InternVL name, with the shape it must have.
-pub trait VisionWeights {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+fn layer_norm(w: &Weights, prefix: &str, n: usize, eps: f64) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(w.get(&format!("{prefix}.weight"), n)?, w.get(&format!("{prefix}.bias"), n)?, eps))
 }
 
-fn layer_norm(w: &dyn VisionWeights, prefix: &str, n: usize, eps: f64) -> Result<LayerNorm> {
-    Ok(LayerNorm::new(w.tensor(&format!("{prefix}.weight"), &[n])?, w.tensor(&format!("{prefix}.bias"), &[n])?, eps))
-}
-
-fn linear(w: &dyn VisionWeights, prefix: &str, out: usize, inp: usize) -> Result<Linear> {
-    Ok(Linear::new(w.tensor(&format!("{prefix}.weight"), &[out, inp])?, Some(w.tensor(&format!("{prefix}.bias"), &[out])?)))
+/// A linear layer with its bias; a missing bias is zero when `optional_bias` (checkpoints
+/// without q/k/v biases: `qkv_bias` / `attention_bias` false).
+fn linear(w: &Weights, prefix: &str, out: usize, inp: usize, optional_bias: bool) -> Result<Linear> {
+    let bias = format!("{prefix}.bias");
+    let bias = if optional_bias && !w.contains(&bias) { Tensor::zeros(out, w.dtype(), w.device())? } else { w.get(&bias, out)? };
+    Ok(Linear::new(w.get(&format!("{prefix}.weight"), (out, inp))?, Some(bias)))
 }
 
 impl VisionTower {
-    pub fn load(w: &dyn VisionWeights, cfg: VisionConfig) -> Result<Self> {
+    /// Loads the tower from tensors under InternVL's names.
+    pub fn load(w: &Weights, cfg: VisionConfig) -> Result<Self> {
         cfg.check()?;
         let (c, p, eps) = (cfg.hidden_size, cfg.patch_size, cfg.layer_norm_eps);
         let patches = cfg.grid() * cfg.grid();
-        let conv = w.tensor("vision_model.embeddings.patch_embedding.weight", &[c, 3, p, p])?;
-        let patch = Linear::new(
-            conv.reshape((c, 3 * p * p))?,
-            Some(w.tensor("vision_model.embeddings.patch_embedding.bias", &[c])?),
-        );
-        let cls = w.tensor("vision_model.embeddings.class_embedding", &[1, 1, c])?;
-        let pos = w.tensor("vision_model.embeddings.position_embedding", &[1, 1 + patches, c])?;
+        let conv = w.get("vision_model.embeddings.patch_embedding.weight", (c, 3, p, p))?;
+        let patch = Linear::new(conv.reshape((c, 3 * p * p))?, Some(w.get("vision_model.embeddings.patch_embedding.bias", c)?));
+        let cls = w.get("vision_model.embeddings.class_embedding", (1, 1, c))?;
+        let pos = w.get("vision_model.embeddings.position_embedding", (1, 1 + patches, c))?;
         let blocks = (0..cfg.num_layers)
             .map(|i| {
                 let b = format!("vision_model.encoder.layers.{i}");
                 Ok(Block {
                     norm1: layer_norm(w, &format!("{b}.norm1"), c, eps)?,
-                    qkv: linear(w, &format!("{b}.attn.qkv"), 3 * c, c)?,
-                    proj: linear(w, &format!("{b}.attn.proj"), c, c)?,
-                    ls1: w.tensor(&format!("{b}.ls1"), &[c])?,
+                    qkv: linear(w, &format!("{b}.attn.qkv"), 3 * c, c, true)?,
+                    proj: linear(w, &format!("{b}.attn.proj"), c, c, false)?,
+                    ls1: w.get(&format!("{b}.ls1"), c)?,
                     norm2: layer_norm(w, &format!("{b}.norm2"), c, eps)?,
-                    fc1: linear(w, &format!("{b}.mlp.fc1"), cfg.intermediate_size, c)?,
-                    fc2: linear(w, &format!("{b}.mlp.fc2"), c, cfg.intermediate_size)?,
-                    ls2: w.tensor(&format!("{b}.ls2"), &[c])?,
+                    fc1: linear(w, &format!("{b}.mlp.fc1"), cfg.intermediate_size, c, false)?,
+                    fc2: linear(w, &format!("{b}.mlp.fc2"), c, cfg.intermediate_size, false)?,
+                    ls2: w.get(&format!("{b}.ls2"), c)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let folded = c * cfg.fold() * cfg.fold();
         // The projector's LayerNorm takes PyTorch's default epsilon (1e-5), not the encoder's.
         let proj_norm = layer_norm(w, "mlp1.0", folded, 1e-5)?;
-        let proj1 = linear(w, "mlp1.1", cfg.text_hidden_size, folded)?;
-        let proj2 = linear(w, "mlp1.3", cfg.text_hidden_size, cfg.text_hidden_size)?;
+        let proj1 = linear(w, "mlp1.1", cfg.text_hidden_size, folded, false)?;
+        let proj2 = linear(w, "mlp1.3", cfg.text_hidden_size, cfg.text_hidden_size, false)?;
         let (device, dtype) = (cls.device().clone(), cls.dtype());
         Ok(VisionTower { cfg, patch, cls, pos, blocks, proj_norm, proj1, proj2, device, dtype })
     }

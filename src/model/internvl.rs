@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::config::LlamaConfig;
 use super::head::HeadSpec;
-use super::internvit::{VisionConfig, VisionTower, VisionWeights};
+use super::internvit::{VisionConfig, VisionTower};
 use super::llama::Llama;
 use super::Weights;
 use crate::error::{Error, Result};
@@ -309,36 +309,16 @@ fn internlm2_split(cfg: &LlamaConfig, rest: &str, t: Tensor) -> Result<Vec<(Stri
     }
 }
 
-struct MapWeights<'a> {
-    map: &'a HashMap<String, Tensor>,
-    dtype: DType,
-    device: &'a Device,
-    origin: &'a Path,
-}
-
-impl VisionWeights for MapWeights<'_> {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = match self.map.get(name) {
-            Some(t) => t.clone(),
-            // Checkpoints without q/k/v biases (`qkv_bias` / `attention_bias` false).
-            None if name.ends_with(".attn.qkv.bias") => Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
-            None => return Err(Error::bad_file(self.origin, format!("tensor `{name}` missing"))),
-        };
-        if t.dims() != shape {
-            return Err(Error::bad_file(self.origin, format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.dims())));
-        }
-        Ok(t.to_dtype(self.dtype)?.to_device(self.device)?)
-    }
-}
-
 /// Loads both halves of an InternVL checkpoint.
 pub fn load(cfg: &InternVlConfig, files: &[PathBuf], head: HeadSpec, dtype: DType, device: &Device) -> Result<(Llama, VisionTower)> {
-    let raw = super::adapter::load_all(files)?;
-    let map = canonical(cfg, raw)?;
-    let origin = files.first().map(PathBuf::as_path).unwrap_or(Path::new("<none>"));
-    let vision = VisionTower::load(&MapWeights { map: &map, dtype, device, origin }, cfg.vision.clone())?;
-    let text: HashMap<String, Tensor> = map.into_iter().filter(|(k, _)| !k.starts_with("vision_model.") && !k.starts_with("mlp1.")).collect();
-    let llama = Llama::load(&Weights::from_tensors(text, dtype, device), cfg.text.clone(), head)?;
+    let map = canonical(cfg, super::adapter::load_all(files)?)?;
+    // One source for both halves; errors name the checkpoint's (first) file.
+    let w = Weights::Hf {
+        vb: candle_nn::VarBuilder::from_tensors(map, dtype, device),
+        origin: files.first().cloned().unwrap_or_else(|| PathBuf::from("<none>")),
+    };
+    let vision = VisionTower::load(&w, cfg.vision.clone())?;
+    let llama = Llama::load(&w, cfg.text.clone(), head)?;
     Ok((llama, vision))
 }
 

@@ -61,6 +61,12 @@ pub struct RetrieveOptions {
     pub include_steps: bool,
 }
 
+/// Standard-alphabet base64 with or without padding (`images[].data`).
+const IMAGE_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// An image as a request carries it.
 #[derive(Debug, Clone)]
 pub struct ImageRequest {
@@ -173,10 +179,6 @@ impl Infer {
         if images.len() > max {
             return Err(Error::input("images", format!("{} images, more than --max-images {max}", images.len())));
         }
-        let b64 = base64::engine::GeneralPurpose::new(
-            &base64::alphabet::STANDARD,
-            base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-        );
         images
             .into_iter()
             .enumerate()
@@ -188,7 +190,7 @@ impl Infer {
                         format!("`{}` is not one of {}", im.media_type, crate::image::MEDIA_TYPES.join(", ")),
                     ));
                 }
-                let bytes = b64
+                let bytes = IMAGE_BASE64
                     .decode(im.data.trim())
                     .map_err(|e| Error::input(format!("{field}.data"), format!("not base64: {e}")))?;
                 if bytes.is_empty() {

@@ -434,6 +434,8 @@ fn write_tokenizer(out: &Path, qwen_tokenizer: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::SplitMix64;
+    use candle_core::Device;
 
     fn rows(t: &Tensor, start: usize, n: usize) -> Vec<Vec<f32>> {
         t.narrow(0, start, n).unwrap().to_vec2::<f32>().unwrap()

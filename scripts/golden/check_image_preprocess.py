@@ -114,6 +114,14 @@ def encode(img, fmt, **kw):
 
 # ---- fixtures for `cargo test --lib image` -----------------------------------------------------
 
+JPEG_VARIANTS = [
+    ("progressive_422", (33, 17), "RGB", dict(quality=85, subsampling=1, progressive=True)),
+    ("baseline_444", (19, 11), "RGB", dict(quality=95, subsampling=0)),
+    ("grey", (21, 13), "L", dict(quality=90)),
+    ("restart_420", (40, 24), "RGB", dict(quality=75, subsampling=2, restart_marker_blocks=1)),
+    ("one_wide_420", (1, 40), "RGB", dict(quality=90, subsampling=2)),
+]
+
 def write_fixtures():
     d = os.path.abspath(FIXTURES)
     os.makedirs(d, exist_ok=True)
@@ -162,6 +170,19 @@ def write_fixtures():
         f.write(jpg)
     with open(os.path.join(d, "smooth_64x48.jpg.rgb"), "wb") as f:
         f.write(np.array(Image.open(io.BytesIO(jpg)).convert("RGB")).tobytes())
+    # 4b. JPEGs that take libjpeg-turbo's other decoding paths (progressive, 4:2:2, 4:4:4,
+    #     greyscale, restart markers, a 1-pixel-wide 4:2:0 image where chroma edge handling
+    #     dominates) and PIL's decode of each. Their own generator, so the fixtures above stay put.
+    jrng = np.random.default_rng(12)
+    for name, (w, h), mode, kw in JPEG_VARIANTS:
+        jpg = encode(Image.fromarray(smooth(jrng, w, h)).convert(mode), "JPEG", **kw)
+        with open(os.path.join(d, f"jpeg_{name}.jpg"), "wb") as f:
+            f.write(jpg)
+        with open(os.path.join(d, f"jpeg_{name}.rgb"), "wb") as f:
+            f.write(np.array(Image.open(io.BytesIO(jpg)).convert("RGB")).tobytes())
+    # A CMYK JPEG, which medprm refuses (PIL converts CMYK to RGB with its own formula).
+    with open(os.path.join(d, "jpeg_cmyk.jpg"), "wb") as f:
+        f.write(encode(Image.fromarray(smooth(jrng, 8, 8)).convert("CMYK"), "JPEG", quality=90))
     # 5. pydicom's CT_small.dcm (MIT, shipped in the pydicom wheel; 128x128 signed 16-bit CT,
     #    rescale intercept -1024, no window): medprm's DICOM conversion (src/image/dicom.rs) done
     #    in numpy, with min-max (the file has no window) and with a 40/400 LINEAR window.

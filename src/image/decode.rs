@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use super::{check_size, dicom, ImageError, Rgb8};
+use super::{check_size, dicom, jpeg, ImageError, Rgb8};
 
 /// The media types [`decode`] accepts.
 pub const MEDIA_TYPES: &[&str] = &["image/png", "image/jpeg", "application/dicom"];
@@ -19,20 +19,15 @@ pub const MEDIA_TYPES: &[&str] = &["image/png", "image/jpeg", "application/dicom
 ///   16-bit greyscale without alpha is refused: PIL opens it as `I;16` and `convert('RGB')`
 ///   clamps every value above 255 to white, so the reference path would not see the image; send
 ///   it as 8-bit PNG or as DICOM.
-/// - `image/jpeg` (`zune-jpeg`, strict mode, so a truncated file is an error as in PIL):
-///   greyscale replicated, YCbCr converted to RGB. zune-jpeg and libjpeg-turbo (PIL) do not
-///   produce identical pixels: their IDCTs and chroma upsampling differ. Measured by
-///   `check_image_preprocess.py check` (quality-90 4:2:0 JPEGs of noisy synthetic pictures,
-///   Pillow 12.1.1): after tiling, max |Δ| 3 to 20 per image (48 on a 1-pixel-wide image,
-///   where chroma edge handling dominates), about a third of the tile bytes differing. Exact
-///   parity with the reference therefore holds for PNG only. CMYK/YCCK JPEGs are refused (PIL
-///   and zune-jpeg convert them differently). EXIF orientation is not applied, as in PIL's `open`.
+/// - `image/jpeg`: see [`super::jpeg`]: libjpeg-turbo's decoder, so the pixels are PIL's;
+///   greyscale replicated, YCbCr converted to RGB, CMYK/YCCK refused, a truncated file refused
+///   as in PIL. EXIF orientation is not applied, as in PIL's `open`.
 /// - `application/dicom`: see [`super::dicom`]: 8/16-bit greyscale, uncompressed, windowed to 8 bit.
 pub fn decode(bytes: &[u8], media_type: &str, max_pixels: u64) -> Result<Rgb8, ImageError> {
     let mt = media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mt.as_str() {
         "image/png" => decode_png(bytes, max_pixels),
-        "image/jpeg" => decode_jpeg(bytes, max_pixels),
+        "image/jpeg" => jpeg::decode(bytes, max_pixels),
         "application/dicom" => dicom::decode(bytes, max_pixels),
         _ => Err(ImageError::Unsupported(format!(
             "media type `{media_type}`; expected one of {}",
@@ -82,35 +77,4 @@ fn decode_png(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, ImageError> {
         }
     }
     Rgb8::from_raw(w, h, data).ok_or_else(|| png_err("decoded data does not match the header"))
-}
-
-fn jpeg_err(e: impl std::fmt::Debug) -> ImageError {
-    ImageError::Decode { media_type: "image/jpeg".into(), reason: format!("{e:?}") }
-}
-
-fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, ImageError> {
-    use zune_jpeg::zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
-    let options = DecoderOptions::default()
-        .set_strict_mode(true)
-        .set_max_width(usize::from(u16::MAX))
-        .set_max_height(usize::from(u16::MAX));
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    decoder.decode_headers().map_err(jpeg_err)?;
-    let (w, h) = decoder.dimensions().ok_or_else(|| jpeg_err("no dimensions in the header"))?;
-    check_size("image/jpeg", w as u64, h as u64, max_pixels)?;
-    let input = decoder.input_colorspace().ok_or_else(|| jpeg_err("no colour space in the header"))?;
-    let grey = match input {
-        ColorSpace::Luma => true,
-        ColorSpace::YCbCr | ColorSpace::RGB => false,
-        other => {
-            return Err(ImageError::Unsupported(format!(
-                "JPEG in the {other:?} colour space; only greyscale and YCbCr/RGB JPEGs are read"
-            )))
-        }
-    };
-    let out = if grey { ColorSpace::Luma } else { ColorSpace::RGB };
-    decoder.set_options(decoder.options().jpeg_set_out_colorspace(out));
-    let pixels = decoder.decode().map_err(jpeg_err)?;
-    let data = if grey { pixels.iter().flat_map(|&v| [v, v, v]).collect() } else { pixels };
-    Rgb8::from_raw(w as u32, h as u32, data).ok_or_else(|| jpeg_err("decoded data does not match the header"))
 }

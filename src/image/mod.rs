@@ -18,13 +18,14 @@
 //! tests' fixtures (made by `scripts/golden/check_image_preprocess.py fixtures`) and, over 48
 //! generated PNGs (RGB and grey) from 1×1 to 4032×3024 with aspect ratios up to 1:5000, by the
 //! ignored test `image::tests::matches_pil_dir` (`check_image_preprocess.py check DIR`): 0 differing bytes in
-//! 260 M tile bytes, the same grid for every image, bit-identical f32 tensors. JPEG decoding
-//! differs from libjpeg-turbo (see [`decode`]), so JPEG input is close, not exact.
+//! 260 M tile bytes, the same grid for every image, bit-identical f32 tensors. JPEG is decoded by
+//! libjpeg-turbo's own decoder (see [`jpeg`]), so its pixels are PIL's too.
 //!
 //! The resampling passes and the tensor conversion run on rayon's pool.
 
 mod decode;
 mod dicom;
+mod jpeg;
 mod resize;
 mod tensor;
 mod tile;

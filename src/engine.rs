@@ -285,7 +285,7 @@ impl Engine {
 
     /// One forward pass over a batch of prompts: p(+) of every step of every prompt.
     pub fn score(&self, prompts: &[&Prompt]) -> Result<Vec<Vec<f32>>> {
-        let splices = self.image_splices(prompts)?;
+        let (splices, _) = self.image_splices(prompts)?;
         let seqs: Vec<SeqRows<'_>> = prompts
             .iter()
             .zip(&splices)
@@ -329,7 +329,9 @@ impl Engine {
                 ));
             }
         }
-        let splices = self.image_splices(prompts)?;
+        let vision_start = Instant::now();
+        let (splices, mut images_encoded) = self.image_splices(prompts)?;
+        let mut vision_seconds = if images_encoded > 0 { vision_start.elapsed().as_secs_f64() } else { 0.0 };
         // Image rows inside the shared prefix run with it (the prompts share their images);
         // the rest move with their suffixes.
         let (prefix_splices, splices) = split_splices(splices, prefix_len)?;
@@ -350,7 +352,10 @@ impl Engine {
                 padded_tokens: longest * seqs.len(),
                 prefix_tokens: prefix_len,
                 seconds: start.elapsed().as_secs_f64(),
+                images_encoded,
+                vision_seconds,
             });
+            (images_encoded, vision_seconds) = (0, 0.0);
             start = Instant::now();
         }
         Ok(out)
@@ -359,10 +364,10 @@ impl Engine {
 
 impl Engine {
     /// The image features of every prompt, placed on its runs of the image token (one vision
-    /// pass per distinct image of the batch).
-    fn image_splices(&self, prompts: &[&Prompt]) -> Result<Vec<Vec<Splice>>> {
+    /// pass per distinct image of the batch), and how many images went through the tower.
+    fn image_splices(&self, prompts: &[&Prompt]) -> Result<(Vec<Vec<Splice>>, usize)> {
         if prompts.iter().all(|p| p.images.is_empty()) {
-            return Ok(vec![vec![]; prompts.len()]);
+            return Ok((vec![vec![]; prompts.len()], 0));
         }
         let Some((tower, image_id)) = &self.vision else {
             return Err(Error::input("images", format!("profile `{}`: the model reads no images", self.builder.profile.name)));
@@ -394,7 +399,7 @@ impl Engine {
             }
             out.push(splices);
         }
-        Ok(out)
+        Ok((out, done.len()))
     }
 }
 
@@ -463,7 +468,13 @@ pub struct Pass {
     pub padded_tokens: usize,
     /// The shared prefix the sequences continue (0 without one).
     pub prefix_tokens: usize,
+    /// Wall time of the pass, the shared prefix and the vision tower included in the first one.
     pub seconds: f64,
+    /// Images run through the vision tower for this call (reported with the first pass; an image
+    /// sent twice in a batch is encoded once).
+    pub images_encoded: usize,
+    /// The vision tower's share of `seconds`.
+    pub vision_seconds: f64,
 }
 
 /// Consecutive index ranges whose padded token count (max length × count) fits the budget.

@@ -3,7 +3,7 @@
 use prometheus::core::Collector;
 use prometheus::proto::MetricType;
 use prometheus::{
-    exponential_buckets, Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    exponential_buckets, Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
 
@@ -74,6 +74,11 @@ pub struct Metrics {
     pub shared_prefix_tokens: Histogram,
     pub prefix_saved_tokens: Counter,
     pub open_connections: IntGauge,
+    pub images: IntCounterVec,
+    pub image_preprocess_duration: Histogram,
+    pub image_tiles: Histogram,
+    pub vision_duration: Histogram,
+    pub vision_images_encoded: IntCounter,
 }
 
 fn hist(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -94,7 +99,7 @@ impl Metrics {
             tokenization_duration: hist("medprm_tokenization_duration_seconds", "Prompt building and tokenization per request", secs.clone()),
             queue_duration: hist("medprm_queue_duration_seconds", "Time a request waited in the queue", secs.clone()),
             inference_duration: hist("medprm_inference_duration_seconds", "Forward pass time per batch", secs.clone()),
-            retrieval_duration: hist("medprm_retrieval_duration_seconds", "Document retrieval time per request", secs),
+            retrieval_duration: hist("medprm_retrieval_duration_seconds", "Document retrieval time per request", secs.clone()),
             retrieval_cache: IntCounterVec::new(Opts::new("medprm_retrieval_cache", "Retrieval cache lookups by result (hit or miss)"), &["result"]).unwrap(),
             input_tokens: hist("medprm_input_tokens", "Prompt tokens per request (all candidates)", tokens.clone()),
             candidates: hist("medprm_candidates_per_request", "Candidates per request", counts.clone()),
@@ -111,6 +116,11 @@ impl Metrics {
             shared_prefix_tokens: hist("medprm_shared_prefix_tokens", "Shared prefix length of rank requests scored with prefix sharing", tokens),
             prefix_saved_tokens: Counter::new("medprm_prefix_saved_tokens_total", "Prompt tokens not recomputed thanks to prefix sharing").unwrap(),
             open_connections: IntGauge::new("medprm_open_connections", "Client connections open (capped by --max-connections)").unwrap(),
+            images: IntCounterVec::new(Opts::new("medprm_images_total", "Images of requests decoded and tiled, by media type"), &["media_type"]).unwrap(),
+            image_preprocess_duration: hist("medprm_image_preprocess_duration_seconds", "Decoding, tiling and normalising one image", secs.clone()),
+            image_tiles: hist("medprm_image_tiles", "Tiles per image (thumbnail included)", vec![1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 9.0, 13.0, 25.0, 41.0]),
+            vision_duration: hist("medprm_vision_duration_seconds", "Vision tower time per batch that carries images", secs),
+            vision_images_encoded: IntCounter::new("medprm_vision_images_encoded_total", "Images run through the vision tower (an image repeated within a batch runs once)").unwrap(),
         };
         for c in m.collectors() {
             m.registry.register(c).expect("metric names are unique");
@@ -145,6 +155,11 @@ impl Metrics {
             Box::new(self.ready.clone()),
             Box::new(self.model_info.clone()),
             Box::new(self.open_connections.clone()),
+            Box::new(self.images.clone()),
+            Box::new(self.image_preprocess_duration.clone()),
+            Box::new(self.image_tiles.clone()),
+            Box::new(self.vision_duration.clone()),
+            Box::new(self.vision_images_encoded.clone()),
         ]
     }
 

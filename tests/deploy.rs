@@ -154,6 +154,7 @@ fn exposed_series() -> BTreeMap<String, prometheus::proto::MetricType> {
     touch(&m.request_duration);
     touch(&m.retrieval_cache);
     touch(&m.model_info);
+    touch(&m.images);
     m.requests.with_label_values(&["score", "success"]).inc();
     m.inference_duration.observe(0.25);
     let text = m.render();

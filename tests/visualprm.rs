@@ -271,6 +271,21 @@ async fn the_server_ranks_with_an_image_and_names_bad_image_fields() {
     let got: Vec<f32> = v["steps"].as_array().unwrap().iter().map(|s| s["score"].as_f64().unwrap() as f32).collect();
     assert_scores("server score dicom", c, &[got]);
 
+    // Vision metrics: two images prepared; the rank's image, shared by its four candidates, went
+    // through the vision tower once, so two encodings in all.
+    let m = http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metric = |name: &str| -> f64 {
+        let line = m.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).unwrap_or_else(|| panic!("{name} missing:\n{m}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(metric(r#"medprm_images_total{media_type="image/png"}"#), 1.0);
+    assert_eq!(metric(r#"medprm_images_total{media_type="application/dicom"}"#), 1.0);
+    assert_eq!(metric("medprm_image_tiles_count"), 2.0);
+    assert_eq!(metric("medprm_image_tiles_sum"), (c["images"][0]["tiles"].as_u64().unwrap() + case("rank")["images"][0]["tiles"].as_u64().unwrap()) as f64);
+    assert_eq!(metric("medprm_image_preprocess_duration_seconds_count"), 2.0);
+    assert_eq!(metric("medprm_vision_images_encoded_total"), 2.0);
+    assert_eq!(metric("medprm_vision_duration_seconds_count"), 2.0);
+
     // Errors name the field.
     let png = file("tests/data/images/square_300.png");
     let one = |data: String, media: &str| json!({"question": "q?", "solution": "a\n\nb", "images": [{"data": data, "media_type": media}]});

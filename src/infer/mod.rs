@@ -211,11 +211,20 @@ impl Infer {
         let (b, question, limit) = (builder.clone(), job.question, self.cfg.max_input_tokens);
         let (images, max_pixels) = (job.images, self.cfg.max_image_pixels);
         let vision = self.info().and_then(|i| i.vision.clone());
+        let metrics = self.metrics.clone();
         let (kept, doc_tokens, prompts) = self
             .on_worker(move || {
                 let images = images
                     .iter()
-                    .map(|im| prepare_image(im, &b, vision.as_ref(), max_pixels))
+                    .map(|im| {
+                        let t = Instant::now();
+                        let prepared = prepare_image(im, &b, vision.as_ref(), max_pixels)?;
+                        metrics.image_preprocess_duration.observe(t.elapsed().as_secs_f64());
+                        metrics.image_tiles.observe(prepared.tiles as f64);
+                        // The media type was checked against the three accepted ones.
+                        metrics.images.with_label_values(&[im.media_type.as_str()]).inc();
+                        Ok(prepared)
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 // Refuse far-over-limit text before tokenizing all of it.
                 let parts = std::iter::once(("question", std::borrow::Cow::from(question.as_str())))

@@ -183,6 +183,10 @@ fn forward(engine: &Engine, prompts: &[&Prompt], prefix: usize, cfg: &BatchConfi
         metrics.batch_tokens.observe((p.prefix_tokens + p.padded_tokens) as f64);
         metrics.padding_ratio.observe(1.0 - p.tokens as f64 / p.padded_tokens.max(1) as f64);
         metrics.inference_duration.observe(p.seconds);
+        if p.images_encoded > 0 {
+            metrics.vision_duration.observe(p.vision_seconds);
+            metrics.vision_images_encoded.inc_by(p.images_encoded as u64);
+        }
     };
     let run = || {
         if cfg.fault_injection && prompts.iter().any(|p| p.text.contains(FAULT_MARKER)) {

@@ -77,8 +77,9 @@ reliability: assets client-venv schemathesis-venv
 	$(MAKE) fuzz
 	@grep -h '^reliability:' $(MEDPRM_HOME)/reliability.log $(MEDPRM_HOME)/fuzz.log
 
-## The four fuzz targets of tests/fuzz.rs (step splitting, template rendering, prompt
-## neutralisation, request JSON), FUZZ_SECONDS (600) each, two at a time; cases run in fuzz.log.
+## The five fuzz targets of tests/fuzz.rs (step splitting, template rendering, prompt
+## neutralisation, request JSON, image decoding), FUZZ_SECONDS (600) each, two at a time; cases
+## run in fuzz.log.
 FUZZ_SECONDS ?= 600
 fuzz: assets
 	set -o pipefail; MEDPRM_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --test fuzz -- --nocapture --test-threads 2 \

@@ -1,6 +1,7 @@
 //! Property-based fuzzing (proptest; cargo-fuzz needs a nightly toolchain) of the code that
-//! handles caller text: step splitting, chat-template rendering, prompt neutralisation and
-//! request JSON. 0 panics, and the invariants below hold for every generated input.
+//! handles caller input: step splitting, chat-template rendering, prompt neutralisation, request
+//! JSON and image decoding (PNG, JPEG through libjpeg's C code, DICOM). 0 panics (and no crash),
+//! and the invariants below hold for every generated input.
 //! `make test` runs proptest's default 256 cases per target (`PROPTEST_CASES` changes it);
 //! `MEDPRM_FUZZ_SECONDS=600` (what `make fuzz` sets, and `make reliability` runs) instead runs
 //! fresh randomly seeded rounds of cases until that many seconds are spent, and prints the count.
@@ -167,6 +168,56 @@ fn request_json((v, text): (Value, String)) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Small valid images of each accepted type (committed fixtures), to be damaged.
+fn image_fixtures() -> &'static [(Vec<u8>, &'static str)] {
+    static F: OnceLock<Vec<(Vec<u8>, &'static str)>> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/images");
+        [
+            ("smooth_64x48.jpg", "image/jpeg"),
+            ("jpeg_progressive_422.jpg", "image/jpeg"),
+            ("jpeg_grey.jpg", "image/jpeg"),
+            ("jpeg_restart_420.jpg", "image/jpeg"),
+            ("noise_37x23.png", "image/png"),
+            ("mode_p_trns.png", "image/png"),
+            ("mode_la16.png", "image/png"),
+            ("ct_small.dcm", "application/dicom"),
+        ]
+        .into_iter()
+        .map(|(f, t)| (std::fs::read(dir.join(f)).unwrap(), t))
+        .collect()
+    })
+}
+
+/// A fixture with bytes overwritten, a run inserted and the end cut: `(which, writes, insert, cut)`.
+type Damage = (usize, Vec<(usize, u8)>, Option<(usize, Vec<u8>)>, Option<usize>);
+
+fn image_decoding((which, writes, insert, cut): Damage) -> Result<(), TestCaseError> {
+    let fixtures = image_fixtures();
+    let (original, media_type) = &fixtures[which % fixtures.len()];
+    let mut bytes = original.clone();
+    for (at, b) in writes {
+        let n = bytes.len();
+        bytes[at % n] = b;
+    }
+    if let Some((at, run)) = insert {
+        let at = at % (bytes.len() + 1);
+        bytes.splice(at..at, run);
+    }
+    if let Some(cut) = cut {
+        bytes.truncate(cut % (bytes.len() + 1));
+    }
+    let max_pixels = 1 << 16;
+    for mt in [*media_type, "image/png", "image/jpeg", "application/dicom"] {
+        if let Ok(img) = medprm::image::decode(&bytes, mt, max_pixels) {
+            let (w, h) = (img.width() as usize, img.height() as usize);
+            prop_assert!(w > 0 && h > 0 && w * h <= max_pixels as usize, "{mt}: {w}x{h}");
+            prop_assert_eq!(img.as_raw().len(), w * h * 3, "{}: RGB bytes", mt);
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn step_splitting_never_panics_and_steps_are_clean() {
     fuzz("step splitting", nasty_text(), step_splitting);
@@ -186,6 +237,17 @@ fn caller_text_cannot_add_or_remove_step_tags() {
 #[test]
 fn request_json_never_panics() {
     fuzz("request JSON", (json_value(), "\\PC{0,64}"), request_json);
+}
+
+#[test]
+fn damaged_images_are_errors_never_panics() {
+    let damage = (
+        any::<usize>(),
+        prop::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+        proptest::option::of((any::<usize>(), prop::collection::vec(any::<u8>(), 1..16))),
+        proptest::option::of(any::<usize>()),
+    );
+    fuzz("image decoding", damage, image_decoding);
 }
 
 /// The driver reports a property that fails (it would otherwise pass vacuously).

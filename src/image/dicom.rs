@@ -24,6 +24,11 @@
 //! 3. `y` becomes the byte `floor(y + 0.5)` clamped to 0..=255; MONOCHROME1 (0 is white) is
 //!    inverted to `255 − byte`;
 //! 4. the grey byte is replicated to R, G and B.
+//!
+//! Before the file is parsed, its element headers are walked once: a value length that runs past
+//! the end of the upload is refused there (see `check_lengths`), since the parser would allocate
+//! the declared length first. The fuzz target `damaged_images_are_errors_never_panics` found
+//! 40 KB uploads that cost seconds and gigabytes that way.
 
 use dicom_core::value::{PrimitiveValue, Value};
 use dicom_core::header::HasLength;
@@ -111,6 +116,108 @@ fn to_byte(y: f64) -> u8 {
     (y + 0.5).floor().clamp(0.0, 255.0) as u8
 }
 
+fn check_transfer_syntax(ts: &str) -> Result<(), ImageError> {
+    let ts = ts.trim_end_matches(['\0', ' ']);
+    if ts != IMPLICIT_VR_LE && ts != EXPLICIT_VR_LE {
+        return Err(unsupported(format!(
+            "transfer syntax {ts}: only uncompressed Implicit/Explicit VR Little Endian \
+             ({IMPLICIT_VR_LE}, {EXPLICIT_VR_LE}) is read"
+        )));
+    }
+    Ok(())
+}
+
+/// Walks the file's element headers (the meta group, then the data set in its transfer syntax)
+/// and refuses the file when a defined value length runs past the end of the bytes.
+///
+/// dicom-object allocates and zero-fills a value's declared length before reading it, so a
+/// 40 KB upload declaring a 4 GB element would cost 4 GB of memory and seconds of a worker;
+/// here it costs one pass over the headers. Sequences, items and undefined lengths (encapsulated
+/// data) are descended into rather than skipped, so nested lengths are checked too; in Implicit
+/// VR, sequences are known from the standard dictionary, as the parser knows them.
+fn check_lengths(body: &[u8]) -> Result<(), ImageError> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    use dicom_core::{Tag, VR};
+    const UNDEFINED: u32 = u32::MAX;
+    let u16_at = |at: usize| u16::from_le_bytes([body[at], body[at + 1]]);
+    let u32_at = |at: usize| u32::from_le_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+    let too_long = |tag: (u16, u16), len: u32, at: usize| {
+        bad(format!(
+            "element ({:04X},{:04X}) declares {len} bytes but only {} follow",
+            tag.0,
+            tag.1,
+            body.len() - at
+        ))
+    };
+    // 4-byte lengths in Explicit VR: every VR not listed in PS3.5 7.1.2 as having a 2-byte one.
+    let long_vr = |vr: &[u8]| {
+        matches!(vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV")
+    };
+    let mut pos = 4; // after "DICM"
+    let mut explicit = true;
+    let mut ts = None;
+    let mut in_meta = true;
+    while pos + 8 <= body.len() {
+        let tag = (u16_at(pos), u16_at(pos + 2));
+        if in_meta && tag.0 != 0x0002 {
+            // The meta group (always Explicit VR Little Endian) ends; the data set follows in
+            // its transfer syntax.
+            in_meta = false;
+            let ts = ts.ok_or_else(|| bad("the meta group has no Transfer Syntax UID (0002,0010)"))?;
+            check_transfer_syntax(ts)?;
+            explicit = ts.trim_end_matches(['\0', ' ']) == EXPLICIT_VR_LE;
+        }
+        if tag.0 == 0xFFFE {
+            // Item (descended into) or a delimiter (no value).
+            let len = u32_at(pos + 4);
+            pos += 8;
+            if tag.1 == 0xE000 && len != UNDEFINED && len as usize > body.len() - pos {
+                return Err(too_long(tag, len, pos));
+            }
+            continue;
+        }
+        let (len, container) = if explicit {
+            let vr = &body[pos + 4..pos + 6];
+            if long_vr(vr) {
+                if pos + 12 > body.len() {
+                    break;
+                }
+                let len = u32_at(pos + 8);
+                pos += 12;
+                (len, vr == b"SQ")
+            } else {
+                let len = u16_at(pos + 6) as u32;
+                pos += 8;
+                (len, false)
+            }
+        } else {
+            let len = u32_at(pos + 4);
+            pos += 8;
+            let entry = dicom_dictionary_std::StandardDataDictionary.by_tag(Tag(tag.0, tag.1));
+            (len, entry.is_some_and(|e| e.vr() == VirtualVr::Exact(VR::SQ)))
+        };
+        if len == UNDEFINED {
+            continue; // a sequence or encapsulated data: items follow
+        }
+        if len as usize > body.len() - pos {
+            return Err(too_long(tag, len, pos));
+        }
+        if in_meta && tag == (0x0002, 0x0010) {
+            ts = std::str::from_utf8(&body[pos..pos + len as usize]).ok();
+        }
+        if !container {
+            pos += len as usize;
+        }
+    }
+    if in_meta {
+        // Nothing after the meta group: let the parser say what is missing.
+        if let Some(ts) = ts {
+            check_transfer_syntax(ts)?;
+        }
+    }
+    Ok(())
+}
+
 /// Decode a DICOM file as described in the module documentation.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, ImageError> {
     let body = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
@@ -120,14 +227,9 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, ImageError> {
     } else {
         return Err(bad("not a DICOM Part 10 file (no `DICM` marker after the 128-byte preamble)"));
     };
+    check_lengths(body)?;
     let obj = OpenFileOptions::new().from_reader(body).map_err(|e| bad(e.to_string()))?;
-    let ts = obj.meta().transfer_syntax().to_string();
-    if ts != IMPLICIT_VR_LE && ts != EXPLICIT_VR_LE {
-        return Err(unsupported(format!(
-            "transfer syntax {ts}: only uncompressed Implicit/Explicit VR Little Endian \
-             ({IMPLICIT_VR_LE}, {EXPLICIT_VR_LE}) is read"
-        )));
-    }
+    check_transfer_syntax(obj.meta().transfer_syntax())?;
     let rows = required_int(&obj, tags::ROWS, "Rows")?;
     let cols = required_int(&obj, tags::COLUMNS, "Columns")?;
     if rows <= 0 || cols <= 0 {
@@ -364,6 +466,43 @@ pub(super) mod tests {
         let short = dicom_file(uids::EXPLICIT_VR_LITTLE_ENDIAN, 3, 3, 16, false, "MONOCHROME2", px(), vec![]);
         assert!(matches!(decode(&short, 100), Err(ImageError::Decode { ref reason, .. }) if reason.contains("fewer")));
         assert!(matches!(decode(b"not a dicom file at all", 100), Err(ImageError::Decode { .. })));
+    }
+
+    /// A small file declaring a value far longer than itself is refused from the headers, before
+    /// the parser would allocate the declared length (in the meta group, in the data set, in
+    /// both VR encodings, and inside a sequence item).
+    #[test]
+    fn declared_lengths_beyond_the_file_are_refused_before_parsing() {
+        let px = || PrimitiveValue::U16(vec![1u16; 6].into());
+        let huge = 0xFFFF_FFF0u32.to_le_bytes();
+        let refused = |bytes: &[u8]| {
+            let t = std::time::Instant::now();
+            let e = decode(bytes, 100).unwrap_err();
+            assert!(matches!(e, ImageError::Decode { ref reason, .. } if reason.contains("declares 4294967280 bytes")), "{e:?}");
+            // Generous: the point is not allocating 4 GB (which takes seconds), not speed.
+            assert!(t.elapsed() < std::time::Duration::from_secs(2));
+        };
+        for ts in [uids::EXPLICIT_VR_LITTLE_ENDIAN, uids::IMPLICIT_VR_LITTLE_ENDIAN] {
+            let file = dicom_file(ts, 3, 2, 16, false, "MONOCHROME2", px(), vec![]);
+            let at = file.windows(4).rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00]).unwrap();
+            let len_at = if ts == uids::EXPLICIT_VR_LITTLE_ENDIAN { at + 8 } else { at + 4 };
+            let mut bad = file.clone();
+            bad[len_at..len_at + 4].copy_from_slice(&huge);
+            refused(&bad);
+        }
+        // In the meta group: (0002,0001) File Meta Information Version, OB (a 4-byte length).
+        let file = dicom_file(uids::EXPLICIT_VR_LITTLE_ENDIAN, 3, 2, 16, false, "MONOCHROME2", px(), vec![]);
+        let at = file.windows(6).position(|w| w == [0x02, 0x00, 0x01, 0x00, b'O', b'B']).unwrap();
+        let mut bad = file.clone();
+        bad[at + 8..at + 12].copy_from_slice(&huge);
+        refused(&bad);
+        // The item of the real CT slice's Other Patient IDs Sequence (Explicit VR).
+        let ct = fixture("ct_small.dcm");
+        assert!(decode(&ct, 1 << 20).is_ok());
+        let item = ct.windows(4).position(|w| w == [0xFE, 0xFF, 0x00, 0xE0]).unwrap();
+        let mut bad = ct.clone();
+        bad[item + 4..item + 8].copy_from_slice(&huge);
+        refused(&bad);
     }
 
     fn fixture(name: &str) -> Vec<u8> {

@@ -234,11 +234,13 @@ async fn post(c: &reqwest::Client, url: String, body: &Value) -> (u16, Value) {
 #[tokio::test]
 async fn the_server_ranks_with_an_image_and_names_bad_image_fields() {
     let dir = visualprm_model::ensure_visualprm().unwrap();
-    let s = common::Server::start_model(&dir, &["--max-images", "2", "--max-image-pixels", "500000", "--payload-limit", "8000000"]);
+    let s = common::Server::start_model(&dir, &["--max-images", "2", "--max-image-pixels", "500000"]);
     s.wait_ready().await;
     let http = reqwest::Client::new();
     let info: Value = http.get(s.url("/info")).send().await.unwrap().json().await.unwrap();
     assert_eq!(info["model"]["profile"], "visualprm", "{info}");
+    // A model that reads images gets the larger default body limit.
+    assert_eq!(info["limits"]["payload_limit"], 32_000_000, "{info}");
     assert_eq!(info["model"]["vision"]["tokens_per_tile"], 256, "{info}");
 
     let c = case("rank");
@@ -318,6 +320,8 @@ async fn a_text_only_server_refuses_images_naming_its_profile() {
     assert_eq!(status, 422, "{v}");
     let msg = v["error"].as_str().unwrap();
     assert!(msg.starts_with("images") && msg.contains("med-prm"), "{v}");
+    let info: Value = http.get(s.url("/info")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["limits"]["payload_limit"], 2_000_000, "a text model keeps the small body limit: {info}");
 }
 
 /// InternVL's own checkpoints ship an InternLM2 chat template that writes BOS itself; the profile

@@ -8,6 +8,9 @@ use crate::infer::{BatchConfig, InferConfig};
 
 /// `--max-candidates` unless set (the committed OpenAPI document states it).
 pub const DEFAULT_MAX_CANDIDATES: usize = 64;
+/// `--payload-limit` when not given, for a text-only model and for one that reads images.
+pub const TEXT_PAYLOAD_LIMIT: usize = 2_000_000;
+pub const IMAGE_PAYLOAD_LIMIT: usize = 32_000_000;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeConfig {
@@ -44,9 +47,10 @@ pub struct ServeConfig {
     /// Candidates per rank request.
     #[arg(long, env = "MEDPRM_MAX_CANDIDATES", default_value_t = DEFAULT_MAX_CANDIDATES)]
     pub max_candidates: usize,
-    /// Largest request body in bytes (larger: 413).
-    #[arg(long, env = "MEDPRM_PAYLOAD_LIMIT", default_value_t = 2_000_000)]
-    pub payload_limit: usize,
+    /// Largest request body in bytes (larger: 413). Default: 2000000, or 32000000 when the model
+    /// reads images (an InternVL checkpoint: base64 images make bodies large).
+    #[arg(long, env = "MEDPRM_PAYLOAD_LIMIT")]
+    pub payload_limit: Option<usize>,
     /// Threads that build and tokenize prompts.
     #[arg(long, env = "MEDPRM_TOKENIZATION_WORKERS", default_value_t = 2)]
     pub tokenization_workers: usize,
@@ -108,6 +112,18 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The body limit in force: `--payload-limit`, else the default for the model's kind (read
+    /// from its config.json; an unreadable one is reported by the loader, not here).
+    pub fn payload_limit(&self) -> usize {
+        self.payload_limit.unwrap_or_else(|| {
+            let dir = &self.model.model;
+            match dir.is_dir().then(|| crate::model::internvl::InternVlConfig::read(dir)) {
+                Some(Ok(Some(_))) => IMAGE_PAYLOAD_LIMIT,
+                _ => TEXT_PAYLOAD_LIMIT,
+            }
+        })
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.max_batch_tokens > 0, "--max-batch-tokens must be positive");
         anyhow::ensure!(self.max_batch_requests > 0, "--max-batch-requests must be positive");

@@ -41,7 +41,7 @@ async fn read_json_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum:
     let bytes = match tokio::time::timeout(limit, axum::body::Bytes::from_request(req, state)).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(ApiError::PayloadTooLarge("body: larger than the payload limit".into()))
+            return Err(ApiError::PayloadTooLarge("body: larger than the payload limit (--payload-limit)".into()))
         }
         Ok(Err(e)) if caused_by_timeout(&e) => return Err(ApiError::RequestTimeout),
         Ok(Err(e)) => return Err(ApiError::BadRequest(format!("body: {}", e.body_text()))),
@@ -264,7 +264,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<InfoResponse> {
             max_concurrent_requests: c.max_concurrent_requests,
             max_input_tokens: c.max_input_tokens,
             max_candidates: c.max_candidates,
-            payload_limit: c.payload_limit,
+            payload_limit: c.payload_limit(),
             tokenization_workers: c.tokenization_workers,
             prefix_sharing: !c.no_prefix_sharing,
         },

@@ -64,8 +64,10 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal: finishing in-flight requests");
 }
 
-pub fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+pub fn run(mut cfg: ServeConfig) -> anyhow::Result<()> {
     cfg.validate()?;
+    // Fixed once: the router's body limit and /info report the same number.
+    cfg.payload_limit = Some(cfg.payload_limit());
     let infer = Infer::new(cfg.infer_config(), Arc::new(Metrics::new()));
     let state = Arc::new(AppState { infer, cfg });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -150,7 +150,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs"))
         .fallback(handlers::not_found)
         .layer(middleware::from_fn(json_not_found))
-        .layer(DefaultBodyLimit::max(state.cfg.payload_limit))
+        .layer(DefaultBodyLimit::max(state.cfg.payload_limit()))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_timeout))
         .layer(axum::Extension(handlers::BodyTimeout(body_timeout)))
         .layer(

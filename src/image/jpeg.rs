@@ -50,14 +50,34 @@ extern "C-unwind" fn error_exit(cinfo: &mut ffi::jpeg_common_struct) {
     std::panic::resume_unwind(Box::new(Failure(text)));
 }
 
+/// Scans a progressive JPEG may have. Encoders write about 10 (libjpeg's default script) to a
+/// few dozen; each scan costs a pass over the image's blocks, so a small file of thousands of
+/// empty scans would hold a worker for minutes (PIL sets no limit).
+pub const MAX_SCANS: u32 = 100;
+
+thread_local! {
+    /// Start-of-scan markers seen by the decode running on this thread.
+    static SCANS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// Warnings (level -1) are ignored, as PIL ignores them, except one: libjpeg treats data that
 /// ends early as a warning and decodes the rest as grey, whereas PIL refuses such a file as
-/// truncated. So do we. Trace messages (level ≥ 0) are never printed.
+/// truncated. So do we. Trace messages (level ≥ 1) are never printed; the one libjpeg sends at
+/// every start of scan counts the scans against [`MAX_SCANS`].
 extern "C-unwind" fn emit_message(cinfo: &mut ffi::jpeg_common_struct, level: c_int) {
     // SAFETY: as in `message`.
     let code = unsafe { (*cinfo.err).msg_code };
     if level == -1 && code == ffi::JWRN_JPEG_EOF as c_int {
         std::panic::resume_unwind(Box::new(Failure("the file is truncated".into())));
+    }
+    if level == 1 && code == ffi::JTRC_SOS as c_int {
+        let n = SCANS.with(|s| {
+            s.set(s.get() + 1);
+            s.get()
+        });
+        if n > MAX_SCANS {
+            std::panic::resume_unwind(Box::new(Failure(format!("more than {MAX_SCANS} scans"))));
+        }
     }
 }
 
@@ -91,6 +111,7 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, ImageError> 
 }
 
 fn decode_unguarded(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, ImageError> {
+    SCANS.with(|s| s.set(0));
     let io = |e: std::io::Error| decode_err(e.to_string());
     let header = mozjpeg::decompress::DecompressBuilder::new().with_err(error_manager()).from_mem(bytes).map_err(io)?;
     let (w, h) = header.size();

@@ -251,6 +251,15 @@ fn jpeg_errors() {
     let mut trailing = jpg.clone();
     trailing.extend_from_slice(b"trailing garbage");
     assert_eq!(diff(decode(&trailing, "image/jpeg", 1 << 20).unwrap().as_raw(), &data("smooth_64x48.jpg.rgb")), (0, 0));
+    // A progressive file whose first scan is repeated: a few times still decodes (libjpeg only
+    // warns about the bogus progression), past the scan limit it is refused.
+    let prog = data("jpeg_progressive_422.jpg");
+    let sos = prog.windows(2).position(|w| w == [0xff, 0xda]).unwrap();
+    let next = sos + 2 + prog[sos + 2..].windows(2).position(|w| w[0] == 0xff && w[1] != 0 && !(0xd0..=0xd7).contains(&w[1])).unwrap();
+    let repeated = |n: usize| [&prog[..sos], &prog[sos..next].repeat(n), &prog[next..]].concat();
+    assert!(decode(&repeated(5), "image/jpeg", 1 << 20).is_ok());
+    let e = decode(&repeated(super::jpeg::MAX_SCANS as usize + 1), "image/jpeg", 1 << 20).unwrap_err();
+    assert!(e.to_string().contains("more than 100 scans"), "{e}");
     let e = decode(&data("jpeg_cmyk.jpg"), "image/jpeg", 1 << 20).unwrap_err();
     assert!(matches!(e, ImageError::Unsupported(ref m) if m.contains("JCS_CMYK")), "{e:?}");
     assert!(decode(&jpg, "image/jpeg", 64 * 48 - 1).unwrap_err().is_too_large());

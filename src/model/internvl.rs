@@ -13,8 +13,9 @@
 //!   into Llama's three projections here, and `tok_embeddings`/`wo`/`w1`/`w3`/`w2`/
 //!   `attention_norm`/`ffn_norm`/`output` are renamed to theirs.
 //!
-//! The whole checkpoint is read into memory (in its stored dtype) to be renamed and split, then
-//! converted to the activation dtype tensor by tensor.
+//! The safetensors files are memory-mapped; each tensor is read (renamed, split or stacked) when
+//! the model asks for it and converted to the activation dtype, so loading holds no second copy
+//! of the checkpoint.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -167,13 +168,25 @@ impl InternVlConfig {
     }
 }
 
-/// The checkpoint's tensors under the names [`Llama::load`] (`model.*`, `lm_head.*`) and
-/// [`VisionTower::load`] (`vision_model.*`, `mlp1.*`) ask for.
-fn canonical(cfg: &InternVlConfig, raw: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
-    let mut out = HashMap::with_capacity(raw.len());
-    let mut qkv: HashMap<String, [Option<Tensor>; 3]> = HashMap::new();
-    for (name, t) in raw {
-        let name = name.strip_prefix("model.").filter(|n| !n.starts_with("layers.")).map(String::from).unwrap_or(name);
+/// Where one tensor that [`Llama::load`] (`model.*`, `lm_head.*`) or [`VisionTower::load`]
+/// (`vision_model.*`, `mlp1.*`) asks for comes from in the checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    /// A stored tensor, as it is.
+    Stored(String),
+    /// Rows of InternLM2's fused `wqkv`: 0 the queries, 1 the keys, 2 the values.
+    WqkvPart(String, usize),
+    /// transformers' separate vision q, k and v projections, stacked into InternViT's `qkv`.
+    Stacked([String; 3]),
+}
+
+/// The canonical name of every tensor and where it comes from, from the stored names alone
+/// (nothing is read).
+fn plan(cfg: &InternVlConfig, stored: impl IntoIterator<Item = String>) -> Result<HashMap<String, Source>> {
+    let mut out = HashMap::new();
+    let mut qkv: HashMap<String, [Option<String>; 3]> = HashMap::new();
+    for original in stored {
+        let name = original.strip_prefix("model.").filter(|n| !n.starts_with("layers.")).unwrap_or(&original).to_string();
         let renamed = match cfg.layout {
             Layout::Transformers => {
                 if let Some(rest) = name.strip_prefix("language_model.") {
@@ -188,7 +201,7 @@ fn canonical(cfg: &InternVlConfig, raw: HashMap<String, Tensor>) -> Result<HashM
                     match vision_name(rest) {
                         VisionName::Plain(n) => n,
                         VisionName::Qkv(layer, part, kind) => {
-                            qkv.entry(format!("vision_model.encoder.layers.{layer}.attn.qkv.{kind}")).or_default()[part] = Some(t);
+                            qkv.entry(format!("vision_model.encoder.layers.{layer}.attn.qkv.{kind}")).or_default()[part] = Some(original);
                             continue;
                         }
                         VisionName::Unknown => return Err(Error::Unsupported(format!("InternVL tensor `{name}` is not known"))),
@@ -201,21 +214,19 @@ fn canonical(cfg: &InternVlConfig, raw: HashMap<String, Tensor>) -> Result<HashM
             }
             Layout::InternVlChat => match name.strip_prefix("language_model.") {
                 Some(rest) if cfg.text_architecture.starts_with("InternLM2") => {
-                    for (k, part) in internlm2_split(&cfg.text, rest, t)? {
-                        out.insert(k, part);
-                    }
+                    out.extend(internlm2_names(rest, &original)?);
                     continue;
                 }
                 Some(rest) => rest.to_string(),
                 None => name,
             },
         };
-        out.insert(renamed, t);
+        out.insert(renamed, Source::Stored(original));
     }
     for (name, parts) in qkv {
         match parts {
             [Some(q), Some(k), Some(v)] => {
-                out.insert(name, Tensor::cat(&[q, k, v], 0)?);
+                out.insert(name, Source::Stacked([q, k, v]));
             }
             _ => return Err(Error::Unsupported(format!("InternVL vision `{name}`: q, k and v are not all present"))),
         }
@@ -264,59 +275,110 @@ fn vision_name(rest: &str) -> VisionName {
     plain(format!("encoder.layers.{layer}.{to}"))
 }
 
-/// One InternLM2 tensor (name after `language_model.`) under Llama's names; `wqkv` becomes three.
-fn internlm2_split(cfg: &LlamaConfig, rest: &str, t: Tensor) -> Result<Vec<(String, Tensor)>> {
-    let one = |n: String| Ok(vec![(n, t.clone())]);
-    if rest == "model.tok_embeddings.weight" {
-        return one("model.embed_tokens.weight".into());
-    }
-    if rest == "output.weight" {
-        return one("lm_head.weight".into());
-    }
-    if rest == "model.norm.weight" {
-        return one(rest.into());
+/// One InternLM2 tensor (name after `language_model.`, stored as `stored`) under Llama's names;
+/// `wqkv` becomes three.
+fn internlm2_names(rest: &str, stored: &str) -> Result<Vec<(String, Source)>> {
+    let one = |n: &str| Ok(vec![(n.to_string(), Source::Stored(stored.to_string()))]);
+    match rest {
+        "model.tok_embeddings.weight" => return one("model.embed_tokens.weight"),
+        "output.weight" => return one("lm_head.weight"),
+        "model.norm.weight" => return one(rest),
+        _ => {}
     }
     let Some(layer_rest) = rest.strip_prefix("model.layers.") else {
         return Err(Error::Unsupported(format!("InternLM2 tensor `{rest}` is not known")));
     };
     let (layer, tail) = layer_rest.split_once('.').unwrap_or((layer_rest, ""));
     let l = |s: &str| format!("model.layers.{layer}.{s}");
-    match tail {
+    let llama = match tail {
         "attention.wqkv.weight" => {
-            let (kv, d) = (cfg.num_kv_heads, cfg.head_dim);
-            let g = cfg.num_heads / kv;
-            let hidden = t.dim(1)?;
-            if t.dim(0)? != kv * (g + 2) * d {
-                return Err(Error::Unsupported(format!(
-                    "InternLM2 `{rest}` has {} rows, expected {} ({kv} key/value heads × ({g} queries + 2) × {d})",
-                    t.dim(0)?,
-                    kv * (g + 2) * d
-                )));
-            }
-            let grouped = t.reshape((kv, g + 2, d, hidden))?;
-            let q = grouped.narrow(1, 0, g)?.contiguous()?.reshape((kv * g * d, hidden))?;
-            let k = grouped.narrow(1, g, 1)?.contiguous()?.reshape((kv * d, hidden))?;
-            let v = grouped.narrow(1, g + 1, 1)?.contiguous()?.reshape((kv * d, hidden))?;
-            Ok(vec![(l("self_attn.q_proj.weight"), q), (l("self_attn.k_proj.weight"), k), (l("self_attn.v_proj.weight"), v)])
+            return Ok(["q_proj", "k_proj", "v_proj"]
+                .iter()
+                .enumerate()
+                .map(|(part, p)| (l(&format!("self_attn.{p}.weight")), Source::WqkvPart(stored.to_string(), part)))
+                .collect())
         }
-        "attention.wo.weight" => one(l("self_attn.o_proj.weight")),
-        "feed_forward.w1.weight" => one(l("mlp.gate_proj.weight")),
-        "feed_forward.w3.weight" => one(l("mlp.up_proj.weight")),
-        "feed_forward.w2.weight" => one(l("mlp.down_proj.weight")),
-        "attention_norm.weight" => one(l("input_layernorm.weight")),
-        "ffn_norm.weight" => one(l("post_attention_layernorm.weight")),
-        _ => Err(Error::Unsupported(format!("InternLM2 tensor `{rest}` is not known"))),
+        "attention.wo.weight" => "self_attn.o_proj.weight",
+        "feed_forward.w1.weight" => "mlp.gate_proj.weight",
+        "feed_forward.w3.weight" => "mlp.up_proj.weight",
+        "feed_forward.w2.weight" => "mlp.down_proj.weight",
+        "attention_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        _ => return Err(Error::Unsupported(format!("InternLM2 tensor `{rest}` is not known"))),
+    };
+    one(&l(llama))
+}
+
+/// Part `part` (0 q, 1 k, 2 v) of an InternLM2 `wqkv` matrix, packed per key/value head: that
+/// head's `g` queries, then its key, then its value, `head_dim` rows each.
+fn split_wqkv(cfg: &LlamaConfig, name: &str, t: &Tensor, part: usize) -> Result<Tensor> {
+    let (kv, d) = (cfg.num_kv_heads, cfg.head_dim);
+    let g = cfg.num_heads / kv;
+    let hidden = t.dim(1)?;
+    if t.dim(0)? != kv * (g + 2) * d {
+        return Err(Error::Unsupported(format!(
+            "InternLM2 `{name}` has {} rows, expected {} ({kv} key/value heads × ({g} queries + 2) × {d})",
+            t.dim(0)?,
+            kv * (g + 2) * d
+        )));
+    }
+    let grouped = t.reshape((kv, g + 2, d, hidden))?;
+    let (start, len) = [(0, g), (g, 1), (g + 1, 1)][part];
+    Ok(grouped.narrow(1, start, len)?.contiguous()?.reshape((kv * len * d, hidden))?)
+}
+
+/// The checkpoint's files, memory-mapped, read tensor by tensor under the canonical names of
+/// [`plan`] as the model asks for them: nothing is held beyond the tensor being converted.
+struct Checkpoint {
+    files: candle_core::safetensors::MmapedSafetensors,
+    plan: HashMap<String, Source>,
+    text: LlamaConfig,
+}
+
+impl Checkpoint {
+    fn read(&self, name: &str) -> candle_core::Result<Tensor> {
+        let load = |n: &str| self.files.load(n, &Device::Cpu);
+        match self.plan.get(name) {
+            None => Err(candle_core::Error::CannotFindTensor { path: name.to_string() }.bt()),
+            Some(Source::Stored(n)) => load(n),
+            Some(Source::WqkvPart(n, part)) => {
+                split_wqkv(&self.text, n, &load(n)?, *part).map_err(|e| candle_core::Error::Msg(e.to_string()))
+            }
+            Some(Source::Stacked([q, k, v])) => Tensor::cat(&[load(q)?, load(k)?, load(v)?], 0),
+        }
     }
 }
 
-/// Loads both halves of an InternVL checkpoint.
+impl candle_nn::var_builder::SimpleBackend for Checkpoint {
+    fn get(&self, shape: candle_core::Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.read(name)?;
+        if t.shape() != &shape {
+            return Err(candle_core::Error::UnexpectedShape { msg: format!("shape mismatch for {name}"), expected: shape, got: t.shape().clone() }.bt());
+        }
+        t.to_device(dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.read(name)?.to_device(dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.plan.contains_key(name)
+    }
+}
+
+/// Loads both halves of an InternVL checkpoint from its memory-mapped safetensors files.
 pub fn load(cfg: &InternVlConfig, files: &[PathBuf], head: HeadSpec, dtype: DType, device: &Device) -> Result<(Llama, VisionTower)> {
-    let map = canonical(cfg, super::adapter::load_all(files)?)?;
+    let origin = files.first().cloned().unwrap_or_else(|| PathBuf::from("<none>"));
+    for f in files {
+        super::check_safetensors_header(f)?;
+    }
+    // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
+    let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }.map_err(|e| Error::bad_file(&origin, e))?;
+    let plan = plan(cfg, mapped.tensors().into_iter().map(|(name, _)| name))?;
+    let checkpoint = Checkpoint { files: mapped, plan, text: cfg.text.clone() };
     // One source for both halves; errors name the checkpoint's (first) file.
-    let w = Weights::Hf {
-        vb: candle_nn::VarBuilder::from_tensors(map, dtype, device),
-        origin: files.first().cloned().unwrap_or_else(|| PathBuf::from("<none>")),
-    };
+    let w = Weights::Hf { vb: candle_nn::VarBuilder::from_backend(Box::new(checkpoint), dtype, device.clone()), origin };
     let vision = VisionTower::load(&w, cfg.vision.clone())?;
     let llama = Llama::load(&w, cfg.text.clone(), head)?;
     Ok((llama, vision))
@@ -337,9 +399,10 @@ mod tests {
         let rows = kv * (g + 2) * d;
         let data: Vec<f32> = (0..rows).flat_map(|r| std::iter::repeat(r as f32).take(h)).collect();
         let t = Tensor::from_vec(data, (rows, h), &Device::Cpu).unwrap();
-        let parts = internlm2_split(&cfg, "model.layers.0.attention.wqkv.weight", t).unwrap();
-        let col = |i: usize| parts[i].1.narrow(1, 0, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(parts[0].0, "model.layers.0.self_attn.q_proj.weight");
+        let names = internlm2_names("model.layers.0.attention.wqkv.weight", "language_model.model.layers.0.attention.wqkv.weight").unwrap();
+        assert_eq!(names[0], ("model.layers.0.self_attn.q_proj.weight".into(), Source::WqkvPart("language_model.model.layers.0.attention.wqkv.weight".into(), 0)));
+        assert_eq!(names[2].0, "model.layers.0.self_attn.v_proj.weight");
+        let col = |part: usize| split_wqkv(&cfg, "wqkv", &t, part).unwrap().narrow(1, 0, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         // Group 0: rows 0, 1 (queries), 2 (key), 3 (value); group 1: rows 4, 5, 6, 7.
         assert_eq!(col(0), vec![0.0, 1.0, 4.0, 5.0]);
         assert_eq!(col(1), vec![2.0, 6.0]);

@@ -331,7 +331,12 @@ impl Engine {
         }
         let vision_start = Instant::now();
         let (splices, mut images_encoded) = self.image_splices(prompts)?;
-        let mut vision_seconds = if images_encoded > 0 { vision_start.elapsed().as_secs_f64() } else { 0.0 };
+        let mut vision_seconds = 0.0;
+        if images_encoded > 0 {
+            // GPU kernels run asynchronously: wait for the tower's before reading the clock.
+            self.model.device().synchronize()?;
+            vision_seconds = vision_start.elapsed().as_secs_f64();
+        }
         // Image rows inside the shared prefix run with it (the prompts share their images);
         // the rest move with their suffixes.
         let (prefix_splices, splices) = split_splices(splices, prefix_len)?;

@@ -127,14 +127,19 @@ fn check_transfer_syntax(ts: &str) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// Walks the file's element headers (the meta group, then the data set in its transfer syntax)
-/// and refuses the file when a defined value length runs past the end of the bytes.
+/// Walks the file's element headers as dicom-object reads them (the meta group, then the data
+/// set in its transfer syntax) and refuses the file when a defined value length runs past the end
+/// of the bytes.
 ///
 /// dicom-object allocates and zero-fills a value's declared length before reading it, so a
 /// 40 KB upload declaring a 4 GB element would cost 4 GB of memory and seconds of a worker;
-/// here it costs one pass over the headers. Sequences, items and undefined lengths (encapsulated
-/// data) are descended into rather than skipped, so nested lengths are checked too; in Implicit
-/// VR, sequences are known from the standard dictionary, as the parser knows them.
+/// here it costs one pass over the headers. The walk follows the parser's rules: the meta group
+/// is Explicit VR Little Endian and ends where its group length (0002,0000) says, its elements
+/// skipped whole; in the data set, sequences, items and undefined lengths (encapsulated data) are
+/// descended into rather than skipped, so nested lengths are checked too; Implicit VR sequences
+/// come from the standard dictionary, and an Explicit VR code that is not a known 2-byte-length
+/// VR has a 4-byte length (the parser reads unknown codes as UN). Anything the walk cannot read
+/// is left to the parser, which then fails before allocating.
 fn check_lengths(body: &[u8]) -> Result<(), ImageError> {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
     use dicom_core::{Tag, VR};
@@ -149,70 +154,88 @@ fn check_lengths(body: &[u8]) -> Result<(), ImageError> {
             body.len() - at
         ))
     };
-    // 4-byte lengths in Explicit VR: every VR not listed in PS3.5 7.1.2 as having a 2-byte one.
-    let long_vr = |vr: &[u8]| {
-        matches!(vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV")
-    };
-    let mut pos = 4; // after "DICM"
-    let mut explicit = true;
-    let mut ts = None;
-    let mut in_meta = true;
-    while pos + 8 <= body.len() {
-        let tag = (u16_at(pos), u16_at(pos + 2));
-        if in_meta && tag.0 != 0x0002 {
-            // The meta group (always Explicit VR Little Endian) ends; the data set follows in
-            // its transfer syntax.
-            in_meta = false;
-            let ts = ts.ok_or_else(|| bad("the meta group has no Transfer Syntax UID (0002,0010)"))?;
-            check_transfer_syntax(ts)?;
-            explicit = ts.trim_end_matches(['\0', ' ']) == EXPLICIT_VR_LE;
+    // An element header at `pos`: (tag, VR code if explicit, value length, header size), or
+    // `None` when the bytes end inside it.
+    let header = |pos: usize, explicit: bool| -> Option<((u16, u16), Option<[u8; 2]>, u32, usize)> {
+        if pos + 8 > body.len() {
+            return None;
         }
+        let tag = (u16_at(pos), u16_at(pos + 2));
+        if tag.0 == 0xFFFE || !explicit {
+            return Some((tag, None, u32_at(pos + 4), 8));
+        }
+        let vr = [body[pos + 4], body[pos + 5]];
+        // PS3.5 7.1.2: these have a 2-byte length; every other VR, unknown codes included (the
+        // parser reads them as UN), has 2 reserved bytes and a 4-byte one.
+        let short = matches!(
+            VR::from_binary(vr),
+            Some(
+                VR::AE | VR::AS | VR::AT | VR::CS | VR::DA | VR::DS | VR::DT | VR::FL | VR::FD | VR::IS | VR::LO
+                    | VR::LT | VR::PN | VR::SH | VR::SL | VR::SS | VR::ST | VR::TM | VR::UI | VR::UL | VR::US
+            )
+        );
+        if short {
+            Some((tag, Some(vr), u16_at(pos + 6) as u32, 8))
+        } else if pos + 12 <= body.len() {
+            Some((tag, Some(vr), u32_at(pos + 8), 12))
+        } else {
+            None
+        }
+    };
+
+    // The meta group: (0002,0000) with the group's length, then elements until that many bytes
+    // are consumed, each skipped whole, whatever its tag.
+    let mut pos = 4; // after "DICM"
+    let Some(((0x0002, 0x0000), _, 4, size)) = header(pos, true) else { return Ok(()) };
+    if pos + size + 4 > body.len() {
+        return Ok(());
+    }
+    let group_length = u32_at(pos + size) as u64;
+    pos += size + 4;
+    let mut consumed = 0u64;
+    let mut ts = None;
+    while consumed < group_length {
+        let Some((tag, _, len, size)) = header(pos, true) else { return Ok(()) };
+        if len == UNDEFINED {
+            return Ok(()); // refused by the parser
+        }
+        if len as usize > body.len() - (pos + size) {
+            return Err(too_long(tag, len, pos + size));
+        }
+        if tag == (0x0002, 0x0010) {
+            ts = std::str::from_utf8(&body[pos + size..pos + size + len as usize]).ok();
+        }
+        pos += size + len as usize;
+        consumed += (size + len as usize) as u64;
+    }
+    let Some(ts) = ts else { return Ok(()) }; // the parser names what is missing
+    check_transfer_syntax(ts)?;
+    let explicit = ts.trim_end_matches(['\0', ' ']) == EXPLICIT_VR_LE;
+
+    // The data set.
+    while let Some((tag, vr, len, size)) = header(pos, explicit) {
+        pos += size;
         if tag.0 == 0xFFFE {
-            // Item (descended into) or a delimiter (no value).
-            let len = u32_at(pos + 4);
-            pos += 8;
+            // An item (its elements follow) or a delimiter (no value).
             if tag.1 == 0xE000 && len != UNDEFINED && len as usize > body.len() - pos {
                 return Err(too_long(tag, len, pos));
             }
             continue;
         }
-        let (len, container) = if explicit {
-            let vr = &body[pos + 4..pos + 6];
-            if long_vr(vr) {
-                if pos + 12 > body.len() {
-                    break;
-                }
-                let len = u32_at(pos + 8);
-                pos += 12;
-                (len, vr == b"SQ")
-            } else {
-                let len = u16_at(pos + 6) as u32;
-                pos += 8;
-                (len, false)
-            }
-        } else {
-            let len = u32_at(pos + 4);
-            pos += 8;
-            let entry = dicom_dictionary_std::StandardDataDictionary.by_tag(Tag(tag.0, tag.1));
-            (len, entry.is_some_and(|e| e.vr() == VirtualVr::Exact(VR::SQ)))
-        };
         if len == UNDEFINED {
             continue; // a sequence or encapsulated data: items follow
         }
         if len as usize > body.len() - pos {
             return Err(too_long(tag, len, pos));
         }
-        if in_meta && tag == (0x0002, 0x0010) {
-            ts = std::str::from_utf8(&body[pos..pos + len as usize]).ok();
-        }
-        if !container {
+        let sequence = match vr {
+            Some(code) => code == *b"SQ",
+            None => dicom_dictionary_std::StandardDataDictionary
+                .by_tag(Tag(tag.0, tag.1))
+                .is_some_and(|e| e.vr() == VirtualVr::Exact(VR::SQ)),
+        };
+        if !sequence {
             pos += len as usize;
-        }
-    }
-    if in_meta {
-        // Nothing after the meta group: let the parser say what is missing.
-        if let Some(ts) = ts {
-            check_transfer_syntax(ts)?;
         }
     }
     Ok(())
@@ -496,6 +519,27 @@ pub(super) mod tests {
         let mut bad = file.clone();
         bad[at + 8..at + 12].copy_from_slice(&huge);
         refused(&bad);
+        // An Explicit VR code the parser does not know is read as UN, with a 4-byte length.
+        let file = dicom_file(uids::EXPLICIT_VR_LITTLE_ENDIAN, 3, 2, 16, false, "MONOCHROME2", px(), vec![]);
+        let at = file.windows(4).rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00]).unwrap();
+        let mut bad = file.clone();
+        bad[at + 4..at + 12].copy_from_slice(&[b'Z', b'Z', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF]);
+        refused(&bad);
+        // A meta group length that stops before the last meta element: the parser reads that
+        // element in the data set's encoding (Implicit VR: a 4-byte length over "UI" and the
+        // 2-byte one), and so does the check.
+        let file = dicom_file(uids::IMPLICIT_VR_LITTLE_ENDIAN, 3, 2, 16, false, "MONOCHROME2", px(), vec![]);
+        let last = file.windows(6).position(|w| w == [0x02, 0x00, 0x12, 0x00, b'U', b'I']).unwrap();
+        let size = 8 + u16::from_le_bytes([file[last + 6], file[last + 7]]) as usize;
+        let mut bad = file.clone();
+        let group = bad.windows(4).position(|w| w == [0x02, 0x00, 0x00, 0x00]).unwrap() + 8;
+        let g = u32::from_le_bytes(bad[group..group + 4].try_into().unwrap()) - size as u32;
+        bad[group..group + 4].copy_from_slice(&g.to_le_bytes());
+        bad[last + 6..last + 8].copy_from_slice(&[0xF0, 0xFF]);
+        let t = std::time::Instant::now();
+        let e = decode(&bad, 100).unwrap_err();
+        assert!(matches!(e, ImageError::Decode { ref reason, .. } if reason.contains("(0002,0012) declares")), "{e:?}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(2));
         // The item of the real CT slice's Other Patient IDs Sequence (Explicit VR).
         let ct = fixture("ct_small.dcm");
         assert!(decode(&ct, 1 << 20).is_ok());

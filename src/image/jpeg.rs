@@ -30,10 +30,12 @@ struct Failure(String);
 
 /// libjpeg's text for the message code in `cinfo.err` (e.g. "Bogus marker length").
 fn message(cinfo: &mut ffi::jpeg_common_struct) -> String {
-    let mut buf = [0u8; 80];
+    // libjpeg formats into up to JMSG_LENGTH_MAX (200) bytes, more than the binding's `[u8; 80]`.
+    let mut buf = [0u8; 200];
     // SAFETY: `cinfo.err` is the error manager libjpeg was given and outlives this call. The
-    // binding declares the output buffer as `&[u8; 80]` although libjpeg writes into it; it is
-    // called through the ABI-identical raw-pointer type so that the write is allowed.
+    // binding declares the output buffer as `&[u8; 80]` although libjpeg writes into it (up to
+    // JMSG_LENGTH_MAX bytes); it is called through the ABI-identical raw-pointer type with a
+    // buffer of that size, so that the write is allowed and in bounds.
     unsafe {
         let Some(format) = (*cinfo.err).format_message else {
             return format!("libjpeg error {}", (*cinfo.err).msg_code);
@@ -100,12 +102,16 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, ImageError> 
         Err(payload) => Err(decode_err(match payload.downcast::<Failure>() {
             Ok(failure) => failure.0,
             // A panic in the wrapper itself, not a libjpeg error: still the client's file that
-            // caused it, so still a decode error rather than a failed request.
-            Err(other) => other
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| other.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "the JPEG decoder failed".into()),
+            // caused it, so still a decode error rather than a failed request, but a bug to see.
+            Err(other) => {
+                let text = other
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| other.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "the JPEG decoder failed".into());
+                tracing::error!(panic = %text, "the JPEG decoder panicked on an upload");
+                text
+            }
         })),
     }
 }

@@ -498,12 +498,10 @@ pub(super) mod tests {
     fn declared_lengths_beyond_the_file_are_refused_before_parsing() {
         let px = || PrimitiveValue::U16(vec![1u16; 6].into());
         let huge = 0xFFFF_FFF0u32.to_le_bytes();
+        // The reason is `check_lengths`' own, so the file was refused before the parser ran.
         let refused = |bytes: &[u8]| {
-            let t = std::time::Instant::now();
             let e = decode(bytes, 100).unwrap_err();
             assert!(matches!(e, ImageError::Decode { ref reason, .. } if reason.contains("declares 4294967280 bytes")), "{e:?}");
-            // Generous: the point is not allocating 4 GB (which takes seconds), not speed.
-            assert!(t.elapsed() < std::time::Duration::from_secs(2));
         };
         for ts in [uids::EXPLICIT_VR_LITTLE_ENDIAN, uids::IMPLICIT_VR_LITTLE_ENDIAN] {
             let file = dicom_file(ts, 3, 2, 16, false, "MONOCHROME2", px(), vec![]);
@@ -536,10 +534,8 @@ pub(super) mod tests {
         let g = u32::from_le_bytes(bad[group..group + 4].try_into().unwrap()) - size as u32;
         bad[group..group + 4].copy_from_slice(&g.to_le_bytes());
         bad[last + 6..last + 8].copy_from_slice(&[0xF0, 0xFF]);
-        let t = std::time::Instant::now();
         let e = decode(&bad, 100).unwrap_err();
         assert!(matches!(e, ImageError::Decode { ref reason, .. } if reason.contains("(0002,0012) declares")), "{e:?}");
-        assert!(t.elapsed() < std::time::Duration::from_secs(2));
         // The item of the real CT slice's Other Patient IDs Sequence (Explicit VR).
         let ct = fixture("ct_small.dcm");
         assert!(decode(&ct, 1 << 20).is_ok());

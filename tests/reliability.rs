@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{golden, Server};
+use common::{golden, metric, Server};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -62,10 +62,6 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn metric(text: &str, line_start: &str) -> f64 {
-    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.split_whitespace().last()).map_or(0.0, |v| v.parse().unwrap())
 }
 
 #[derive(Debug)]

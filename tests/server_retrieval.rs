@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::Server;
+use common::{metric, Server};
 use serde_json::{json, Value};
 
 /// The fixture corpus indexed once per test process.
@@ -26,10 +26,6 @@ fn index_dir() -> PathBuf {
 async fn post(c: &reqwest::Client, url: String, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
     let r = c.post(url).json(body).send().await.unwrap();
     (r.status().as_u16(), r.headers().clone(), r.json().await.unwrap())
-}
-
-fn metric(text: &str, line_start: &str) -> f64 {
-    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.split_whitespace().last()).map_or(0.0, |v| v.parse().unwrap())
 }
 
 const QUESTION: &str = "A 70-year-old with community-acquired pneumonia, confusion and a respiratory rate of 32. Where should he be treated?\n\n(A) Home\n(B) Hospital ward or ICU";

@@ -76,6 +76,12 @@ impl Drop for Server {
     }
 }
 
+/// The value of the first line of a `/metrics` text that starts with `line_start` (a metric name
+/// with its labels), 0 when there is none.
+pub fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.split_whitespace().last()).map_or(0.0, |v| v.parse().unwrap())
+}
+
 pub fn golden() -> serde_json::Value {
     serde_json::from_str(include_str!("../golden/med-prm.json")).unwrap()
 }

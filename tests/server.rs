@@ -473,3 +473,46 @@ async fn every_request_is_counted_once_by_outcome() {
     assert_eq!(succeeded + failed, total);
     assert_eq!(value(&m, "medprm_request_failure{endpoint=\"score\",error_type=\"cancelled\"}"), 1.0);
 }
+
+#[tokio::test]
+async fn the_access_log_line_names_status_tokens_and_candidates_never_request_text() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let model = medprm::tools::testmodel::ensure().expect("test model");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_medprm"))
+        .args(["serve", "--model"])
+        .arg(&model)
+        .args(["--host", "127.0.0.1", "--port", "0", "--json-logs"])
+        .env("RUST_LOG", "medprm::access=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn medprm serve");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let base = first.trim().strip_prefix("medprm listening on ").expect("listen line").to_string();
+    let s = Server { child, url: base };
+    s.wait_ready().await;
+    let c = reqwest::Client::new();
+    let case = &raw_cases()[1];
+    let secret = "Zanzibar-7731";
+    let body = json!({"question": format!("{} {secret}", case["question"].as_str().unwrap()),
+                      "candidates": [{"solution": case["solution"]}, {"solution": case["solution"]}]});
+    let (st, h, _) = post(&c, s.url("/v1/rank"), &body).await;
+    assert_eq!(st, 200);
+    let tokens = h["x-compute-tokens"].to_str().unwrap().to_string();
+    let (st, _, _) = post(&c, s.url("/v1/rank"), &json!({"question": secret, "candidates": []})).await;
+    assert_eq!(st, 422);
+    s.terminate();
+    let mut s = s;
+    let mut log = String::new();
+    std::io::Read::read_to_string(s.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let lines: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v["target"] == "medprm::access").collect();
+    // The probes of `wait_ready` are 200s without tokens; the rank is the one scored 200.
+    let scored = lines.iter().find(|v| v["fields"]["status"] == 200 && v["fields"]["tokens"] != "-").unwrap_or_else(|| panic!("no access line for the rank: {log}"));
+    assert_eq!(scored["fields"]["candidates"], "2", "{scored}");
+    assert_eq!(scored["fields"]["tokens"], tokens.as_str(), "{scored}");
+    let refused = lines.iter().find(|v| v["fields"]["status"] == 422).unwrap_or_else(|| panic!("no access line for the 422: {log}"));
+    assert_eq!(refused["fields"]["candidates"], "-", "{refused}");
+    assert!(!log.contains(secret), "request text reached the log: {log}");
+}

@@ -137,4 +137,6 @@ pub struct Timings {
     pub inference: Duration,
     /// Tokens the forward passes computed (a shared prefix counted once).
     pub compute_tokens: usize,
+    /// Candidates (sequences) the request scored.
+    pub candidates: usize,
 }

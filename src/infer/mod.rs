@@ -174,6 +174,7 @@ impl Infer {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let entry = queue::Job { prompts, shared_prefix, enqueued: Instant::now(), reply: tx };
         timings.compute_tokens = entry.compute_tokens();
+        timings.candidates = n;
         self.metrics.input_tokens.observe(timings.compute_tokens as f64);
         self.queue.append(entry);
         // If this future is dropped (client gone), `rx` closes and the queue skips the job.

@@ -76,8 +76,8 @@ pub struct ServeConfig {
     #[arg(long, env = "MEDPRM_RETRIEVE_CACHE", default_value_t = 1024)]
     pub retrieve_cache: usize,
     /// Log as JSON lines (plain text otherwise, with colours only on a terminal). Either way one
-    /// `medprm::access` line per request at info: method, path, status, ms, compute tokens, never
-    /// request text.
+    /// `medprm::access` line per request at info: method, path, status, ms, compute tokens,
+    /// candidates, never request text.
     #[arg(long, env = "MEDPRM_JSON_LOGS")]
     pub json_logs: bool,
     /// After SIGTERM: seconds the requests in flight may take to finish; then the process exits

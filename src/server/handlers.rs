@@ -100,8 +100,13 @@ pub(crate) fn with_timing_headers(mut resp: Response, t: &Timings, start: Instan
     h.insert("x-inference-time", ms(t.inference));
     h.insert("x-total-time", ms(start.elapsed()));
     h.insert("x-compute-tokens", HeaderValue::from(t.compute_tokens));
+    resp.extensions_mut().insert(ScoredCandidates(t.candidates));
     resp
 }
+
+/// Candidates a scoring response covered, for the access log (a response extension: never sent).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScoredCandidates(pub usize);
 
 /// Runs a route's body and records its outcome in the metrics.
 pub(crate) async fn observed(

@@ -159,8 +159,9 @@ pub fn router(state: Arc<AppState>) -> Router {
                 // The access log: one line per request, never any request text.
                 .on_response(|resp: &Response, latency: Duration, _: &tracing::Span| {
                     let tokens = resp.headers().get("x-compute-tokens").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    let candidates = resp.extensions().get::<handlers::ScoredCandidates>().map_or_else(|| "-".to_string(), |c| c.0.to_string());
                     tracing::info!(target: "medprm::access", status = resp.status().as_u16(),
-                                   ms = format!("{:.1}", latency.as_secs_f64() * 1e3), tokens, "request");
+                                   ms = format!("{:.1}", latency.as_secs_f64() * 1e3), tokens, candidates = %candidates, "request");
                 })
                 // Error statuses are answers to clients (counted in medprm_request_failure), not
                 // server faults; backend failures are logged where they happen.

@@ -103,6 +103,16 @@ async fn rerank_routes_equal_rank_and_cohere_sdk_parses_them() {
         assert_eq!(r["text"], docs[*i as usize].as_str());
     }
 
+    // vLLM's bare `/rerank` path with `documents`: the Jina/Cohere shape, as on /v1/rerank.
+    let (st, v) = post(&c, s.url("/rerank"), &json!({"model": "m", "query": QUESTION, "documents": jina_docs, "top_n": 3})).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v.is_object() && v["results"].is_array(), "documents get the results object, not TEI's array: {v}");
+    for (r, (i, score)) in v["results"].as_array().unwrap().iter().zip(&want) {
+        assert_eq!(r["index"].as_u64().unwrap(), *i);
+        assert!(close(r["relevance_score"].as_f64().unwrap(), *score, 1e-6));
+        assert_eq!(r["document"]["text"], docs[*i as usize].as_str());
+    }
+
     // A wrong key is refused before any scoring.
     let r = c.post(s.url("/v2/rerank")).bearer_auth("nope").json(&json!({"query": "q", "documents": ["a"]})).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
@@ -212,6 +222,10 @@ async fn vllm_pooling_equals_reference_and_score() {
             assert!(close(neg + pos, 1.0, 1e-6));
         }
     }
+    // vLLM's `/v1` path is the same operation.
+    let (st, v1) = post(&c, s.url("/v1/pooling"), &json!({"model": "medprm", "input": [text, text]})).await;
+    assert_eq!(st, 200, "{v1}");
+    assert_eq!(v1["data"], r["data"], "/v1/pooling answers as /pooling");
     // The same content through /v1/score.
     let docs: Vec<String> = serde_json::from_value(case["related_docs"].clone()).unwrap();
     let steps: Vec<&str> = case["prm_processed_solution"].as_str().unwrap().split(" ки").map(str::trim).filter(|s| !s.is_empty()).collect();

@@ -19,7 +19,7 @@ use super::{auth, compat, error, handlers, AppState};
     info(title = "medprm", description = "Process reward model serving for medical reasoning: per-step rewards and Best-of-N ranking."),
     paths(handlers::score, handlers::rank, handlers::retrieve, handlers::health, handlers::ready, handlers::info, handlers::metrics,
           compat::openrlhf::get_reward, compat::rerank::rerank, compat::rerank::rerank_v1_doc, compat::rerank::rerank_bare_doc,
-          compat::pooling::pooling),
+          compat::pooling::pooling, compat::pooling::pooling_v1_doc),
     components(schemas(error::ErrorBody, compat::rerank::TeiRank, compat::pooling::VllmError)),
     tags((name = "scoring", description = "Step rewards and Best-of-N"), (name = "retrieval", description = "Guideline search"),
          (name = "operations", description = "Probes, info and metrics"),

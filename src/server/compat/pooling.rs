@@ -132,6 +132,12 @@ fn vllm_error(e: ApiError) -> Response {
     resp
 }
 
+/// Step rewards of caller-built prompts under vLLM's `/v1` path: the same operation as `/pooling`.
+#[utoipa::path(post, path = "/v1/pooling", request_body = PoolingRequest, tag = "compatibility",
+    responses((status = 200, description = "`[p_neg, p_pos]` per step tag of each input", body = PoolingResponse), PoolingErrors))]
+#[allow(dead_code)]
+fn pooling_v1_doc() {}
+
 /// Step rewards of caller-built prompts (vLLM `/pooling`, STEP pooling; also `/v1/pooling`).
 #[utoipa::path(post, path = "/pooling", request_body = PoolingRequest, tag = "compatibility",
     responses((status = 200, description = "`[p_neg, p_pos]` per step tag of each input", body = PoolingResponse), PoolingErrors))]

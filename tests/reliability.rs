@@ -370,3 +370,79 @@ fn short_soak_mixed_traffic_leaves_no_descriptor_behind() {
     assert!(std::fs::read_to_string(out.join("soak.svg")).unwrap().contains("RSS (MB)"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// VmRSS of a process in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn a_flood_of_over_limit_prompts_leaves_rss_at_its_baseline() {
+    // 8 clients send prompts of about 1.4 MB, far over --max-input-tokens, for 5 s (60 s long):
+    // every one gets 422, and the memory their bodies and token probes took is given back.
+    let s = Server::ready(&["--max-input-tokens", "512"]).await;
+    let c = reqwest::Client::new();
+    let step = "The patient has stage 3b chronic kidney disease with diabetes, so an ACE inhibitor is indicated.";
+    let big: Vec<&str> = (0..15_000).map(|_| step).collect();
+    let body = Arc::new(serde_json::to_vec(&json!({"question": "Q?", "steps": big})).unwrap());
+    let score = s.url("/v1/score");
+    let send = |c: reqwest::Client, body: Arc<Vec<u8>>, url: String| async move {
+        c.post(url).header("content-type", "application/json").body(body.as_ref().clone()).send().await.unwrap().status().as_u16()
+    };
+    // Baseline: warmed up by one valid request and a few refusals (buffers, allocator arenas).
+    let ok = c.post(&score).json(&json!({"question": "Q?", "steps": ["a"]})).send().await.unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    for _ in 0..4 {
+        assert_eq!(send(c.clone(), body.clone(), score.clone()).await, 422);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let baseline = rss_kib(s.child.id());
+    let secs = if long() { 60 } else { 5 };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    let mut peak = baseline;
+    for _ in 0..8 {
+        let (c, body, url, stop) = (c.clone(), body.clone(), score.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let st = send(c.clone(), body.clone(), url.clone()).await;
+                assert_eq!(st, 422, "an over-limit prompt is refused");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak = peak.max(rss_kib(s.child.id()));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut refused = 0;
+    for h in clients {
+        refused += h.await.unwrap();
+    }
+    // Back within 10% (or 16 MiB, whichever is larger) of the baseline once the server's
+    // trimming thread (every 5 s) has run: waited for up to 12 s.
+    let bound = baseline + (baseline / 10).max(16 * 1024);
+    let t = Instant::now();
+    let mut after = rss_kib(s.child.id());
+    while after > bound && t.elapsed() < Duration::from_secs(12) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = rss_kib(s.child.id());
+    }
+    let back_in = t.elapsed().as_secs_f64();
+    let ok = c.post(&score).json(&json!({"question": "Q?", "steps": ["a"]})).send().await.unwrap();
+    assert_eq!(ok.status().as_u16(), 200, "the server still scores");
+    eprintln!(
+        "reliability: over-limit flood, {secs} s, 8 clients: {refused} x 422 (1.4 MB bodies); server RSS {} MB at baseline, {} MB peak, {} MB {back_in:.1} s after",
+        baseline / 1024,
+        peak / 1024,
+        after / 1024
+    );
+    assert!(after <= bound, "RSS {after} KiB 12 s after the flood, baseline {baseline} KiB, bound {bound} KiB");
+}

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod error;
 pub mod handlers;
 pub mod router;
+mod trim;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,6 +80,7 @@ pub fn run(mut cfg: ServeConfig) -> anyhow::Result<()> {
         println!("medprm listening on http://{local}");
         tracing::info!(%local, "listening; loading the model");
         backend::start(state.clone());
+        trim::spawn();
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(shutdown_with_deadline(Duration::from_secs(state.cfg.shutdown_timeout_s), state.infer.metrics().clone(), tx));
         let limits = conn::ConnLimits {

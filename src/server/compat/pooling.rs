@@ -1,9 +1,11 @@
 //! vLLM's pooling protocol (`POST /pooling`, `/v1/pooling`) with STEP pooling: the caller has
 //! built the whole prompt (no template, no documents); every position holding the profile's
-//! step-tag token is scored, and each step answers `[p_neg, p_pos]` — what vLLM answers with
-//! `step_tag_id` = the tag and `returned_token_ids` = [negative label, positive label] (a softmax
-//! over those two logits, in that order). Errors on these routes use
-//! vLLM's shape, `{"error": {"message", "type", "param", "code"}}`.
+//! step-tag token is scored, and each step answers `[p_neg, p_pos]` — vLLM's order for a
+//! classifier-head PRM (Qwen2.5-Math-PRM), and for a label-token PRM configured with
+//! `returned_token_ids` = [negative label, positive label] (vLLM keeps that order and takes a
+//! softmax over the two; proto-docs/compat.md has the details and the common Math-Shepherd
+//! configuration that reverses it). Errors on these routes use vLLM's shape,
+//! `{"error": {"message", "type", "param", "code"}}`.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

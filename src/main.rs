@@ -173,6 +173,30 @@ enum BenchCommand {
         #[arg(long)]
         figures: Option<PathBuf>,
     },
+    /// llama.cpp's server (the pinned xllamacpp wheel, in process) and medprm's engine on the
+    /// same GGUF and the same prompt token ids, one after the other: prompt tokens/s and the ratio.
+    VsLlamacpp {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt length in tokens.
+        #[arg(long, default_value_t = 2048)]
+        tokens: usize,
+        /// Measured evaluations on each side (after one to warm up); the best counts.
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        /// llama.cpp's threads (medprm's matrix kernels use every core). Default: the cores.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Python with the xllamacpp wheel (`make llamacpp-venv`).
+        #[arg(long, env = "MEDPRM_LLAMACPP_PYTHON", default_value = "python3")]
+        python: PathBuf,
+        /// llama.cpp's side of the benchmark.
+        #[arg(long, default_value = "scripts/bench/llamacpp.py")]
+        script: PathBuf,
+        /// Also write the figures, with this command line, the date and the CPU, to this JSON file.
+        #[arg(long)]
+        figures: Option<PathBuf>,
+    },
     /// Load a running server with rank requests at several concurrency levels.
     Serve {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -389,6 +413,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if r.max_abs_diff > 1e-4 {
                 anyhow::bail!("scores differ from the reference by {:.2e} (> 1e-4)", r.max_abs_diff);
+            }
+        }
+        Command::Bench(BenchCommand::VsLlamacpp { model, tokens, iters, threads, python, script, figures }) => {
+            let engine = load_model(&model.options()?)?;
+            if engine.info.format.split_whitespace().next() != Some("gguf") {
+                anyhow::bail!("--model: llama.cpp reads GGUF files; {} is {}", model.model.display(), engine.info.format);
+            }
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let work = std::env::temp_dir().join(format!("medprm-vs-llamacpp-{}", std::process::id()));
+            let r = medprm::tools::bench::bench_vs_llamacpp(&engine, &model.model, tokens, iters, threads, &python, &script, &work);
+            let _ = std::fs::remove_dir_all(&work);
+            let r = r?;
+            println!("model              {} ({})", engine.info.model, engine.info.format);
+            println!("prompt             {} tokens (the same ids on both sides)", r.prompt_tokens);
+            println!("llama.cpp          {:.0} tokens/s ({})", r.llamacpp_tokens_per_s, r.llamacpp_info);
+            println!("medprm             {:.0} tokens/s ({} cores; gemm peak {:.1} GFLOP/s in this run)", r.medprm.tokens_per_s, threads, r.medprm.gemm_gflops);
+            println!("ratio              {:.2}x", r.medprm.tokens_per_s / r.llamacpp_tokens_per_s);
+            if let Some(path) = figures {
+                medprm::figures::write(&path, &serde_json::json!({
+                    "model": engine.info.model, "format": engine.info.format, "prompt_tokens": r.prompt_tokens, "threads": threads,
+                    "llamacpp_tokens_per_s": r.llamacpp_tokens_per_s, "llamacpp_info": r.llamacpp_info,
+                    "medprm_tokens_per_s": r.medprm.tokens_per_s, "medprm_gemm_gflops": r.medprm.gemm_gflops,
+                }))?;
             }
         }
         Command::Bench(BenchCommand::Serve { url, concurrency, requests, candidates, documents, api_key }) => {

@@ -242,3 +242,61 @@ pub fn best_of_n_flops(shape: crate::tools::testmodel::Shape, vocab: usize, n: u
     let medprm = p * per_token + attn(0.0, p) + n * (s * per_token + attn(p, p + s));
     (reference, medprm)
 }
+
+/// llama.cpp and medprm on the same GGUF and the same prompt token ids, one after the other.
+pub struct VsLlamaCpp {
+    pub prompt_tokens: usize,
+    /// llama.cpp's best prompt-processing rate over its runs (`timings.prompt_per_second`).
+    pub llamacpp_tokens_per_s: f64,
+    /// What the llama.cpp side reported about itself (version, threads, batch sizes).
+    pub llamacpp_info: String,
+    pub medprm: EngineBench,
+}
+
+/// Evaluates the prompt of [`bench_engine`] with llama.cpp (`script`, run by `python`: the
+/// pinned xllamacpp wheel, `threads` threads, no prompt cache) on `gguf`, then with medprm's
+/// engine, best of `iters` each. `work` holds the exchange files.
+pub fn bench_vs_llamacpp(
+    engine: &Engine,
+    gguf: &std::path::Path,
+    tokens: usize,
+    iters: usize,
+    threads: usize,
+    python: &std::path::Path,
+    script: &std::path::Path,
+    work: &std::path::Path,
+) -> Result<VsLlamaCpp> {
+    use crate::error::Error;
+    let prompt = synthetic_prompt(engine, tokens, 8)?;
+    std::fs::create_dir_all(work).map_err(|e| Error::bad_file(work, e))?;
+    let ids = work.join("prompt-ids.json");
+    let out = work.join("llamacpp.json");
+    std::fs::write(&ids, serde_json::to_string(&prompt.ids).expect("ids serialize")).map_err(|e| Error::bad_file(&ids, e))?;
+    let status = std::process::Command::new(python)
+        .arg(script)
+        .arg("--model")
+        .arg(gguf)
+        .arg("--prompt-ids")
+        .arg(&ids)
+        .args(["--threads", &threads.to_string(), "--iters", &iters.max(1).to_string()])
+        .arg("--out")
+        .arg(&out)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| Error::bad_file(python, e))?;
+    if !status.success() {
+        return Err(Error::Unsupported(format!("the llama.cpp script failed ({status}); `make llamacpp-venv` installs its Python")));
+    }
+    let text = std::fs::read_to_string(&out).map_err(|e| Error::bad_file(&out, e))?;
+    let theirs: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::bad_file(&out, e))?;
+    if theirs["prompt_tokens"].as_u64() != Some(prompt.ids.len() as u64) {
+        return Err(Error::bad_file(&out, format!("llama.cpp evaluated {} tokens, not {}", theirs["prompt_tokens"], prompt.ids.len())));
+    }
+    let medprm = bench_engine(engine, tokens, 1, iters)?;
+    Ok(VsLlamaCpp {
+        prompt_tokens: prompt.ids.len(),
+        llamacpp_tokens_per_s: theirs["tokens_per_s"].as_f64().ok_or_else(|| Error::bad_file(&out, "no tokens_per_s"))?,
+        llamacpp_info: theirs["info"].as_str().unwrap_or_default().to_string(),
+        medprm,
+    })
+}

@@ -343,13 +343,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(mib) = peak_rss_mib {
                 println!("peak RSS         {mib:.0} MiB");
             }
+            if let Some(f) = r.minor_faults_per_forward {
+                println!("page faults      {f:.0} minor faults per forward ({:.0} MiB of fresh pages)", f * 4096.0 / 1048576.0);
+            }
             if let Some(path) = figures {
                 medprm::figures::write(&path, &serde_json::json!({
                     "model": engine.info.model, "format": engine.info.format, "gguf_matmul": model.gguf_matmul,
                     "attention": if generic_attention { "generic" } else { "cpu_kernels" },
                     "prompt_tokens": r.prompt_tokens, "batch": r.batch, "iters": iters, "seconds": r.seconds,
                     "tokens_per_s": r.tokens_per_s, "model_gflops": r.model_gflops, "gemm_gflops": r.gemm_gflops,
-                    "peak_rss_mib": peak_rss_mib,
+                    "peak_rss_mib": peak_rss_mib, "minor_faults_per_forward": r.minor_faults_per_forward,
                 }))?;
             }
         }

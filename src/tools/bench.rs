@@ -32,6 +32,16 @@ pub struct EngineBench {
     pub seconds: f64,
     pub tokens_per_s: f64,
     pub model_gflops: f64,
+    /// Minor page faults of the process per measured forward pass (fresh pages the kernel
+    /// mapped and cleared); `None` off Linux.
+    pub minor_faults_per_forward: Option<f64>,
+}
+
+/// Minor page faults of this process so far (field 10 of /proc/self/stat).
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: count from after its closing parenthesis.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(7)?.parse().ok()
 }
 
 pub fn bench_engine(engine: &Engine, tokens: usize, batch: usize, iters: usize) -> Result<EngineBench> {
@@ -41,11 +51,13 @@ pub fn bench_engine(engine: &Engine, tokens: usize, batch: usize, iters: usize) 
     let prompts: Vec<&Prompt> = (0..batch).map(|_| &prompt).collect();
     let _ = engine.score(&prompts)?; // warm up
     let mut best = f64::MAX;
+    let faults_before = minor_faults();
     for _ in 0..iters.max(1) {
         let t = Instant::now();
         let _ = engine.score(&prompts)?;
         best = best.min(t.elapsed().as_secs_f64());
     }
+    let minor_faults_per_forward = faults_before.zip(minor_faults()).map(|(a, b)| (b - a) as f64 / iters.max(1) as f64);
     let n = prompt.ids.len() * batch;
     // Linear layers plus attention (q·k and p·v over the causal half).
     let c = engine.model.cfg();
@@ -58,6 +70,7 @@ pub fn bench_engine(engine: &Engine, tokens: usize, batch: usize, iters: usize) 
         seconds: best,
         tokens_per_s: n as f64 / best,
         model_gflops: flops / best / 1e9,
+        minor_faults_per_forward,
     })
 }
 

@@ -181,9 +181,12 @@ enum BenchCommand {
         /// Prompt length in tokens.
         #[arg(long, default_value_t = 2048)]
         tokens: usize,
-        /// Measured evaluations on each side (after one to warm up); the best counts.
+        /// Measured evaluations on each side per round (after one to warm up); the best counts.
         #[arg(long, default_value_t = 3)]
         iters: usize,
+        /// Rounds of llama.cpp then medprm; each side's best round counts.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
         /// llama.cpp's threads (medprm's matrix kernels use every core). Default: the cores.
         #[arg(long)]
         threads: Option<usize>,
@@ -418,14 +421,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("scores differ from the reference by {:.2e} (> 1e-4)", r.max_abs_diff);
             }
         }
-        Command::Bench(BenchCommand::VsLlamacpp { model, tokens, iters, threads, python, script, figures }) => {
+        Command::Bench(BenchCommand::VsLlamacpp { model, tokens, iters, rounds, threads, python, script, figures }) => {
             let engine = load_model(&model.options()?)?;
             if engine.info.format.split_whitespace().next() != Some("gguf") {
                 anyhow::bail!("--model: llama.cpp reads GGUF files; {} is {}", model.model.display(), engine.info.format);
             }
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let work = std::env::temp_dir().join(format!("medprm-vs-llamacpp-{}", std::process::id()));
-            let r = medprm::tools::bench::bench_vs_llamacpp(&engine, &model.model, tokens, iters, threads, &python, &script, &work);
+            let r = medprm::tools::bench::bench_vs_llamacpp(&engine, &model.model, tokens, iters, rounds, threads, &python, &script, &work);
             let _ = std::fs::remove_dir_all(&work);
             let r = r?;
             println!("model              {} ({})", engine.info.model, engine.info.format);
@@ -435,7 +438,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("ratio              {:.2}x", r.medprm.tokens_per_s / r.llamacpp_tokens_per_s);
             if let Some(path) = figures {
                 medprm::figures::write(&path, &serde_json::json!({
-                    "model": engine.info.model, "format": engine.info.format, "prompt_tokens": r.prompt_tokens, "threads": threads,
+                    "model": engine.info.model, "format": engine.info.format, "prompt_tokens": r.prompt_tokens, "threads": threads, "rounds": rounds, "iters": iters,
                     "llamacpp_tokens_per_s": r.llamacpp_tokens_per_s, "llamacpp_info": r.llamacpp_info,
                     "medprm_tokens_per_s": r.medprm.tokens_per_s, "medprm_gemm_gflops": r.medprm.gemm_gflops,
                 }))?;

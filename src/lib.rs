@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod image;
 pub mod infer;
+pub mod label;
 pub mod metrics;
 pub mod model;
 pub mod profile;

@@ -423,3 +423,66 @@ async fn bad_input_fails_before_any_request() {
     }
     assert_eq!(rec.count.load(Ordering::SeqCst), 0, "no request was sent");
 }
+
+/// Adaptive mode spends fewer rollouts than fixed K on the same solutions: unanimous steps stop
+/// at 8 of 16 rollouts, and a wrong solution's first error is found by bisection. The policy
+/// answers A (correct) unless the prefix holds the erroneous step. `--compare-adaptive` labels
+/// both ways from the same requests and writes the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_spends_fewer_rollouts_than_fixed_k() {
+    let h: Handler = Arc::new(|path, body, _| match path {
+        "/v1/models" => models(),
+        "/v1/completions" => {
+            let a = if body["prompt"].as_str().unwrap().contains("ERROR") { "B" } else { "A" };
+            completion(body["n"].as_u64().unwrap() as usize, &format!(" The answer is {a}."))
+        }
+        _ => chat("Step 1: +\nStep 2: +\nStep 3: -\nStep 4: -\nStep 5: -"),
+    });
+    let (url, rec) = start_fake(None, Some(h)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(
+        dir.path(),
+        json!([
+            {"question": "Right?", "correct_answer": "A", "steps": ["Step 1: a", "Step 2: b", "Step 3: c", "Step 4: The answer is A."]},
+            {"question": "Wrong?", "correct_answer": "A", "steps": ["Step 1: a", "Step 2: b", "Step 3: ERROR", "Step 4: c", "Step 5: The answer is B."]},
+        ]),
+    );
+    let (out, db, cmp) = (dir.path().join("o.jsonl"), dir.path().join("d.sqlite"), dir.path().join("cmp.json"));
+    let o = run_label(s(&[
+        "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--db", db.to_str().unwrap(), "--policy-url", &url,
+        "--judge-url", &url, "--rollouts", "16", "--n-per-request", "4", "--quiet", "--compare-adaptive", cmp.to_str().unwrap(),
+    ]))
+    .await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let c: Value = serde_json::from_str(&std::fs::read_to_string(&cmp).unwrap()).unwrap();
+    // Fixed: 16 rollouts for each of 3 + 4 steps before the last.
+    assert_eq!(c["fixed"]["rollouts"], 112);
+    // Adaptive: 3 × 8 (unanimous), and the bisection rolls out steps 3 and 2 (8 each).
+    assert_eq!(c["adaptive"]["rollouts"], 40, "{c}");
+    assert_eq!(c["agreement"]["hard"], 1.0, "{c}");
+    assert_eq!(c["agreement"]["hybrid"], 1.0, "{c}");
+    assert_eq!(c["adaptive_step_sources"], json!({"final_answer": 2, "inferred_after_first_error": 1, "inferred_before_first_error": 1, "rollouts": 5}));
+    let completions = rec.seen.lock().unwrap().iter().filter(|s| s.path == "/v1/completions").count();
+    assert_eq!(completions, 28, "the adaptive pass reuses the fixed run's requests");
+    assert!(err.contains("adaptive vs fixed: 2 solutions, 9 steps: adaptive used 40 of 112 rollouts"), "{err}");
+
+    // The adaptive labels themselves, in a run of their own.
+    let (out2, db2) = (dir.path().join("a.jsonl"), dir.path().join("a.sqlite"));
+    let o = run_label(s(&[
+        "--input", input.to_str().unwrap(), "--out", out2.to_str().unwrap(), "--db", db2.to_str().unwrap(), "--policy-url", &url,
+        "--judge-url", &url, "--rollouts", "16", "--n-per-request", "4", "--quiet", "--adaptive",
+    ]))
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = lines(&out2);
+    assert_eq!(got[0]["prm_soft_label"], json!([1.0, 1.0, 1.0, 1.0]));
+    assert_eq!(got[1]["prm_hard_label"], json!([1, 1, 0, 0, 0]));
+    assert_eq!(got[1]["prm_soft_label"], json!([1.0, 1.0, 0.0, 0.0, 0.0]));
+    assert_eq!(got[1]["provenance"]["mode"], "adaptive");
+    assert_eq!(got[1]["provenance"]["first_error"], 2);
+    let src: Vec<&str> = got[1]["provenance"]["steps"].as_array().unwrap().iter().map(|s| s["mc_source"].as_str().unwrap()).collect();
+    assert_eq!(src, ["inferred_before_first_error", "rollouts", "rollouts", "inferred_after_first_error", "final_answer"]);
+    assert_eq!(got[1]["provenance"]["steps"][0]["rollouts"], 0);
+    assert_eq!(got[1]["provenance"]["steps"][1]["rollouts"], 8);
+}

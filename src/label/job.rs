@@ -167,6 +167,10 @@ pub struct RunArgs {
     pub price_per_mtok: f64,
     pub adaptive: bool,
     pub progress: bool,
+    /// Then label the same solutions adaptively from the store and write the comparison here.
+    pub compare_adaptive: Option<PathBuf>,
+    /// The command line (recorded in the comparison).
+    pub command: String,
 }
 
 /// The item ids already in a JSONL output (lines that do not parse are dropped by the rewrite).
@@ -298,7 +302,8 @@ async fn run_async(args: RunArgs, cfg: LabelConfig, items: Vec<Arc<Item>>, evide
 
     // Evidence once per question, on a blocking thread (search and tokenizer).
     let mut evidence: std::collections::HashMap<usize, Arc<Vec<Evidence>>> = Default::default();
-    for it in &pending {
+    let need = if args.compare_adaptive.is_some() { &items } else { &pending };
+    for it in need {
         let qi = it.question.index;
         if let std::collections::hash_map::Entry::Vacant(e) = evidence.entry(qi) {
             let (src, q) = (evidence_source.clone(), it.question.clone());
@@ -380,5 +385,9 @@ async fn run_async(args: RunArgs, cfg: LabelConfig, items: Vec<Arc<Item>>, evide
         cost: budget.cost(),
         price_per_mtok: args.price_per_mtok,
     };
+    if let Some(path) = &args.compare_adaptive {
+        let line = super::compare::compare(&ctx, &items, &evidence, path, &args.command).await?;
+        eprintln!("adaptive vs fixed: {line}");
+    }
     Ok(summary)
 }

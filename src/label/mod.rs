@@ -5,6 +5,7 @@
 //! published training set's layout ([`output`]) and `label_items`, the review queue.
 
 pub mod client;
+pub mod compare;
 pub mod evidence;
 pub mod hybrid;
 pub mod input;
@@ -122,6 +123,11 @@ pub struct LabelArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// After the fixed-K run, label the same solutions in adaptive mode from the same store (the
+    /// same rollout requests: nothing new is sent) and write rollouts, requests and tokens spent
+    /// by each mode and the agreement of their hard, soft and hybrid labels to this JSON file.
+    #[arg(long, conflicts_with = "adaptive")]
+    pub compare_adaptive: Option<PathBuf>,
 }
 
 fn check_name(n: &str) -> Result<()> {
@@ -195,6 +201,8 @@ impl LabelArgs {
             price_per_mtok: self.price_per_mtok,
             adaptive: self.adaptive,
             progress: !self.quiet,
+            compare_adaptive: self.compare_adaptive,
+            command: std::iter::once("medprm".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
         };
         Ok((run, cfg))
     }

@@ -486,3 +486,43 @@ async fn adaptive_spends_fewer_rollouts_than_fixed_k() {
     assert_eq!(got[1]["provenance"]["steps"][0]["rollouts"], 0);
     assert_eq!(got[1]["provenance"]["steps"][1]["rollouts"], 8);
 }
+
+/// `--max-requests` stops the run cleanly (exit 0, what is left named); the next run finishes
+/// from the stored answers; the estimated cost follows `--price-per-mtok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_stops_cleanly_and_the_next_run_finishes() {
+    let h: Handler = Arc::new(|path, body, _| match path {
+        "/v1/models" => models(),
+        "/v1/completions" => completion(body["n"].as_u64().unwrap() as usize, " The answer is A."),
+        _ => chat("Step 1: +\nStep 2: +"),
+    });
+    let (url, rec) = start_fake(None, Some(h)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), json!([two_step("One?", "A"), two_step("Two?", "A"), two_step("Three?", "A")]));
+    let (out, db) = (dir.path().join("o.jsonl"), dir.path().join("d.sqlite"));
+    let args = s(&[
+        "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--db", db.to_str().unwrap(), "--policy-url", &url,
+        "--judge-url", &url, "--rollouts", "2", "--n-per-request", "2", "--concurrency", "1", "--quiet", "--price-per-mtok", "2",
+    ]);
+    let mut first = args.clone();
+    first.extend(s(&["--max-requests", "3"]));
+    let o = run_label(first).await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("--max-requests 3 reached: ") && err.contains("solutions left for the next run"), "{err}");
+    assert_eq!(rec.posts.load(Ordering::SeqCst), 3, "no request beyond the limit");
+    let done = lines(&out).len();
+    assert!(done < 3, "{err}");
+    let o = run_label(args).await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(lines(&out).len(), 3);
+    // Three solutions need six requests (a rollout batch and a verdict each): none is sent twice.
+    assert_eq!(rec.posts.load(Ordering::SeqCst), 6, "{err}");
+    // The second run's own tokens: 10 + 5 per rollout batch, 20 + 6 per verdict, at $2/M.
+    let sent_tokens: u64 = 3 * 15 + 3 * 26 - {
+        let seen = rec.seen.lock().unwrap();
+        seen[..3].iter().map(|s| if s.path == "/v1/completions" { 15 } else { 26 }).sum::<u64>()
+    };
+    assert!(err.contains(&format!("estimated cost: ${:.4} at $2/M tokens", sent_tokens as f64 * 2.0 / 1e6)), "{err}");
+}

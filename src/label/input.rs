@@ -126,8 +126,17 @@ fn record_items(rec: &Value, ri: usize, stem: &str, base: &Path) -> Result<Vec<I
         options,
         correct_answer,
         related_docs: string_list(rec.get("related_docs"), &field("related_docs"))?,
+        images_json: match rec.get("images").and_then(|v| v.as_array()) {
+            // `{media_type, path}` with the media type resolved as `medprm score` does.
+            Some(list) => Value::Array(
+                list.iter()
+                    .zip(&images)
+                    .map(|(given, im)| serde_json::json!({"media_type": im.media_type, "path": given.get("path").cloned().unwrap_or(Value::Null)}))
+                    .collect(),
+            ),
+            None => Value::Null,
+        },
         images,
-        images_json: rec.get("images").cloned().unwrap_or(Value::Null),
     });
     let item = |si: usize, preamble: Option<String>, steps: Vec<String>, sol: &Value, f: String| -> Result<Item> {
         if steps.is_empty() {
@@ -200,6 +209,21 @@ mod tests {
         assert_eq!(items[2].tagged_steps(), vec!["Step 1: z ки", "Step 2: The answer is A. ки"]);
         assert_eq!(items[2].question.sample_id, serde_json::json!(7));
         assert_eq!(items[2].question.data_source, "unknown");
+    }
+
+    #[test]
+    fn images_go_to_chat_as_data_urls() {
+        let img = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/images");
+        let png = std::fs::read_dir(&img).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "png")).unwrap();
+        let (_d, p) = write(&serde_json::json!([{"question": "Q?", "correct_answer": "A", "images": [{"path": png}], "steps": ["Step 1: x", "Step 2: y"]}]).to_string());
+        let items = read_items(&p).unwrap();
+        assert_eq!(items[0].question.images_json[0]["media_type"], "image/png");
+        let m = crate::label::rollout::chat_messages(&items[0], 0);
+        let url = m[0]["content"][1]["image_url"]["url"].as_str().unwrap();
+        assert!(url.starts_with("data:image/png;base64,iVBOR"), "{}", &url[..40]);
+        assert_eq!(m[1]["content"], "Step 1: x\n");
+        let j = crate::label::judge::messages(&items[0], &[]);
+        assert_eq!(j[1]["content"][1]["type"], "image_url");
     }
 
     #[test]

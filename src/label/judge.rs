@@ -54,7 +54,7 @@ pub fn messages(item: &Item, evidence: &[Evidence]) -> Value {
     user.push_str(&format!(
         "\nGrade all {n} steps. Reply with exactly {n} lines, one per step in order, each `Step k: +` if step k is correct or `Step k: -` if it is incorrect, and nothing else."
     ));
-    json!([{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}])
+    json!([{"role": "system", "content": SYSTEM}, {"role": "user", "content": super::rollout::user_content(item, user)}])
 }
 
 /// Verdicts read from a judge's answer for `n` steps: `Ok` when every step has exactly one

@@ -101,19 +101,23 @@ pub fn completion_prompt(item: &Item, step: usize) -> String {
 /// The chat messages for a step prefix: instructions and question (with images as data URLs),
 /// then the solution so far as the assistant's turn to continue.
 pub fn chat_messages(item: &Item, step: usize) -> Value {
-    use base64::Engine as _;
     let text = format!("{INSTRUCTIONS}\n\nQuestion: {}", question_text(item));
-    let user = if item.question.images.is_empty() {
-        json!(text)
-    } else {
-        let mut parts = vec![json!({"type": "text", "text": text})];
-        for im in &item.question.images {
-            let url = format!("data:{};base64,{}", im.media_type, base64::engine::general_purpose::STANDARD.encode(im.bytes.as_slice()));
-            parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
-        }
-        json!(parts)
-    };
-    json!([{"role": "user", "content": user}, {"role": "assistant", "content": prefix(item, step)}])
+    json!([{"role": "user", "content": user_content(item, text)}, {"role": "assistant", "content": prefix(item, step)}])
+}
+
+/// A user turn's content: the text alone, or the text and the record's images as OpenAI
+/// `image_url` parts (data URLs).
+pub fn user_content(item: &Item, text: String) -> Value {
+    use base64::Engine as _;
+    if item.question.images.is_empty() {
+        return json!(text);
+    }
+    let mut parts = vec![json!({"type": "text", "text": text})];
+    for im in &item.question.images {
+        let url = format!("data:{};base64,{}", im.media_type, base64::engine::general_purpose::STANDARD.encode(im.bytes.as_slice()));
+        parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+    }
+    json!(parts)
 }
 
 /// One batch of rollouts: the continuations' texts (from the store when it has them).
@@ -124,14 +128,6 @@ async fn batch(ctx: &Ctx, item: &Item, step: usize, j: usize, n: usize) -> Resul
         "model": ctx.policy.model, "prompt": completion_prompt(item, step), "n": n, "max_tokens": cfg.max_tokens,
         "temperature": cfg.temperature, "seed": seed, "stop": ["\nQuestion:"],
     });
-    let key = request_key("rollout", &ctx.policy.base, &body);
-    if let Some(c) = ctx.store.get(&key).map_err(|e| CallError::Stopped(format!("store: {e}")))? {
-        if let Ok(texts) = serde_json::from_value::<Vec<String>>(c.response["texts"].clone()) {
-            ctx.policy.stats.cached.fetch_add(1, Ordering::SeqCst);
-            return Ok((texts, c.prompt_tokens + c.completion_tokens));
-        }
-    }
-    let check = |v: &Value| choice_texts(v);
     let chat = || {
         let mut b = body.clone();
         let o = b.as_object_mut().expect("an object");
@@ -139,7 +135,17 @@ async fn batch(ctx: &Ctx, item: &Item, step: usize, j: usize, n: usize) -> Resul
         o.insert("messages".into(), chat_messages(item, step));
         b
     };
-    let (texts, answer, endpoint) = if ctx.policy.chat_only() || !item.question.images.is_empty() {
+    // The images are in the chat body only: a record with images is keyed by it.
+    let with_images = !item.question.images.is_empty();
+    let key = request_key("rollout", &ctx.policy.base, &if with_images { chat() } else { body.clone() });
+    if let Some(c) = ctx.store.get(&key).map_err(|e| CallError::Stopped(format!("store: {e}")))? {
+        if let Ok(texts) = serde_json::from_value::<Vec<String>>(c.response["texts"].clone()) {
+            ctx.policy.stats.cached.fetch_add(1, Ordering::SeqCst);
+            return Ok((texts, c.prompt_tokens + c.completion_tokens));
+        }
+    }
+    let check = |v: &Value| choice_texts(v);
+    let (texts, answer, endpoint) = if ctx.policy.chat_only() || with_images {
         let (t, a) = ctx.policy.post("/v1/chat/completions", &chat(), check).await?;
         (t, a, "chat")
     } else {

@@ -153,6 +153,8 @@ pub async fn label_item(ctx: Arc<Ctx>, item: Arc<Item>, evidence: Arc<Vec<Eviden
 /// The run's arguments beyond [`LabelConfig`].
 pub struct RunArgs {
     pub input: PathBuf,
+    /// Only the first N records.
+    pub records: Option<usize>,
     pub out: PathBuf,
     pub db: PathBuf,
     pub policy_url: String,
@@ -245,7 +247,11 @@ fn stage_row(s: &Stats) -> [u64; 6] {
 
 /// Runs the job. Every record is checked, and the store and index opened, before any request.
 pub fn run(args: RunArgs, cfg: LabelConfig) -> Result<Summary> {
-    let items: Vec<Arc<Item>> = super::input::read_items(&args.input)?.into_iter().map(Arc::new).collect();
+    let items: Vec<Arc<Item>> = super::input::read_items(&args.input)?
+        .into_iter()
+        .filter(|it| args.records.is_none_or(|n| it.question.index < n))
+        .map(Arc::new)
+        .collect();
     let index = match &args.index {
         Some((dir, k, mode)) => {
             crate::retrieval::check_k(*k, "--retrieve-k")?;

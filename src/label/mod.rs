@@ -28,6 +28,9 @@ pub struct LabelArgs {
     /// ({question, options, steps, correct_answer}); JSON array, one object or JSONL.
     #[arg(long)]
     pub input: PathBuf,
+    /// Label only the first N records of the input (all are still checked).
+    #[arg(long)]
+    pub records: Option<usize>,
     /// Output JSONL, one labelled solution a line (the published training set's fields, then
     /// item_id, hybrid_label, hybrid_confidence, label_source, evidence, provenance).
     #[arg(long)]
@@ -183,6 +186,7 @@ impl LabelArgs {
         };
         let run = job::RunArgs {
             input: self.input,
+            records: self.records,
             out: self.out,
             db: self.db,
             policy_url: self.policy_url,

@@ -21,6 +21,9 @@ pub enum CallError {
     /// A refusal that a retry would not change (400, 401, ...).
     #[error("{url}: HTTP {status}: {body}")]
     Refused { url: String, status: u16, body: String },
+    /// The label store could not be read or written, or a task of the job failed.
+    #[error("{0}")]
+    Store(String),
     /// Every attempt failed (the last reason).
     #[error("{url}: gave up after {attempts} attempts: {last}")]
     Exhausted { url: String, attempts: u32, last: String },

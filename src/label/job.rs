@@ -78,7 +78,7 @@ async fn judge(ctx: &Ctx, name: &str, ep: &Endpoint, item: &Item, evidence: &[Ev
         let body = json!({"model": ep.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens,
                           "seed": ctx.cfg.seed.wrapping_add(attempt as u64)});
         let key = request_key(&format!("judge:{name}"), &ep.base, &body);
-        let raw = match ctx.store.get(&key).map_err(|e| CallError::Stopped(format!("store: {e}")))? {
+        let raw = match ctx.store.get(&key).map_err(|e| CallError::Store(format!("label store: {e}")))? {
             Some(c) if c.response["text"].is_string() => {
                 ep.stats.cached.fetch_add(1, Ordering::SeqCst);
                 c.response["text"].as_str().unwrap_or_default().to_string()
@@ -88,7 +88,7 @@ async fn judge(ctx: &Ctx, name: &str, ep: &Endpoint, item: &Item, evidence: &[Ev
                 let (p, c) = super::client::usage_of(&answer);
                 let text = texts.into_iter().next().unwrap_or_default();
                 let cached = Cached { response: json!({"text": text}), prompt_tokens: p, completion_tokens: c };
-                ctx.store.put(&key, &format!("judge:{name}"), &item.item_id, None, &cached).map_err(|e| CallError::Stopped(format!("store: {e}")))?;
+                ctx.store.put(&key, &format!("judge:{name}"), &item.item_id, None, &cached).map_err(|e| CallError::Store(format!("label store: {e}")))?;
                 text
             }
         };

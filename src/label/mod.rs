@@ -158,7 +158,7 @@ impl LabelArgs {
         if !(self.adaptive_z.is_finite() && self.adaptive_z > 0.0) {
             return Err(Error::input("--adaptive-z", "must be positive"));
         }
-        if !(self.timeout.is_finite() && self.timeout > 0.0) || !(self.backoff.is_finite() && self.backoff >= 0.0) {
+        if !(self.timeout.is_finite() && self.timeout > 0.0 && self.backoff.is_finite() && self.backoff >= 0.0) {
             return Err(Error::input("--timeout/--backoff", "must be positive numbers"));
         }
         if self.judge_name.len() > self.judge_url.len() || self.judge_model.len() > self.judge_url.len() {

@@ -138,7 +138,7 @@ async fn batch(ctx: &Ctx, item: &Item, step: usize, j: usize, n: usize) -> Resul
     // The images are in the chat body only: a record with images is keyed by it.
     let with_images = !item.question.images.is_empty();
     let key = request_key("rollout", &ctx.policy.base, &if with_images { chat() } else { body.clone() });
-    if let Some(c) = ctx.store.get(&key).map_err(|e| CallError::Stopped(format!("store: {e}")))? {
+    if let Some(c) = ctx.store.get(&key).map_err(|e| CallError::Store(format!("label store: {e}")))? {
         if let Ok(texts) = serde_json::from_value::<Vec<String>>(c.response["texts"].clone()) {
             ctx.policy.stats.cached.fetch_add(1, Ordering::SeqCst);
             return Ok((texts, c.prompt_tokens + c.completion_tokens));
@@ -161,7 +161,7 @@ async fn batch(ctx: &Ctx, item: &Item, step: usize, j: usize, n: usize) -> Resul
     };
     let (p, c) = super::client::usage_of(&answer);
     let cached = Cached { response: json!({"texts": texts, "endpoint": endpoint}), prompt_tokens: p, completion_tokens: c };
-    ctx.store.put(&key, "rollout", &item.item_id, Some(step), &cached).map_err(|e| CallError::Stopped(format!("store: {e}")))?;
+    ctx.store.put(&key, "rollout", &item.item_id, Some(step), &cached).map_err(|e| CallError::Store(format!("label store: {e}")))?;
     Ok((texts, p + c))
 }
 
@@ -228,7 +228,7 @@ pub async fn estimate(ctx: Arc<Ctx>, item: Arc<Item>, adaptive: bool) -> Result<
     out[n - 1] = Some(last);
     let mut first_err = None;
     while let Some(r) = set.join_next().await {
-        let (step, r) = r.map_err(|e| CallError::Stopped(format!("rollout task: {e}")))?;
+        let (step, r) = r.map_err(|e| CallError::Store(format!("rollout task: {e}")))?;
         match r {
             Ok(m) => out[step] = Some(m),
             Err(e) => {

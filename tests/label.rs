@@ -526,3 +526,30 @@ async fn max_requests_stops_cleanly_and_the_next_run_finishes() {
     };
     assert!(err.contains(&format!("estimated cost: ${:.4} at $2/M tokens", sent_tokens as f64 * 2.0 / 1e6)), "{err}");
 }
+
+/// A server that refuses `n` > 1 (400) gets one rollout per request and the labels still rest
+/// on K rollouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_n_gets_one_rollout_per_request() {
+    let h: Handler = Arc::new(|path, body, _| match path {
+        "/v1/models" => models(),
+        "/v1/completions" if body["n"].as_u64() != Some(1) => (StatusCode::BAD_REQUEST, "n must be 1").into_response(),
+        "/v1/completions" => completion(1, " The answer is A."),
+        _ => chat("Step 1: +\nStep 2: +"),
+    });
+    let (url, rec) = start_fake(None, Some(h)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), json!([two_step("Which?", "A")]));
+    let (out, db) = (dir.path().join("o.jsonl"), dir.path().join("d.sqlite"));
+    let o = run_label(s(&[
+        "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--db", db.to_str().unwrap(), "--policy-url", &url,
+        "--judge-url", &url, "--rollouts", "3", "--n-per-request", "3", "--quiet",
+    ]))
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = &lines(&out)[0];
+    assert_eq!(got["provenance"]["steps"][0]["rollouts"], 3);
+    assert_eq!(got["prm_soft_label"], json!([1.0, 1.0]));
+    let comp: Vec<u64> = rec.seen.lock().unwrap().iter().filter(|s| s.path == "/v1/completions").map(|s| s.body["n"].as_u64().unwrap()).collect();
+    assert_eq!(comp, vec![3, 1, 1, 1], "one refused request, then one rollout per request");
+}

@@ -120,6 +120,8 @@ pub struct Endpoint {
     pub stats: Stats,
     /// 0 unknown, 1 `/v1/completions` answers, 2 it does not (use chat).
     completions: AtomicU8,
+    /// The endpoint refused `n` > 1: one choice per request.
+    single: std::sync::atomic::AtomicBool,
 }
 
 /// The usage of an answer: (prompt, completion) tokens.
@@ -158,6 +160,7 @@ impl Endpoint {
             budget,
             stats: Stats::default(),
             completions: AtomicU8::new(0),
+            single: Default::default(),
         }
     }
 
@@ -182,6 +185,17 @@ impl Endpoint {
     pub fn mark_chat_only(&self) {
         if self.completions.swap(2, Ordering::SeqCst) != 2 {
             tracing::warn!("{}: {}/v1/completions is absent: rollouts go through chat completions with an assistant prefill", self.stage, self.base);
+        }
+    }
+
+    /// Whether the endpoint refused `n` > 1.
+    pub fn single_choice(&self) -> bool {
+        self.single.load(Ordering::SeqCst)
+    }
+
+    pub fn mark_single_choice(&self) {
+        if !self.single.swap(true, Ordering::SeqCst) {
+            tracing::warn!("{}: {} refused `n` > 1: one rollout per request from now on", self.stage, self.base);
         }
     }
 

@@ -68,7 +68,8 @@ pub struct LabelArgs {
     /// Rollouts per step (K; the published set used 16). In adaptive mode, the most per step.
     #[arg(long, default_value_t = 16)]
     pub rollouts: usize,
-    /// Rollouts asked for in one request (`n`); a server that returns fewer is asked again.
+    /// Rollouts asked for in one request (`n`); a server that returns fewer is asked again, one
+    /// that refuses `n` > 1 (400/422) gets one per request.
     #[arg(long, default_value_t = 4)]
     pub n_per_request: usize,
     /// Sampling temperature of the rollouts.

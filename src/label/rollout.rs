@@ -145,18 +145,30 @@ async fn batch(ctx: &Ctx, item: &Item, step: usize, j: usize, n: usize) -> Resul
         }
     }
     let check = |v: &Value| choice_texts(v);
-    let (texts, answer, endpoint) = if ctx.policy.chat_only() || with_images {
-        let (t, a) = ctx.policy.post("/v1/chat/completions", &chat(), check).await?;
-        (t, a, "chat")
-    } else {
-        match ctx.policy.post("/v1/completions", &body, check).await {
-            Ok((t, a)) => (t, a, "completions"),
-            Err(CallError::NotFound { .. }) => {
-                ctx.policy.mark_chat_only();
-                let (t, a) = ctx.policy.post("/v1/chat/completions", &chat(), check).await?;
-                (t, a, "chat")
-            }
-            Err(e) => return Err(e),
+    // The body actually sent: `n` 1 once the endpoint refused `n` > 1 (the key stays the batch's).
+    let sent = |b: Value| {
+        let mut b = b;
+        if ctx.policy.single_choice() {
+            b["n"] = json!(1);
+        }
+        b
+    };
+    let send = |b: Value| async move {
+        let chat = ctx.policy.chat_only() || with_images;
+        let path = if chat { "/v1/chat/completions" } else { "/v1/completions" };
+        let r = ctx.policy.post(path, &b, check).await;
+        (r, if chat { "chat" } else { "completions" })
+    };
+    let mut attempt = 0;
+    let (texts, answer, endpoint) = loop {
+        attempt += 1;
+        let b = sent(if ctx.policy.chat_only() || with_images { chat() } else { body.clone() });
+        let asked = b["n"].as_u64().unwrap_or(1);
+        match send(b).await {
+            (Ok((t, a)), ep) => break (t, a, ep),
+            (Err(CallError::NotFound { .. }), "completions") if attempt < 4 => ctx.policy.mark_chat_only(),
+            (Err(CallError::Refused { status: 400 | 422, .. }), _) if asked > 1 && attempt < 4 => ctx.policy.mark_single_choice(),
+            (Err(e), _) => return Err(e),
         }
     };
     let (p, c) = super::client::usage_of(&answer);

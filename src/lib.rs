@@ -16,6 +16,7 @@ pub mod error;
 pub mod figures;
 pub mod image;
 pub mod infer;
+pub mod label;
 pub mod metrics;
 pub mod model;
 pub mod profile;

@@ -93,6 +93,9 @@ enum Command {
     Search(medprm::retrieval::cli::SearchArgs),
     /// Recall@k, MRR and latency of BM25, dense and hybrid retrieval on labelled questions.
     EvalRetrieval(medprm::retrieval::cli::EvalArgs),
+    /// Make PRM step labels: Monte Carlo rollouts of an OpenAI-compatible policy from every step
+    /// prefix, RAG-as-a-judge verdicts and the hybrid rule; resumable (SQLite store).
+    Label(Box<medprm::label::LabelArgs>),
 }
 
 /// Widths of the model `bench vs-reference` generates.
@@ -490,6 +493,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Index(a) => medprm::retrieval::cli::run_index(&a)?,
         Command::Search(a) => medprm::retrieval::cli::run_search(&a)?,
         Command::EvalRetrieval(a) => medprm::retrieval::cli::run_eval(&a)?,
+        Command::Label(a) => {
+            let (run, cfg) = a.into_job()?;
+            let summary = medprm::label::job::run(run, cfg)?;
+            summary.print(&mut std::io::stderr())?;
+            anyhow::ensure!(summary.failed.is_empty(), "{} solution(s) failed (see above); rerun to retry them", summary.failed.len());
+        }
     }
     Ok(())
 }

@@ -93,6 +93,8 @@ enum Command {
     Search(medprm::retrieval::cli::SearchArgs),
     /// Recall@k, MRR and latency of BM25, dense and hybrid retrieval on labelled questions.
     EvalRetrieval(medprm::retrieval::cli::EvalArgs),
+    /// Expert review of the uncertain steps in the browser (`--db labels.sqlite`), accounts, export.
+    Review(medprm::review::ReviewArgs),
 }
 
 /// Widths of the model `bench vs-reference` generates.
@@ -398,6 +400,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Index(a) => medprm::retrieval::cli::run_index(&a)?,
         Command::Search(a) => medprm::retrieval::cli::run_search(&a)?,
         Command::EvalRetrieval(a) => medprm::retrieval::cli::run_eval(&a)?,
+        Command::Review(a) => medprm::review::run(a)?,
     }
     Ok(())
 }

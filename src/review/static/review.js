@@ -19,7 +19,7 @@
       el.querySelector(".plus").setAttribute("aria-pressed", v === "1" ? "true" : "false");
       el.querySelector(".minus").setAttribute("aria-pressed", v === "0" ? "true" : "false");
       el.querySelector(".expert").textContent = show(v);
-    } else if (el.value !== v) {
+    } else if (!el._dirty && el.value !== v) {
       el.value = v;
     }
   }
@@ -60,7 +60,8 @@
       if (res.status === 200) {
         el.dataset.version = String(res.body.version);
         el.dataset.value = res.body.value;
-        el._dirty = false;
+        // A textarea typed on while this save was in flight stays dirty (its timer saves again).
+        el._dirty = el.tagName === "TEXTAREA" && el.value !== res.body.value;
         render(el);
         addHistory(res.body);
         saveState.textContent = "Saved " + fieldName(res.body.key) + " at " + res.body.updated_at + ".";

@@ -254,3 +254,72 @@ fn reviewer_in_a_real_browser() {
         assert_eq!(r[k], orig[k], "{k}");
     }
 }
+
+/// A logged-in session: (cookie header, CSRF token).
+async fn session(c: &reqwest::Client, url: &str, name: &str, pw: &str) -> (String, String) {
+    let r = login(c, url, name, pw).await;
+    assert_eq!(r.status(), 303, "login {name}");
+    let set = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).find(|v| v.starts_with("medprm_review=")).unwrap();
+    let cookie = set.split(';').next().unwrap().to_string();
+    let html = c.get(format!("{url}/queue")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let csrf = html.split("name=\"csrf-token\" content=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    (cookie, csrf)
+}
+
+async fn put(c: &reqwest::Client, url: &str, (cookie, csrf): &(String, String), slot: &str, key: &str, value: &str, version: i64) {
+    let r = c
+        .post(format!("{url}/api/save"))
+        .header("cookie", cookie)
+        .header("x-csrf-token", csrf)
+        .json(&json!({"item_id": ITEM, "slot": slot, "key": key, "value": value, "version": version}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{slot} {key}={value}: {}", r.text().await.unwrap());
+}
+
+fn export(db: &Path, out: &Path) -> (String, Value) {
+    let o = Command::new(bin()).args(["review", "export", "--db"]).arg(db).arg("--out").arg(out).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let rec = std::fs::read_to_string(out).unwrap().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|r| r["item_id"] == ITEM).unwrap();
+    (String::from_utf8_lossy(&o.stdout).into_owned(), rec)
+}
+
+#[tokio::test]
+async fn two_reviewers_per_item_disagree_then_adjudicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = label_store(dir.path());
+    add_user(&db, "alice", "alice-password");
+    add_user(&db, "bob", "bob-password-2");
+    let s = Review::start(&db, &["--reviews-per-item", "2"]);
+    let c = client();
+    let a = session(&c, &s.url, "alice", "alice-password").await;
+    let b = session(&c, &s.url, "bob", "bob-password-2").await;
+    // Each labels in their own slot (version 0 each: no conflict between them).
+    for (who, labels) in [(&a, ["1", "1", "0"]), (&b, ["0", "1", "0"])] {
+        for (i, v) in labels.iter().enumerate() {
+            put(&c, &s.url, who, "mine", &format!("step:{}", i + 1), v, 0).await;
+        }
+    }
+    let q = c.get(format!("{}/queue?status=adjudicate", s.url)).header("cookie", &a.0).send().await.unwrap().text().await.unwrap();
+    assert!(q.contains(">review-fixture:0:0<") && !q.contains(">review-fixture:1:0<"), "{q}");
+    assert!(q.contains("1 need adjudication"), "{q}");
+    let item = c.get(format!("{}/item?id=review-fixture%3A0%3A0", s.url)).header("cookie", &a.0).send().await.unwrap().text().await.unwrap();
+    assert!(item.contains("data-slot=\"mine\"") && item.contains("adjudicate=1"), "own slot, with a link to adjudicate");
+    // Agreed steps are expert labels already; the disputed one stays uncertain.
+    let (_, rec) = export(&db, &dir.path().join("t1.jsonl"));
+    assert_eq!(rec["label_source"], json!(["hybrid", "uncertain", "expert", "expert", "hybrid"]));
+    assert_eq!(rec["hybrid_label"], json!([1, null, 1, 0, 0]));
+    // Kappa of alice (1,1,0) and bob (0,1,0): po 2/3, pe 2/3·1/3 + 1/3·2/3 = 4/9, kappa 0.4.
+    let st = c.get(format!("{}/stats", s.url)).header("cookie", &a.0).send().await.unwrap().text().await.unwrap();
+    assert!(st.contains("<tr><td>alice</td><td>bob</td><td>3</td><td>0.667</td><td>0.400</td></tr>"), "{st}");
+    // Alice vs MC hard labels (1,1,0 on steps 2-4): all agree → kappa 1.
+    assert!(st.contains("<tr><td>alice</td><td>MC (hard)</td><td>3</td><td>1.000</td><td>1.000</td></tr>"), "{st}");
+    // Adjudication writes the final slot.
+    put(&c, &s.url, &a, "final", "step:1", "1", 0).await;
+    let q = c.get(format!("{}/queue?status=done", s.url)).header("cookie", &a.0).send().await.unwrap().text().await.unwrap();
+    assert!(q.contains(">review-fixture:0:0<"), "{q}");
+    let (line, rec) = export(&db, &dir.path().join("t2.jsonl"));
+    assert_eq!(rec["hybrid_label"], json!([1, 1, 1, 0, 0]));
+    assert!(line.contains("expert 3"), "{line}");
+}

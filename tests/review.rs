@@ -31,6 +31,11 @@ fn label_store(dir: &Path) -> PathBuf {
     x["hybrid_label"][0] = Value::Null;
     x["label_source"][0] = json!("uncertain");
     recs.push(x);
+    // Images as `medprm label` copies them from the input: a path and inline data.
+    let png = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/images/mode_l.png");
+    use base64::Engine as _;
+    let data = base64::engine::general_purpose::STANDARD.encode(std::fs::read(png).unwrap());
+    recs[2]["images"] = json!([{"media_type": "image/png", "path": png}, {"media_type": "image/png", "data": data}, {"media_type": "text/html", "data": "PHNjcmlwdD4="}]);
     for r in recs {
         let n_unc = r["hybrid_label"].as_array().unwrap().iter().filter(|v| v.is_null()).count();
         c.execute(
@@ -108,7 +113,7 @@ async fn every_route_needs_a_session() {
     let s = Review::start(&db, &["--login-max-failures", "3"]);
     let c = client();
     let item = format!("/item?id={}", ITEM.replace(':', "%3A"));
-    let pages = ["/", "/queue", "/queue?status=todo", item.as_str(), "/item/image?id=x&k=0", "/stats"];
+    let pages = ["/", "/queue", "/queue?status=todo", item.as_str(), "/item?id=a&id=b", "/item/image?id=x&k=0", "/item/image?k=zz", "/stats"];
     for p in pages {
         let r = c.get(format!("{}{p}", s.url)).send().await.unwrap();
         let loc = r.headers().get("location").map(|v| v.to_str().unwrap().to_string());
@@ -124,6 +129,14 @@ async fn every_route_needs_a_session() {
     }
     let r = c.post(format!("{}/logout", s.url)).form(&[("csrf", "x")]).send().await.unwrap();
     assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/login"), "POST /logout");
+    let r = c.post(format!("{}/logout", s.url)).body("not a form").send().await.unwrap();
+    assert_eq!(r.status(), 303, "POST /logout, no form");
+    // The two static files are public and hold no record data.
+    for p in ["/static/review.js", "/static/review.css"] {
+        let r = c.get(format!("{}{p}", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{p}");
+        assert!(!r.text().await.unwrap().contains("CURB-65"));
+    }
     // A forged session cookie is no session.
     let r = c.get(format!("{}/queue", s.url)).header("cookie", "medprm_review=00ff").send().await.unwrap();
     assert_eq!(r.status(), 303);
@@ -140,6 +153,17 @@ async fn every_route_needs_a_session() {
     let html = c.get(format!("{}{item}", s.url)).header("cookie", &sess).send().await.unwrap().text().await.unwrap();
     assert!(html.contains("CURB-65"));
     let csrf = html.split("name=\"csrf-token\" content=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    // Images: the path through the image route, inline PNG data as a data: URL, other types left out.
+    let html2 = c.get(format!("{}/item?id=review-fixture%3A2%3A0", s.url)).header("cookie", &sess).send().await.unwrap().text().await.unwrap();
+    assert!(html2.contains("src=\"&#x2f;item&#x2f;image?id=review-fixture%3A2%3A0&amp;k=0\"") && html2.contains("src=\"data:image&#x2f;png;base64,"), "{html2}");
+    assert!(!html2.contains("text&#x2f;html") && !html2.contains("PHNjcmlwdD4"), "a non-image data URL was rendered");
+    let r = c.get(format!("{}/item/image?id=review-fixture%3A2%3A0&k=0", s.url)).header("cookie", &sess).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["content-type"].to_str().unwrap()), (200, "image/png"));
+    assert_eq!(r.bytes().await.unwrap().as_ref(), std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/images/mode_l.png")).unwrap());
+    for k in ["1", "2", "9", "x"] {
+        let r = c.get(format!("{}/item/image?id=review-fixture%3A2%3A0&k={k}", s.url)).header("cookie", &sess).send().await.unwrap();
+        assert!(r.status() == 404 || r.status() == 400, "k={k}: {}", r.status());
+    }
     let save = json!({"item_id": ITEM, "slot": "final", "key": "step:1", "value": "1", "version": 0});
     let r = c.post(format!("{}/api/save", s.url)).header("cookie", &sess).json(&save).send().await.unwrap();
     assert_eq!(r.status(), 403, "save without the CSRF header");

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -122,7 +123,8 @@ struct LoginForm {
     csrf: String,
 }
 
-async fn login(State(s): St, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+async fn login(State(s): St, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, f: Result<Form<LoginForm>, FormRejection>) -> Response {
+    let Ok(Form(f)) = f else { return login_form(&s, Some("The login form was not sent as a form: try again."), StatusCode::BAD_REQUEST) };
     let cookie_tok = auth::cookie(&headers, auth::LOGIN_COOKIE).unwrap_or("");
     if cookie_tok.is_empty() || !auth::same(cookie_tok, &f.csrf) {
         return login_form(&s, Some("The login form expired: try again."), StatusCode::FORBIDDEN);
@@ -166,8 +168,9 @@ struct CsrfForm {
     csrf: String,
 }
 
-async fn logout(State(s): St, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
+async fn logout(State(s): St, headers: HeaderMap, f: Result<Form<CsrfForm>, FormRejection>) -> Response {
     let Some((user, csrf)) = session(&s, &headers) else { return Redirect::to("/login").into_response() };
+    let f = f.map(|Form(f)| f).unwrap_or(CsrfForm { csrf: String::new() });
     if !auth::same(&csrf, &f.csrf) {
         return api_error(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
     }
@@ -223,8 +226,12 @@ struct QueueQuery {
     reviewer: String,
 }
 
-async fn queue(State(s): St, headers: HeaderMap, Query(q): Query<QueueQuery>) -> Response {
+async fn queue(State(s): St, headers: HeaderMap, q: Result<Query<QueueQuery>, QueryRejection>) -> Response {
     let Some((user, csrf)) = session(&s, &headers) else { return Redirect::to("/login").into_response() };
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("query: {e}")).into_response(),
+    };
     let (rows, users) = match rows(&s) {
         Ok(r) => r,
         Err(e) => return internal(e),
@@ -301,8 +308,12 @@ fn slot_for(s: &ReviewState, user: &User, slot_name: &str) -> i64 {
     }
 }
 
-async fn item_page(State(s): St, headers: HeaderMap, Query(q): Query<ItemQuery>) -> Response {
+async fn item_page(State(s): St, headers: HeaderMap, q: Result<Query<ItemQuery>, QueryRejection>) -> Response {
     let Some((user, csrf)) = session(&s, &headers) else { return Redirect::to("/login").into_response() };
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("query: {e}")).into_response(),
+    };
     let (rows, users) = match rows(&s) {
         Ok(r) => r,
         Err(e) => return internal(e),
@@ -366,22 +377,27 @@ struct ImageQuery {
     #[serde(default)]
     id: String,
     #[serde(default)]
-    k: usize,
+    k: String,
 }
 
 /// An image the record names by `path` (the label store is trusted: `medprm label` copied the
 /// input's paths); raster types only, never sniffed.
-async fn item_image(State(s): St, headers: HeaderMap, Query(q): Query<ImageQuery>) -> Response {
+async fn item_image(State(s): St, headers: HeaderMap, q: Result<Query<ImageQuery>, QueryRejection>) -> Response {
     if session(&s, &headers).is_none() {
         return Redirect::to("/login").into_response();
     }
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("query: {e}")).into_response(),
+    };
     let it = match store(&s).item(&q.id) {
         Ok(Some(it)) => it,
         Ok(None) => return (StatusCode::NOT_FOUND, "no such item").into_response(),
         Err(e) => return internal(e),
     };
     let Ok(rec) = item::parse(&it) else { return (StatusCode::NOT_FOUND, "no such image").into_response() };
-    let im = &rec["images"][q.k];
+    let Ok(k) = q.k.parse::<usize>() else { return (StatusCode::BAD_REQUEST, "k: an image index").into_response() };
+    let im = &rec["images"][k];
     let mt = im["media_type"].as_str().unwrap_or("");
     let (Some(path), true) = (im["path"].as_str(), ["image/png", "image/jpeg", "image/gif", "image/webp"].contains(&mt)) else {
         return (StatusCode::NOT_FOUND, "no such image").into_response();
@@ -452,10 +468,14 @@ async fn save(State(s): St, headers: HeaderMap, body: axum::body::Bytes) -> Resp
 }
 
 /// The saved values of an item (every slot) as JSON.
-async fn api_item(State(s): St, headers: HeaderMap, Query(q): Query<ItemQuery>) -> Response {
+async fn api_item(State(s): St, headers: HeaderMap, q: Result<Query<ItemQuery>, QueryRejection>) -> Response {
     if session(&s, &headers).is_none() {
         return api_error(StatusCode::UNAUTHORIZED, "log in first");
     }
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("query: {e}")).into_response(),
+    };
     match store(&s).item(&q.id) {
         Ok(Some(_)) => {}
         Ok(None) => return api_error(StatusCode::NOT_FOUND, format!("id: no item {:?}", q.id)),

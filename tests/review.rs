@@ -35,7 +35,9 @@ fn label_store(dir: &Path) -> PathBuf {
     let png = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/images/mode_l.png");
     use base64::Engine as _;
     let data = base64::engine::general_purpose::STANDARD.encode(std::fs::read(png).unwrap());
-    recs[2]["images"] = json!([{"media_type": "image/png", "path": png}, {"media_type": "image/png", "data": data}, {"media_type": "text/html", "data": "PHNjcmlwdD4="}]);
+    // Relative paths resolve against --image-root (the test passes tests/data/images).
+    recs[2]["images"] = json!([{"media_type": "image/png", "path": "mode_l.png"}, {"media_type": "image/png", "data": data},
+        {"media_type": "text/html", "data": "PHNjcmlwdD4="}, {"media_type": "application/dicom", "path": "ct_small.dcm"}]);
     for r in recs {
         let n_unc = r["hybrid_label"].as_array().unwrap().iter().filter(|v| v.is_null()).count();
         c.execute(
@@ -110,7 +112,7 @@ async fn every_route_needs_a_session() {
     let dir = tempfile::tempdir().unwrap();
     let db = label_store(dir.path());
     add_user(&db, "alice", "alice-password");
-    let s = Review::start(&db, &["--login-max-failures", "3"]);
+    let s = Review::start(&db, &["--login-max-failures", "3", "--image-root", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/images")]);
     let c = client();
     let item = format!("/item?id={}", ITEM.replace(':', "%3A"));
     let pages = ["/", "/queue", "/queue?status=todo", item.as_str(), "/item?id=a&id=b", "/item/image?id=x&k=0", "/item/image?k=zz", "/stats"];
@@ -160,6 +162,10 @@ async fn every_route_needs_a_session() {
     let r = c.get(format!("{}/item/image?id=review-fixture%3A2%3A0&k=0", s.url)).header("cookie", &sess).send().await.unwrap();
     assert_eq!((r.status().as_u16(), r.headers()["content-type"].to_str().unwrap()), (200, "image/png"));
     assert_eq!(r.bytes().await.unwrap().as_ref(), std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/images/mode_l.png")).unwrap());
+    // DICOM is decoded by the core's decoder and sent as PNG.
+    let r = c.get(format!("{}/item/image?id=review-fixture%3A2%3A0&k=3", s.url)).header("cookie", &sess).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["content-type"].to_str().unwrap()), (200, "image/png"));
+    assert!(r.bytes().await.unwrap().starts_with(b"\x89PNG"));
     for k in ["1", "2", "9", "x"] {
         let r = c.get(format!("{}/item/image?id=review-fixture%3A2%3A0&k={k}", s.url)).header("cookie", &sess).send().await.unwrap();
         assert!(r.status() == 404 || r.status() == 400, "k={k}: {}", r.status());
@@ -328,6 +334,10 @@ async fn two_reviewers_per_item_disagree_then_adjudicate() {
     let q = c.get(format!("{}/queue?status=adjudicate", s.url)).header("cookie", &a.0).send().await.unwrap().text().await.unwrap();
     assert!(q.contains(">review-fixture:0:0<") && !q.contains(">review-fixture:1:0<"), "{q}");
     assert!(q.contains("1 need adjudication"), "{q}");
+    let q = c.get(format!("{}/queue?source=medmcqa", s.url)).header("cookie", &a.0).send().await.unwrap().text().await.unwrap();
+    assert!(q.contains(">review-fixture:1:0<") && !q.contains(">review-fixture:0:0<"), "data source filter: {q}");
+    let q = c.get(format!("{}/queue?reviewer=bob", s.url)).header("cookie", &a.0).send().await.unwrap().text().await.unwrap();
+    assert!(q.contains(">review-fixture:0:0<") && !q.contains(">review-fixture:1:0<"), "reviewer filter: {q}");
     let item = c.get(format!("{}/item?id=review-fixture%3A0%3A0", s.url)).header("cookie", &a.0).send().await.unwrap().text().await.unwrap();
     assert!(item.contains("data-slot=\"mine\"") && item.contains("adjudicate=1"), "own slot, with a link to adjudicate");
     // Agreed steps are expert labels already; the disputed one stays uncertain.

@@ -49,6 +49,10 @@ pub struct ServeArgs {
     pub login_max_failures: usize,
     #[arg(long, default_value_t = 600)]
     pub login_window_s: u64,
+    /// Directory the records' relative image paths are resolved against (the directory of the
+    /// input file `medprm label` read); default: the current directory.
+    #[arg(long, default_value = ".")]
+    pub image_root: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -131,6 +135,7 @@ fn serve(path: &std::path::Path, a: ServeArgs) -> anyhow::Result<()> {
         limit: auth::RateLimit::new(a.login_max_failures.max(1), Duration::from_secs(a.login_window_s.max(1))),
         per_item: a.reviews_per_item as usize,
         secure_cookies: a.secure_cookies,
+        image_root: a.image_root.clone(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {

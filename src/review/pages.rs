@@ -39,6 +39,9 @@ fn show_label(v: &str) -> &'static str {
     }
 }
 
+/// Media types an image `path` may have: browser rasters, and DICOM (sent as PNG).
+pub const IMAGE_PATH_TYPES: [&str; 5] = ["image/png", "image/jpeg", "image/gif", "image/webp", "application/dicom"];
+
 /// Image sources of the record: `data` as a data: URL of an allowed raster type, `path` through
 /// the image route. Anything else is left out.
 fn images(rec: &Json, item_id: &str) -> Vec<String> {
@@ -51,7 +54,7 @@ fn images(rec: &Json, item_id: &str) -> Vec<String> {
             if d.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')) {
                 out.push(format!("data:{mt};base64,{d}"));
             }
-        } else if im["path"].is_string() {
+        } else if im["path"].is_string() && IMAGE_PATH_TYPES.contains(&mt) {
             out.push(format!("/item/image?id={}&k={k}", urlencode(item_id)));
         }
     }

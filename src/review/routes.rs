@@ -28,6 +28,8 @@ pub struct ReviewState {
     pub limit: RateLimit,
     pub per_item: usize,
     pub secure_cookies: bool,
+    /// What relative image paths of the records are resolved against.
+    pub image_root: std::path::PathBuf,
 }
 
 type St = State<Arc<ReviewState>>;
@@ -381,7 +383,9 @@ struct ImageQuery {
 }
 
 /// An image the record names by `path` (the label store is trusted: `medprm label` copied the
-/// input's paths); raster types only, never sniffed.
+/// input's paths; relative ones are resolved against `--image-root`). PNG, JPEG, GIF and WebP are
+/// sent as they are (never sniffed); DICOM is decoded by [`crate::image::decode`] (windowed to
+/// 8 bit, as the model sees it) and sent as PNG.
 async fn item_image(State(s): St, headers: HeaderMap, q: Result<Query<ImageQuery>, QueryRejection>) -> Response {
     if session(&s, &headers).is_none() {
         return Redirect::to("/login").into_response();
@@ -395,18 +399,39 @@ async fn item_image(State(s): St, headers: HeaderMap, q: Result<Query<ImageQuery
         Ok(None) => return (StatusCode::NOT_FOUND, "no such item").into_response(),
         Err(e) => return internal(e),
     };
-    let Ok(rec) = item::parse(&it) else { return (StatusCode::NOT_FOUND, "no such image").into_response() };
     let Ok(k) = q.k.parse::<usize>() else { return (StatusCode::BAD_REQUEST, "k: an image index").into_response() };
+    let Ok(rec) = item::parse(&it) else { return (StatusCode::NOT_FOUND, "no such image").into_response() };
     let im = &rec["images"][k];
-    let mt = im["media_type"].as_str().unwrap_or("");
-    let (Some(path), true) = (im["path"].as_str(), ["image/png", "image/jpeg", "image/gif", "image/webp"].contains(&mt)) else {
+    let mt = im["media_type"].as_str().unwrap_or("").to_string();
+    let (Some(path), true) = (im["path"].as_str(), pages::IMAGE_PATH_TYPES.contains(&mt.as_str())) else {
         return (StatusCode::NOT_FOUND, "no such image").into_response();
     };
-    let p = path.to_string();
-    match tokio::task::spawn_blocking(move || std::fs::read(p)).await.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
-        Ok(b) => ([(header::CONTENT_TYPE, mt.to_string())], b).into_response(),
-        Err(e) => (StatusCode::NOT_FOUND, format!("image {path}: {e}")).into_response(),
+    let path = s.image_root.join(path);
+    let res = tokio::task::spawn_blocking(move || -> Result<(String, Vec<u8>), String> {
+        let bytes = std::fs::read(&path).map_err(|e| format!("image {}: {e}", path.display()))?;
+        if mt != "application/dicom" {
+            return Ok((mt, bytes));
+        }
+        let img = crate::image::decode(&bytes, &mt, 64 << 20).map_err(|e| format!("image {}: {e}", path.display()))?;
+        Ok(("image/png".into(), png_bytes(&img).map_err(|e| format!("image {}: {e}", path.display()))?))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match res {
+        Ok((mt, b)) => ([(header::CONTENT_TYPE, mt)], b).into_response(),
+        Err(e) => (StatusCode::NOT_FOUND, e).into_response(),
     }
+}
+
+fn png_bytes(img: &crate::image::Rgb8) -> Result<Vec<u8>, png::EncodingError> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, img.width(), img.height());
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header()?;
+    w.write_image_data(img.as_raw())?;
+    w.finish()?;
+    Ok(out)
 }
 
 // ---- API ----

@@ -157,6 +157,11 @@ def main():
         check(step(b, 1).get_attribute("data-value") == "1" and step(b, 1).get_attribute("data-version") == "2",
               f"{b_name}'s page now shows {a_name}'s value")
 
+        # n: the next item that still needs work.
+        keys(a, "n")
+        wait(a, lambda d: "/item?id=" in d.current_url and urllib.parse.quote(ITEM, safe="") not in d.current_url
+             and d.find_elements(By.CSS_SELECTOR, ".step.current"), "n opens the next item")
+
         # XSS: record text with <script> and <img onerror> renders as text and runs nothing.
         a.get(item_url(XSS_ITEM))
         wait(a, lambda d: d.find_elements(By.ID, "question"), "XSS item page")

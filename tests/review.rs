@@ -356,4 +356,13 @@ async fn two_reviewers_per_item_disagree_then_adjudicate() {
     let (line, rec) = export(&db, &dir.path().join("t2.jsonl"));
     assert_eq!(rec["hybrid_label"], json!([1, 1, 1, 0, 0]));
     assert!(line.contains("expert 3"), "{line}");
+    // A record the page cannot show is named, not hidden behind a generic error.
+    rusqlite::Connection::open(&db).unwrap().execute("INSERT INTO label_items VALUES ('broken:0:0', 'x', 1, 1, '{not json', '2026-12-01T00:00:00Z')", []).unwrap();
+    let r = c.get(format!("{}/queue", s.url)).header("cookie", &a.0).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    let t = r.text().await.unwrap();
+    assert!(t.contains("\"broken:0:0\"") && t.contains("record_json is not JSON"), "{t}");
+    let o = Command::new(bin()).args(["review", "export", "--db"]).arg(&db).arg("--out").arg(dir.path().join("t3.jsonl")).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("broken:0:0"), "{o:?}");
+    assert!(!dir.path().join("t3.jsonl").exists() && !dir.path().join("t3.jsonl.partial").exists(), "a failed export leaves no file");
 }

@@ -66,24 +66,35 @@ pub fn export(store: &Store, out: &Path, per_item: usize) -> anyhow::Result<Summ
         cells.entry(v.item_id.clone()).or_default().push(v);
     }
     let tmp = out.with_extension("jsonl.partial");
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?);
-    let mut s = Summary::default();
-    for it in &items {
-        let rec = item::parse(it).map_err(|e| anyhow::anyhow!(e))?;
-        let c = Cells::from_values(cells.get(&it.item_id).map(|v| v.as_slice()).unwrap_or_default());
-        let rec = apply(rec, &c, per_item);
-        for src in rec["label_source"].as_array().into_iter().flatten() {
-            *s.by_source.entry(src.as_str().unwrap_or("?").to_string()).or_default() += 1;
-            s.steps += 1;
+    let write = || -> anyhow::Result<Summary> {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?);
+        let mut s = Summary::default();
+        for it in &items {
+            let rec = item::parse(it).map_err(|e| anyhow::anyhow!(e))?;
+            let c = Cells::from_values(cells.get(&it.item_id).map(|v| v.as_slice()).unwrap_or_default());
+            let rec = apply(rec, &c, per_item);
+            for src in rec["label_source"].as_array().into_iter().flatten() {
+                *s.by_source.entry(src.as_str().unwrap_or("?").to_string()).or_default() += 1;
+                s.steps += 1;
+            }
+            s.items += 1;
+            serde_json::to_writer(&mut w, &rec)?;
+            w.write_all(b"\n")?;
         }
-        s.items += 1;
-        serde_json::to_writer(&mut w, &rec)?;
-        w.write_all(b"\n")?;
+        w.flush()?;
+        Ok(s)
+    };
+    // Written beside the output and renamed: a failed export leaves no half file under --out.
+    match write() {
+        Ok(s) => {
+            std::fs::rename(&tmp, out).map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?;
+            Ok(s)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    w.flush()?;
-    drop(w);
-    std::fs::rename(&tmp, out).map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?;
-    Ok(s)
 }
 
 #[cfg(test)]

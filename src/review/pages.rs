@@ -67,11 +67,6 @@ pub fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// An id usable in an HTML id attribute and a fragment.
-fn anchor(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
-}
-
 /// What the item template needs. `slot` is the slot being edited; `others` labels shown beside
 /// (the final label when editing one's own slot, the reviewers' when adjudicating).
 pub struct ItemPage<'a> {
@@ -108,8 +103,7 @@ pub fn item_context(p: &ItemPage) -> Json {
                 .unwrap_or_default()
                 .iter()
                 .filter_map(|e| e.as_str())
-                .filter(|e| ev_ids.iter().any(|x| x == e))
-                .map(|e| json!({"anchor": anchor(e), "label": format!("evidence {e}")}))
+                .filter_map(|e| ev_ids.iter().position(|x| x == e).map(|k| json!({"anchor": k + 1, "label": format!("evidence {e}")})))
                 .collect();
             let mut others = Vec::new();
             if p.slot != FINAL {
@@ -148,11 +142,12 @@ pub fn item_context(p: &ItemPage) -> Json {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|e| {
+        .enumerate()
+        .map(|(k, e)| {
             let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
             let src = s("source");
             let link = (src.starts_with("https://") || src.starts_with("http://")).then(|| src.clone());
-            json!({"id": s("id"), "anchor": anchor(&s("id")), "title": s("title"), "section": s("section"), "source": src, "link": link, "text": s("text")})
+            json!({"id": s("id"), "anchor": k + 1, "title": s("title"), "section": s("section"), "source": src, "link": link, "text": s("text")})
         })
         .collect();
     let history: Vec<Json> = p

@@ -79,6 +79,12 @@ fn internal(e: impl std::fmt::Display) -> Response {
     api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the server log)")
 }
 
+/// A record in label_items that cannot be shown: the message names the item.
+fn bad_record(e: String) -> Response {
+    tracing::error!("review: {e}");
+    (StatusCode::INTERNAL_SERVER_ERROR, e).into_response()
+}
+
 fn store(s: &ReviewState) -> std::sync::MutexGuard<'_, Store> {
     s.store.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -236,7 +242,7 @@ async fn queue(State(s): St, headers: HeaderMap, q: Result<Query<QueueQuery>, Qu
     };
     let (rows, users) = match rows(&s) {
         Ok(r) => r,
-        Err(e) => return internal(e),
+        Err(e) => return bad_record(e),
     };
     let total = rows.len();
     let done = rows.iter().filter(|r| r.status == Status::Done).count();
@@ -318,7 +324,7 @@ async fn item_page(State(s): St, headers: HeaderMap, q: Result<Query<ItemQuery>,
     };
     let (rows, users) = match rows(&s) {
         Ok(r) => r,
-        Err(e) => return internal(e),
+        Err(e) => return bad_record(e),
     };
     let it = match store(&s).item(&q.id) {
         Ok(Some(it)) => it,
@@ -327,7 +333,7 @@ async fn item_page(State(s): St, headers: HeaderMap, q: Result<Query<ItemQuery>,
     };
     let rec = match item::parse(&it) {
         Ok(r) => r,
-        Err(e) => return internal(e),
+        Err(e) => return bad_record(e),
     };
     let history = match store(&s).item_history(&it.item_id, 200) {
         Ok(h) => h,
@@ -518,13 +524,13 @@ async fn stats_page(State(s): St, headers: HeaderMap) -> Response {
     let Some((user, csrf)) = session(&s, &headers) else { return Redirect::to("/login").into_response() };
     let (rows, users) = match rows(&s) {
         Ok(r) => r,
-        Err(e) => return internal(e),
+        Err(e) => return bad_record(e),
     };
     let mut data = Vec::new();
     for r in rows {
         match item::parse(&r.item) {
             Ok(record) => data.push(stats::ItemData { record, cells: r.cells }),
-            Err(e) => return internal(e),
+            Err(e) => return bad_record(e),
         }
     }
     let (pairs, auto) = stats::compute(&data, &users);

@@ -35,6 +35,7 @@ pub struct ServeArgs {
     /// Address to listen on (loopback by default; put a TLS front end before anything else).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Port (0: a free one; the listening line says which).
     #[arg(long, default_value_t = 8090)]
     pub port: u16,
     /// Reviewers per item; with more than one, each labels on their own and disagreements are
@@ -47,6 +48,7 @@ pub struct ServeArgs {
     /// Failed logins per client address or user name within --login-window-s before logins are refused.
     #[arg(long, default_value_t = 10)]
     pub login_max_failures: usize,
+    /// The window (seconds) failed logins are counted over.
     #[arg(long, default_value_t = 600)]
     pub login_window_s: u64,
     /// Directory the records' relative image paths are resolved against (the directory of the

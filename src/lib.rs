@@ -23,6 +23,7 @@ pub mod profile;
 pub mod progress;
 pub mod prompt;
 pub mod retrieval;
+pub mod review;
 pub mod rng;
 pub mod server;
 pub mod steps;

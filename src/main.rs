@@ -96,6 +96,8 @@ enum Command {
     /// Make PRM step labels: Monte Carlo rollouts of an OpenAI-compatible policy from every step
     /// prefix, RAG-as-a-judge verdicts and the hybrid rule; resumable (SQLite store).
     Label(Box<medprm::label::LabelArgs>),
+    /// Expert review of the uncertain steps in the browser (`--db labels.sqlite`), accounts, export.
+    Review(medprm::review::ReviewArgs),
 }
 
 /// Widths of the model `bench vs-reference` generates.
@@ -499,6 +501,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             summary.print(&mut std::io::stderr())?;
             anyhow::ensure!(summary.failed.is_empty(), "{} solution(s) failed (see above); rerun to retry them", summary.failed.len());
         }
+        Command::Review(a) => medprm::review::run(a)?,
     }
     Ok(())
 }

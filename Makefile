@@ -153,6 +153,11 @@ $(GOLDEN_VENV)/.requirements: scripts/golden/requirements.txt
 bench-vs-reference: assets build golden-venv
 	$(BIN) bench vs-reference --python $(GOLDEN_VENV)/bin/python --candidates 16 --prefix-tokens 2700 --suffix-tokens 500 --figures docs/figures/bench-vs-reference.json
 
+## llama.cpp's server (the pinned xllamacpp wheel, in process) and medprm's engine on the same GGUF
+## and the same prompt token ids, back to back: prompt tokens/s of each and the ratio.
+bench-vs-llamacpp: assets build llamacpp-venv
+	$(BIN) bench vs-llamacpp --model $(DEMO_MODEL) --tokens 2048 --figures docs/figures/bench-vs-llamacpp.json
+
 ## Regenerate the figure files of docs/figures/ that need neither a server nor torch (release
 ## build, minutes); then `MEDPRM_BLESS=1 cargo test --test readme` renders the README's tables.
 figures: bench-engine bench-gguf bench-prefix eval-retrieval eval-retrieval-hard

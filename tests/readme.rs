@@ -214,6 +214,17 @@ fn prefix_table() -> String {
     out + &sources(&[("bench-prefix", &f)])
 }
 
+/// `make bench-vs-llamacpp`: llama.cpp and medprm on the same GGUF and prompt.
+fn vs_llamacpp_table() -> String {
+    let f = figure("bench-vs-llamacpp");
+    let (theirs, ours) = (num(&f, "llamacpp_tokens_per_s"), num(&f, "medprm_tokens_per_s"));
+    let mut out = String::from("| engine | prompt tokens/s |\n|---|---|\n");
+    out += &format!("| llama.cpp ({}) | {theirs:.0} |\n", f.figures["llamacpp_info"].as_str().unwrap_or("?"));
+    out += &format!("| medprm (`dequantized` linears, CPU kernels) | {ours:.0} |\n");
+    out += &format!("\n{} prompt tokens; medprm / llama.cpp = **{:.2}×**.\n", thousands(num(&f, "prompt_tokens")), ours / theirs);
+    out + &sources(&[("bench-vs-llamacpp", &f)])
+}
+
 #[test]
 fn generated_tables_are_current() {
     let mut text = readme();
@@ -225,6 +236,7 @@ fn generated_tables_are_current() {
         ("figures-engine", engine_table()),
         ("figures-gguf", gguf_table()),
         ("figures-prefix", prefix_table()),
+        ("figures-vs-llamacpp", vs_llamacpp_table()),
     ];
     for (name, want) in tables {
         if let Err(e) = generated_section(&mut text, name, &want) {

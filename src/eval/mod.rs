@@ -395,7 +395,7 @@ pub fn run(args: &EvalArgs, load: impl FnOnce(&LoadOptions) -> Result<Engine>) -
             "records": match &i.parsed { Parsed::Bon(q) => q.len(), Parsed::Steps(s) => s.len() }})).collect::<Vec<_>>(),
         "settings": {"draws": args.draws, "seed": args.seed, "threshold": args.threshold, "concurrency": args.concurrency,
                      "label_field": args.label_field, "vote_aggregation": args.aggregation},
-        "scoring": {"requests_answered_by_scorer": calls, "requests_from_cache": hits, "cache": cache_path,
+        "scoring": {"requests_sent_to_scorer": calls, "requests_from_cache": hits, "cache": cache_path,
                     "cache_entries_at_start": ctx.cache.loaded, "refused": refused.len(), "seconds": started.elapsed().as_secs_f64()},
         "refused": refused,
         "best_of_n": bon,
@@ -415,8 +415,8 @@ fn summary_lines(m: &Value, bon: Option<&metrics_bon::BonReport>, step: &BTreeMa
     let mut l = Vec::new();
     let s = &m["scoring"];
     l.push(format!(
-        "scored: {} requests by the scorer, {} from the cache, {} refused",
-        s["requests_answered_by_scorer"], s["requests_from_cache"], s["refused"]
+        "scored: {} requests sent to the scorer, {} answered from the cache, {} refused",
+        s["requests_sent_to_scorer"], s["requests_from_cache"], s["refused"]
     ));
     if let Some(b) = bon {
         let max = b.points.iter().map(|p| p.n).max().unwrap_or(0);

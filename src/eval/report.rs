@@ -24,7 +24,7 @@ pub fn render(m: &Value, plots: &Plots) -> String {
 body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}\
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}code,pre{background:#f6f6f6;padding:2px 4px}\
-pre{white-space:pre-wrap;word-break:break-all}figure{margin:1em 0}figure svg{max-width:100%;height:auto;border:1px solid #ddd}\
+pre{white-space:pre-wrap;word-break:break-all}.plots{display:grid;grid-template-columns:1fr 1fr;gap:8px}figure{margin:0}figure svg{width:100%;height:auto;border:1px solid #ddd}figcaption{font-size:12px}\
 </style></head><body>\n<h1>medprm eval</h1>\n");
     let cmd: Vec<String> = m["command_line"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).map(String::from).collect();
     h.push_str(&format!("<h2>Run</h2><p>Command line:</p><pre>{}</pre>\n", esc(&cmd.join(" "))));
@@ -42,6 +42,14 @@ pre{white-space:pre-wrap;word-break:break-all}figure{margin:1em 0}figure svg{max
         esc(info["documents_source"].as_str().unwrap_or("?")),
         esc(info["version"].as_str().unwrap_or("?")),
     ));
+    h.push_str("<h2>Plots</h2><div class=\"plots\">\n");
+    for s in &plots.skipped {
+        h.push_str(&format!("<p>Plot skipped: {}</p>\n", esc(s)));
+    }
+    for p in &plots.plots {
+        h.push_str(&format!("<figure id=\"{}\">{}<figcaption>{} (also <code>{}</code>, <code>{}</code>)</figcaption></figure>\n", esc(&p.name), strip_xml_decl(&p.svg_text), esc(&p.title), esc(&p.svg), esc(&p.png)));
+    }
+    h.push_str("</div>\n");
     h.push_str("<h2>Datasets</h2><table><tr><th>file</th><th>format</th><th>records</th><th>sha256</th></tr>\n");
     for i in m["inputs"].as_array().into_iter().flatten() {
         h.push_str(&format!(
@@ -55,8 +63,8 @@ pre{white-space:pre-wrap;word-break:break-all}figure{margin:1em 0}figure svg{max
     h.push_str("</table>\n");
     let s = &m["scoring"];
     h.push_str(&format!(
-        "<p>Requests answered by the scorer: {}; from the score cache: {}; refused: {}.</p>\n",
-        s["requests_answered_by_scorer"], s["requests_from_cache"], s["refused"]
+        "<p>Requests sent to the scorer: {}; answered from the score cache: {}; refused: {}.</p>\n",
+        s["requests_sent_to_scorer"], s["requests_from_cache"], s["refused"]
     ));
     if let Some(r) = m["refused"].as_array().filter(|r| !r.is_empty()) {
         h.push_str("<h3>Refused</h3><table><tr><th>file</th><th>record</th><th>candidate</th><th>status</th><th>error</th></tr>\n");
@@ -156,13 +164,6 @@ correct solutions. The best threshold of the sweep is chosen on these same data:
             }
             h.push_str("</table>\n");
         }
-    }
-    h.push_str("<h2>Plots</h2>\n");
-    for s in &plots.skipped {
-        h.push_str(&format!("<p>Plot skipped: {}</p>\n", esc(s)));
-    }
-    for p in &plots.plots {
-        h.push_str(&format!("<figure id=\"{}\">{}<figcaption>{} (also <code>{}</code>, <code>{}</code>)</figcaption></figure>\n", esc(&p.name), strip_xml_decl(&p.svg_text), esc(&p.title), esc(&p.svg), esc(&p.png)));
     }
     h.push_str("</body></html>\n");
     h

@@ -100,42 +100,42 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-/// Lines of (N, mean, lo, hi) with their bands, x on a log2 axis.
+/// Lines of (N, mean, lo, hi) with their bands; the Ns (1, 2, 4, …, max) evenly spaced.
 fn draw_curves<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, series: &[(String, Vec<(usize, f64, f64, f64)>)]) -> DrawResult {
     root.fill(&WHITE).map_err(e)?;
-    let max_n = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).max().unwrap_or(1).max(2);
-    let xmax = (max_n as f64).log2();
+    let ns: Vec<usize> = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let last = ns.len().saturating_sub(1).max(1) as f64;
     let mut ch = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
-        .build_cartesian_2d(-0.1f64..xmax + 0.1, 0f64..100f64)
+        .build_cartesian_2d(-0.15f64..last + 0.15, 0f64..100f64)
         .map_err(e)?;
-    let ns: Vec<usize> = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let label_of = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 { ns.get(i as usize).map_or(String::new(), |n| n.to_string()) } else { String::new() }
+    };
     ch.configure_mesh()
-        .x_desc("N (candidates per question, log scale)")
+        .x_desc("N (candidates per question; 1, 2, 4, … and the most any question has)")
         .y_desc("accuracy (%)")
-        .x_labels(ns.len().max(2))
-        .x_label_formatter(&|x| {
-            let n = 2f64.powf(*x);
-            if (n - n.round()).abs() < 0.05 { format!("{}", n.round()) } else { String::new() }
-        })
+        .x_labels(ns.len() * 2 + 1)
+        .x_label_formatter(&label_of)
         .draw()
         .map_err(e)?;
+    let x = |n: usize| ns.iter().position(|&m| m == n).unwrap_or(0) as f64;
     for (k, (name, pts)) in series.iter().enumerate() {
         let c = PALETTE[k % PALETTE.len()];
-        let x = |n: usize| (n as f64).log2();
         let mut band: Vec<(f64, f64)> = pts.iter().map(|p| (x(p.0), 100.0 * p.3)).collect();
         band.extend(pts.iter().rev().map(|p| (x(p.0), 100.0 * p.2)));
-        ch.draw_series(std::iter::once(Polygon::new(band, c.mix(0.15)))).map_err(e)?;
+        ch.draw_series(std::iter::once(Polygon::new(band, c.mix(0.10)))).map_err(e)?;
         ch.draw_series(LineSeries::new(pts.iter().map(|p| (x(p.0), 100.0 * p.1)), c.stroke_width(2)))
             .map_err(e)?
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
         ch.draw_series(pts.iter().map(|p| Circle::new((x(p.0), 100.0 * p.1), 3, c.filled()))).map_err(e)?;
     }
-    ch.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(e)?;
+    ch.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(e)?;
     root.present().map_err(e)
 }
 

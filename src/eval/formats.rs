@@ -86,7 +86,7 @@ pub struct BonQuestion {
     pub documents: Vec<String>,
     pub correct_answer: String,
     pub candidates: Vec<BonCandidate>,
-    pub images: Vec<PathBuf>,
+    pub images: Vec<ImageRef>,
 }
 
 /// A solution with labelled steps (training layout, ProcessBench, VisualProcessBench).
@@ -101,7 +101,7 @@ pub struct StepItem {
     /// Per step: `Some(true)` correct, `Some(false)` wrong, `None` unlabelled (ProcessBench steps
     /// after the first error, VisualProcessBench's neutral 0, a null label).
     pub labels: Vec<Option<bool>>,
-    pub images: Vec<PathBuf>,
+    pub images: Vec<ImageRef>,
 }
 
 impl StepItem {
@@ -168,9 +168,17 @@ fn strings(path: &Path, v: &Value, field: &str) -> Result<Vec<String>> {
         .collect()
 }
 
-/// `images`: `[{"path": ..}]` (Med-PRM layouts) or `["a.png"]` (VisualProcessBench), relative to
-/// the input file's directory.
-fn images(path: &Path, base: &Path, v: Option<&Value>, field: &str) -> Result<Vec<PathBuf>> {
+/// An image of a record: a file (relative to the input file's directory) or inline base64 data
+/// (`medprm label`'s `{media_type, data}`).
+#[derive(Debug, Clone)]
+pub enum ImageRef {
+    Path { path: PathBuf, media_type: Option<String> },
+    Data { data: String, media_type: String },
+}
+
+/// `images`: `[{"path": .., "media_type"?}]` or `[{"data": .., "media_type": ..}]` (Med-PRM
+/// layouts) or `["a.png"]` (VisualProcessBench), paths relative to the input file's directory.
+fn images(path: &Path, base: &Path, v: Option<&Value>, field: &str) -> Result<Vec<ImageRef>> {
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(vec![]) };
     let list = match v {
         Value::Array(a) => a.clone(),
@@ -180,8 +188,14 @@ fn images(path: &Path, base: &Path, v: Option<&Value>, field: &str) -> Result<Ve
     list.iter()
         .enumerate()
         .map(|(j, im)| {
-            let p = im.as_str().or_else(|| im.get("path").and_then(|p| p.as_str()));
-            p.map(|p| base.join(p)).ok_or_else(|| Error::input(at(path, format!("{field}[{j}]")), "needs a path (a string or {\"path\": ...})"))
+            let media_type = im.get("media_type").and_then(|m| m.as_str()).map(String::from);
+            if let Some(p) = im.as_str().or_else(|| im.get("path").and_then(|p| p.as_str())) {
+                return Ok(ImageRef::Path { path: base.join(p), media_type });
+            }
+            match (im.get("data").and_then(|d| d.as_str()), media_type) {
+                (Some(d), Some(m)) => Ok(ImageRef::Data { data: d.to_string(), media_type: m }),
+                _ => Err(Error::input(at(path, format!("{field}[{j}]")), "needs a path (a string or {\"path\": ...}) or {\"data\": base64, \"media_type\": ...}")),
+            }
         })
         .collect()
 }
@@ -420,5 +434,13 @@ mod tests {
         assert_eq!(s[0].steps, vec!["Step 1: a", "Step 2: b"]);
         assert_eq!(s[0].question, "Q?\n\n(A) x\n(B) y");
         assert_eq!(s[0].first_error(), Some(1));
+        // `medprm label`'s layout: null labels (uncertain) and inline images.
+        let (_d, p) = write(&json!([{"question": "Q?", "options": "", "steps": ["a ки", "b ки"], "hybrid_label": [1, null],
+                                     "images": [{"media_type": "image/png", "data": "iVBO"}]}]));
+        let Parsed::Steps(s) = read(&p, Format::Auto, "hybrid_label").unwrap().1 else { panic!() };
+        assert_eq!(s[0].labels, vec![Some(true), None]);
+        assert!(matches!(&s[0].images[0], ImageRef::Data { media_type, .. } if media_type == "image/png"));
+        let e = err(json!([{"question": "Q?", "steps": ["a"], "prm_hard_label": [1], "images": [{"data": "x"}]}]), Format::Auto);
+        assert!(e.contains("records[0].images[0]: needs a path"), "{e}");
     }
 }

@@ -136,19 +136,23 @@ impl Ctx {
     }
 }
 
-fn images_json(paths: &[PathBuf]) -> std::result::Result<Vec<Value>, Refusal> {
-    paths
+fn images_json(images: &[formats::ImageRef]) -> std::result::Result<Vec<Value>, Refusal> {
+    images
         .iter()
-        .map(|p| {
-            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-            let media = match ext.as_str() {
-                "png" => "image/png",
-                "jpg" | "jpeg" => "image/jpeg",
-                "dcm" => "application/dicom",
-                _ => return Err(Refusal { status: None, error: format!("{}: unknown image type (.png, .jpg, .jpeg, .dcm)", p.display()) }),
-            };
-            let bytes = std::fs::read(p).map_err(|e| Refusal { status: None, error: format!("{}: {e}", p.display()) })?;
-            Ok(json!({"data": base64::engine::general_purpose::STANDARD.encode(bytes), "media_type": media}))
+        .map(|im| match im {
+            formats::ImageRef::Data { data, media_type } => Ok(json!({"data": data, "media_type": media_type})),
+            formats::ImageRef::Path { path: p, media_type } => {
+                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+                let media = match (media_type.as_deref(), ext.as_str()) {
+                    (Some(m), _) => m,
+                    (None, "png") => "image/png",
+                    (None, "jpg" | "jpeg") => "image/jpeg",
+                    (None, "dcm") => "application/dicom",
+                    _ => return Err(Refusal { status: None, error: format!("{}: unknown image type (.png, .jpg, .jpeg, .dcm; or give media_type)", p.display()) }),
+                };
+                let bytes = std::fs::read(p).map_err(|e| Refusal { status: None, error: format!("{}: {e}", p.display()) })?;
+                Ok(json!({"data": base64::engine::general_purpose::STANDARD.encode(bytes), "media_type": media}))
+            }
         })
         .collect()
 }
@@ -242,11 +246,8 @@ async fn score_item(ctx: &Ctx, it: &StepItem) -> std::result::Result<Vec<f64>, R
         body["images"] = json!(images);
     }
     let v = ctx.call("/v1/score", &body).await?;
-    let scores: Vec<f64> = v
-        .get("steps")
-        .and_then(|s| s.as_array())
-        .map(|a| a.iter().filter_map(|s| s.get("score").and_then(|x| x.as_f64())).collect())
-        .unwrap_or_default();
+    // The same reading as a ranked candidate (a profile's dropped leading steps left out).
+    let scores: Vec<f64> = candidate_steps(&v).map(|(s, _)| s.iter().map(|&x| x as f64).collect()).unwrap_or_default();
     if scores.len() != it.steps.len() {
         return Err(Refusal { status: None, error: format!("{} step scores for {} labelled steps", scores.len(), it.steps.len()) });
     }

@@ -302,7 +302,8 @@ pub fn evaluate(questions: &[Question], draws: usize, seed: u64, vote_aggregatio
                 .keys()
                 .map(|s| (s.as_str(), questions.iter().zip(&per_q).filter(|(q, _)| &q.data_source == s).map(|(_, &v)| v).collect()))
                 .collect();
-            let bseed = seed ^ ((n as u64) << 32) ^ method as u64;
+            // The same resamples of questions for every method at this N (paired intervals).
+            let bseed = seed ^ ((n as u64) << 32);
             let groups: Vec<&[f64]> = by_source.values().map(|v| v.as_slice()).collect();
             points.push(Point {
                 n,

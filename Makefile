@@ -56,6 +56,11 @@ install: build
 test: assets client-venv schemathesis-venv llamacpp-venv browser browser-venv
 	$(CARGO) test --all-targets
 
+## Debian's chromium and chromium-driver for the browser tests (needs root and apt; once per machine).
+browser: /usr/bin/chromedriver
+/usr/bin/chromedriver:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
 ## The pinned client libraries in a venv outside the repo (rebuilt when the pins change).
 client-venv: $(CLIENT_VENV)/.requirements
 
@@ -74,11 +79,6 @@ $(LLAMACPP_VENV)/.requirements: tests/label/requirements.txt
 	python3 -m venv $(LLAMACPP_VENV)
 	$(LLAMACPP_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/label/requirements.txt
 	cp tests/label/requirements.txt $@
-
-## Debian's chromium and chromium-driver for the browser tests (needs root and apt; once per machine).
-browser: /usr/bin/chromedriver
-/usr/bin/chromedriver:
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
 ## selenium for the review app's browser tests in a venv outside the repo (rebuilt when the pins change).
 browser-venv: $(BROWSER_VENV)/.requirements

@@ -13,6 +13,7 @@ pub mod assets;
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod figures;
 pub mod image;
 pub mod infer;

@@ -98,6 +98,10 @@ enum Command {
     Label(Box<medprm::label::LabelArgs>),
     /// Expert review of the uncertain steps in the browser (`--db labels.sqlite`), accounts, export.
     Review(medprm::review::ReviewArgs),
+    /// Measure a PRM: Best-of-N curves (Med-PRM test layout) and step-level F1, AUROC and
+    /// calibration (Med-PRM training layout, ProcessBench, VisualProcessBench), through a running
+    /// server (--url) or in process (--model); writes metrics.json, plots and report.html to --out.
+    Eval(Box<medprm::eval::EvalArgs>),
 }
 
 /// Widths of the model `bench vs-reference` generates.
@@ -502,6 +506,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(summary.failed.is_empty(), "{} solution(s) failed (see above); rerun to retry them", summary.failed.len());
         }
         Command::Review(a) => medprm::review::run(a)?,
+        Command::Eval(a) => {
+            let summary = medprm::eval::run(&a, load_model)?;
+            for l in &summary.lines {
+                println!("{l}");
+            }
+            println!("eval: {} (metrics.json, plots, report.html)", summary.out.display());
+        }
     }
     Ok(())
 }

@@ -493,6 +493,8 @@ pub fn read_csv(path: &Path) -> anyhow::Result<Vec<Sample>> {
 /// judgment compares are drawn on the RSS panel.
 pub fn plot(path: &Path, samples: &[Sample], r: &SoakReport) -> anyhow::Result<()> {
     use plotters::prelude::*;
+    // plotters lays out text with a TrueType font (its `ab_glyph` feature, for `medprm eval`'s PNGs).
+    crate::eval::plots::ensure_font().map_err(|e| anyhow::anyhow!("soak plot: {e}"))?;
     let root = SVGBackend::new(path, (900, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let title = format!(

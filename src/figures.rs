@@ -86,7 +86,7 @@ mod tests {
         let p = dir.path().join("sub/f.json");
         super::write(&p, &serde_json::json!({"recall": 0.5})).unwrap();
         let f = super::read(&p).unwrap();
-        assert!(f.command.starts_with("medprm "), "{}", f.command);
+        assert_eq!(f.command.split(' ').next(), Some("medprm"), "{}", f.command);
         assert_eq!(f.date.len(), "2026-12-03T06:00:00Z".len(), "{}", f.date);
         assert!(f.date.ends_with('Z'));
         assert_eq!(f.figures["recall"], 0.5);

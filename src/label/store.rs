@@ -11,15 +11,19 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS label_items (
+/// The review queue: one row per fully labelled solution, `record_json` its JSONL line
+/// (`medprm review` reads it; its tests create it with this text).
+pub const LABEL_ITEMS_DDL: &str = "CREATE TABLE IF NOT EXISTS label_items (
   item_id      TEXT PRIMARY KEY,
   data_source  TEXT NOT NULL,
   num_steps    INTEGER NOT NULL,
   n_uncertain  INTEGER NOT NULL,
   record_json  TEXT NOT NULL,
   labelled_at  TEXT NOT NULL
-);
+);";
+
+/// The resume cache and the failures, beside [`LABEL_ITEMS_DDL`].
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS label_requests (
   key               TEXT PRIMARY KEY,
   kind              TEXT NOT NULL,
@@ -78,6 +82,7 @@ impl Store {
             return Err(Error::bad_file(path, format!("cannot switch to WAL journal mode (got {mode})")));
         }
         conn.execute_batch("PRAGMA synchronous=NORMAL;").map_err(err)?;
+        conn.execute_batch(LABEL_ITEMS_DDL).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(Store { conn: Mutex::new(conn), path: path.to_path_buf() })
     }

@@ -8,7 +8,7 @@ use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use axum::http::HeaderMap;
-use blake2::{Blake2b512, Digest};
+use sha2::{Digest, Sha256};
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "medprm_review";
@@ -51,7 +51,7 @@ pub fn random_token() -> String {
 /// What the sessions table keys on: a hash of the cookie's token (a copy of the database does
 /// not hold usable session cookies).
 pub fn token_hash(token: &str) -> String {
-    hex(&Blake2b512::digest(token.as_bytes())[..32])
+    hex(&Sha256::digest(token.as_bytes()))
 }
 
 fn hex(b: &[u8]) -> String {

@@ -149,30 +149,11 @@ fn serve(path: &std::path::Path, a: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(%local, items = n_items, users = n_users, "review app listening");
         let app = routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(crate::server::shutdown_signal())
             .await?;
         anyhow::Ok(())
     })?;
     // The store closes here: SQLite checkpoints the WAL into the main file.
     tracing::info!("stopped");
     Ok(())
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

@@ -367,15 +367,8 @@ impl Store {
     }
 }
 
-/// The `label_items` table of the contract, for tests and fixtures (product code never writes it).
-pub const LABEL_ITEMS_DDL: &str = "CREATE TABLE IF NOT EXISTS label_items (
-  item_id      TEXT PRIMARY KEY,
-  data_source  TEXT NOT NULL,
-  num_steps    INTEGER NOT NULL,
-  n_uncertain  INTEGER NOT NULL,
-  record_json  TEXT NOT NULL,
-  labelled_at  TEXT NOT NULL
-);";
+/// The `label_items` table `medprm label` writes, for tests and fixtures (review never writes it).
+pub use crate::label::store::LABEL_ITEMS_DDL;
 
 #[cfg(test)]
 pub(crate) mod tests {

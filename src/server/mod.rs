@@ -35,6 +35,7 @@ pub struct AppState {
 /// holds the server `timeout` later (a slow request) does not keep the process alive.
 async fn shutdown_with_deadline(timeout: Duration, metrics: Arc<Metrics>, tx: tokio::sync::watch::Sender<bool>) {
     shutdown_signal().await;
+    tracing::info!("shutdown signal: finishing in-flight requests");
     let _ = tx.send(true);
     tokio::time::sleep(timeout).await;
     let in_flight = metrics.in_flight_candidates.get();
@@ -46,7 +47,8 @@ async fn shutdown_with_deadline(timeout: Duration, metrics: Arc<Metrics>, tx: to
     std::process::exit(0);
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -62,7 +64,6 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutdown signal: finishing in-flight requests");
 }
 
 pub fn run(mut cfg: ServeConfig) -> anyhow::Result<()> {

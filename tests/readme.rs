@@ -225,6 +225,28 @@ fn vs_llamacpp_table() -> String {
     out + &sources(&[("bench-vs-llamacpp", &f)])
 }
 
+/// `medprm label --compare-adaptive`: what fixed K and adaptive mode spent, and their agreement
+/// (the file is the label job's own report, not a `figures::FigureFile`).
+fn label_adaptive_table() -> String {
+    let path = root().join("docs/figures/label-adaptive.json");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let n = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("label-adaptive.json: {v} is not a number"));
+    let mut out = String::from("| | fixed K | adaptive | adaptive / fixed |\n|---|---|---|---|\n");
+    for (label, key) in [("rollouts", "rollouts"), ("requests", "requests"), ("policy tokens", "policy_tokens")] {
+        let (f, a) = (n(&r["fixed"][key]), n(&r["adaptive"][key]));
+        out += &format!("| {label} | {} | {} | {:.2}× |\n", thousands(f), thousands(a), a / f);
+    }
+    let steps = n(&r["steps"]);
+    let agree = &r["agreement"];
+    out += &format!(
+        "\n{} solutions, {steps} steps, K = {}. Agreement of adaptive with fixed-K labels: hard {:.0} of {steps} steps, soft {:.0} of {steps} (mean |difference| {:.3}), hybrid {:.0} of {steps}. Adaptive step labels by source: {}.\n",
+        r["solutions"], r["rollouts_per_step_max"], n(&agree["hard"]) * steps, n(&agree["soft_exact"]) * steps, n(&agree["soft_mean_abs_diff"]),
+        n(&agree["hybrid"]) * steps,
+        r["adaptive_step_sources"].as_object().unwrap().iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    );
+    out + &format!("\nFrom `{}`.\n", r["command"].as_str().unwrap())
+}
+
 #[test]
 fn generated_tables_are_current() {
     let mut text = readme();
@@ -237,6 +259,7 @@ fn generated_tables_are_current() {
         ("figures-gguf", gguf_table()),
         ("figures-prefix", prefix_table()),
         ("figures-vs-llamacpp", vs_llamacpp_table()),
+        ("figures-label-adaptive", label_adaptive_table()),
     ];
     for (name, want) in tables {
         if let Err(e) = generated_section(&mut text, name, &want) {

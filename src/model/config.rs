@@ -157,8 +157,8 @@ impl LlamaConfig {
         let dim = self.head_dim;
         let base = self.rope_theta;
         // As transformers: the exponent i/dim in f32, base^exponent correctly rounded to f32
-        // (torch's f32 pow; f32 `powf` is off by an ulp on some entries, and an ulp of a
-        // frequency turns the angle by ~1e-4 rad at position 3000), then 1/x in f32.
+        // (what torch's f32 pow gives; a platform's f32 `powf` need not be correctly rounded,
+        // and an ulp of a frequency turns the angle by ~1e-4 rad at position 3000), then 1/x.
         let inv: Vec<f32> = (0..dim)
             .step_by(2)
             .map(|i| 1.0f32 / (base as f64).powf((i as f32 / dim as f32) as f64) as f32)
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn llama3_frequencies_are_bit_identical_to_transformers() {
         // transformers 5.23 / torch 2.15, ROPE_INIT_FUNCTIONS["llama3"] of this config at head_dim
-        // 64 (SmolLM2's width), as f32 bits. f32 `powf` missed 7 of these by an ulp.
+        // 64 (SmolLM2's width), as f32 bits (numpy's f32 power misses 7 of these by an ulp).
         const HF: [u32; 32] = [
             0x3f800000, 0x3f29e1c6, 0x3ee177bc, 0x3e959ee3, 0x3e4693b0, 0x3e03c6a0, 0x3daee4ad, 0x3d681e67,
             0x3d1a08c8, 0x3ccc6f49, 0x3c87a9c3, 0x3c340d6d, 0x3beef74f, 0x3b9e9402, 0x3b527720, 0x3ab3d11d,

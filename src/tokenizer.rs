@@ -110,7 +110,52 @@ impl PrmTokenizer {
         }
     }
 
+    /// The id of a label token, as the PRMs' reference code resolves it
+    /// (`tokenizer.convert_tokens_to_ids("+")`): the label string looked up in the vocabulary
+    /// (added tokens included), not encoded; a SentencePiece-style tokenizer encodes `"+"` as
+    /// `▁+`, another token. A label that is no vocabulary entry but encodes to exactly one
+    /// token resolves to that token: Med-PRM's `" +"`, which a byte-level BPE spells `Ġ+`.
+    pub fn label_token(&self, text: &str) -> Option<u32> {
+        self.inner.token_to_id(text).or_else(|| self.single_token(text))
+    }
+
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SentencePiece-style tokenizer (Metaspace pre-tokenizer, `▁` prepended): encoding `"+"`
+    /// gives `▁+`, while `"+"` is a vocabulary entry of its own.
+    fn sentencepiece_style() -> PrmTokenizer {
+        let json = serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "always", "split": true},
+            "post_processor": null,
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "+": 1, "-": 2, "\u{2581}+": 3, "\u{2581}-": 4, "\u{2581}a": 5}, "unk_token": "<unk>"}
+        });
+        PrmTokenizer::new(Tokenizer::from_bytes(json.to_string().as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn label_tokens_are_looked_up_in_the_vocabulary_not_encoded() {
+        let t = sentencepiece_style();
+        // The premise: encoding "+" reads another token.
+        assert_eq!(t.single_token("+"), Some(3));
+        assert_eq!(t.id_to_token(3).as_deref(), Some("\u{2581}+"));
+        // The label resolves to the vocabulary entry "+", as convert_tokens_to_ids("+").
+        assert_eq!(t.label_token("+"), Some(1));
+        assert_eq!(t.label_token("-"), Some(2));
+        assert_eq!(t.label_token("\u{2581}+"), Some(3));
+        // No entry and more than one token: no label.
+        assert_eq!(t.label_token("+ a"), None);
     }
 }

@@ -11,18 +11,22 @@ Run by hand (not in CI):
 
     cargo run --release -- gen-test-model --out /tmp/medprm-test-model
     python scripts/golden/make_golden.py --model /tmp/medprm-test-model \
-        --reference ../shared/reference --out tests/golden/med-prm.json
+        --out tests/golden/med-prm.json
 
 Needs: torch, transformers (see requirements.txt beside this file).
 """
 import argparse
 import json
 import re
+import os
 import sys
 
 import torch
 import transformers
 from transformers import AutoTokenizer, LlamaForCausalLM
+
+# The Med-PRM records these goldens read: repo copies (MIT, see tests/data/README.md).
+REFERENCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "data")
 
 SYSTEM_PROMPT = (
     "You are an evaluator assessing the logicality and validity of the reasoning in each step of "
@@ -124,7 +128,7 @@ def doc_of_tokens(tok, n, seed):
 
 def build_cases(tok, reference):
     card = json.load(open(f"{reference}/medprm_model_card_example.json"))
-    samples = json.load(open(f"{reference}/medprm_train_samples100.json"))
+    samples = json.load(open(f"{reference}/medprm_train_samples48.json"))
 
     def mc_question(s):
         opts = [l.strip() for l in s["options"].strip().split("\n") if l.strip()]
@@ -178,7 +182,8 @@ def build_cases(tok, reference):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
-    ap.add_argument("--reference", default="../shared/reference")
+    ap.add_argument("--reference", default=REFERENCE_DIR,
+                    help="directory holding the Med-PRM records (default: the repo copies in tests/data/)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     tok = AutoTokenizer.from_pretrained(args.model)

@@ -24,7 +24,7 @@ Run by hand (not in CI):
 
     cargo run --release -- gen-test-model --kind meds3 --out /tmp/meds3
     python scripts/golden/make_golden_prm.py --kind meds3 --model /tmp/meds3 \\
-        --reference ../shared/reference --out tests/golden/meds3.json
+        --out tests/golden/meds3.json
     (qwen: --kind qwen-prm for gen-test-model; rlhflow: the med-prm test model)
 
 Needs: torch, transformers, safetensors, peft (see requirements.txt beside this file).
@@ -33,13 +33,18 @@ import argparse
 import json
 import sys
 from collections import Counter, defaultdict
+import os
 from itertools import chain
 
 import numpy as np
+
 import torch
 import transformers
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, LlamaForTokenClassification, Qwen2Model
+
+# The Med-PRM records these goldens read: repo copies (MIT, see tests/data/README.md).
+REFERENCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "data")
 
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -231,10 +236,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kind", required=True, choices=["meds3", "qwen", "rlhflow"])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--reference", default="../shared/reference")
+    ap.add_argument("--reference", default=REFERENCE_DIR,
+                    help="directory holding the Med-PRM records (default: the repo copies in tests/data/)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    samples = json.load(open(f"{args.reference}/medprm_train_samples100.json"))
+    samples = json.load(open(f"{args.reference}/medprm_train_samples48.json"))
     tok = AutoTokenizer.from_pretrained(args.model)
     cfg = json.load(open(f"{args.model}/config.json"))
     out = {"test_model": cfg.get("_medprm_test_model"), "generated_by": "scripts/golden/make_golden_prm.py",

@@ -156,9 +156,12 @@ impl LlamaConfig {
     pub fn inv_freq(&self) -> Vec<f32> {
         let dim = self.head_dim;
         let base = self.rope_theta;
+        // As transformers: the exponent i/dim in f32, base^exponent correctly rounded to f32
+        // (what torch's f32 pow gives; a platform's f32 `powf` need not be correctly rounded,
+        // and an ulp of a frequency turns the angle by ~1e-4 rad at position 3000), then 1/x.
         let inv: Vec<f32> = (0..dim)
             .step_by(2)
-            .map(|i| 1.0f32 / base.powf(i as f32 / dim as f32))
+            .map(|i| 1.0f32 / (base as f64).powf((i as f32 / dim as f32) as f64) as f32)
             .collect();
         match self.rope_scaling {
             RopeScaling::None | RopeScaling::Linear { .. } | RopeScaling::Dynamic { .. } => inv,
@@ -237,6 +240,22 @@ mod tests {
         assert_eq!(f[0], 1.0);
         let plain = 1.0f32 / 500000f32.powf(126.0 / 128.0);
         assert!((f[63] - plain / 8.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn llama3_frequencies_are_bit_identical_to_transformers() {
+        // transformers 5.23 / torch 2.15, ROPE_INIT_FUNCTIONS["llama3"] of this config at head_dim
+        // 64 (SmolLM2's width), as f32 bits (numpy's f32 power misses 7 of these by an ulp).
+        const HF: [u32; 32] = [
+            0x3f800000, 0x3f29e1c6, 0x3ee177bc, 0x3e959ee3, 0x3e4693b0, 0x3e03c6a0, 0x3daee4ad, 0x3d681e67,
+            0x3d1a08c8, 0x3ccc6f49, 0x3c87a9c3, 0x3c340d6d, 0x3beef74f, 0x3b9e9402, 0x3b527720, 0x3ab3d11d,
+            0x3a0995d2, 0x393b2dd2, 0x38a3418d, 0x3858ac81, 0x380fc8f8, 0x37bed4f4, 0x377d45c3, 0x3728126b,
+            0x36df10c4, 0x369406cb, 0x36447610, 0x36025f34, 0x35ad07a7, 0x3565a54d, 0x351864a7, 0x34ca41b0,
+        ];
+        let mut c = LlamaConfig::from_hf_json(LLAMA31).unwrap();
+        c.head_dim = 64;
+        let bits: Vec<u32> = c.inv_freq().iter().map(|f| f.to_bits()).collect();
+        assert_eq!(bits, HF);
     }
 
     #[test]

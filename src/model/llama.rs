@@ -635,7 +635,11 @@ impl Llama {
         let splices: Vec<&[Splice]> = live.iter().map(|(i, _)| seqs[*i].splices).collect();
         let (mut x, pass) = self.start(&ids, prefix.map_or(0, |p| p.len), &splices)?;
         let n_layers = self.layers.len();
+        let dump = debug_hidden_states_dir().filter(|_| prefix.is_none());
         for (li, layer) in self.layers.iter().enumerate() {
+            if let Some(dir) = &dump {
+                dump_hidden_states(dir, li, &x)?;
+            }
             let (h, k, v) = self.layer_kv(layer, &x, &pass)?;
             let prefix_kv = prefix.map(|p| (&p.k[li], &p.v[li]));
             x = if li + 1 < n_layers {
@@ -651,6 +655,22 @@ impl Llama {
         }
         Ok(out)
     }
+}
+
+/// Diagnosis only: with `MEDPRM_DEBUG_HIDDEN_STATES=DIR`, every whole-prompt pass (no shared
+/// prefix) writes the input of each layer `i` (HF's `hidden_states[i]`: 0 is the embeddings) as
+/// little-endian f32 (rows of the right-padded batch, hidden wide) to `DIR/layer-{i}.f32`,
+/// overwriting the previous pass's. The last layer computes only the scored rows, so its output
+/// is not written.
+fn debug_hidden_states_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("MEDPRM_DEBUG_HIDDEN_STATES").filter(|v| !v.is_empty()).map(Into::into)
+}
+
+fn dump_hidden_states(dir: &std::path::Path, layer: usize, x: &Tensor) -> Result<()> {
+    let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+    std::fs::create_dir_all(dir).and_then(|_| std::fs::write(dir.join(format!("layer-{layer}.f32")), bytes))?;
+    Ok(())
 }
 
 /// A contiguous f32 CPU tensor's data, borrowed.

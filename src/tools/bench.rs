@@ -290,62 +290,40 @@ pub fn bench_vs_llamacpp(
     std::fs::write(&ids, serde_json::to_string(&prompt.ids).expect("ids serialize")).map_err(|e| Error::bad_file(&ids, e))?;
     let mut best: Option<VsLlamaCpp> = None;
     for _ in 0..rounds.max(1) {
-        let r = llamacpp_then_medprm(engine, gguf, &prompt, tokens, iters, threads, python, script, &ids, &out)?;
-        best = Some(match best {
-            None => r,
-            Some(mut b) => {
-                if r.llamacpp_tokens_per_s > b.llamacpp_tokens_per_s {
-                    b.llamacpp_tokens_per_s = r.llamacpp_tokens_per_s;
-                }
-                if r.medprm.tokens_per_s > b.medprm.tokens_per_s {
-                    b.medprm = r.medprm;
-                }
-                b
+        let status = std::process::Command::new(python)
+            .arg(script)
+            .arg("--model")
+            .arg(gguf)
+            .arg("--prompt-ids")
+            .arg(&ids)
+            .args(["--threads", &threads.to_string(), "--iters", &iters.max(1).to_string()])
+            .arg("--out")
+            .arg(&out)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| Error::bad_file(python, e))?;
+        if !status.success() {
+            return Err(Error::Unsupported(format!("the llama.cpp script failed ({status}); `make llamacpp-venv` installs its Python")));
+        }
+        let text = std::fs::read_to_string(&out).map_err(|e| Error::bad_file(&out, e))?;
+        let theirs: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::bad_file(&out, e))?;
+        if theirs["prompt_tokens"].as_u64() != Some(prompt.ids.len() as u64) {
+            return Err(Error::bad_file(&out, format!("llama.cpp evaluated {} tokens, not {}", theirs["prompt_tokens"], prompt.ids.len())));
+        }
+        let llamacpp_tokens_per_s = theirs["tokens_per_s"].as_f64().ok_or_else(|| Error::bad_file(&out, "no tokens_per_s"))?;
+        let medprm = bench_engine(engine, tokens, 1, iters)?;
+        match &mut best {
+            None => {
+                let llamacpp_info = theirs["info"].as_str().unwrap_or_default().to_string();
+                best = Some(VsLlamaCpp { prompt_tokens: prompt.ids.len(), llamacpp_tokens_per_s, llamacpp_info, medprm });
             }
-        });
+            Some(b) => {
+                b.llamacpp_tokens_per_s = b.llamacpp_tokens_per_s.max(llamacpp_tokens_per_s);
+                if medprm.tokens_per_s > b.medprm.tokens_per_s {
+                    b.medprm = medprm;
+                }
+            }
+        }
     }
     Ok(best.expect("at least one round"))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn llamacpp_then_medprm(
-    engine: &Engine,
-    gguf: &std::path::Path,
-    prompt: &Prompt,
-    tokens: usize,
-    iters: usize,
-    threads: usize,
-    python: &std::path::Path,
-    script: &std::path::Path,
-    ids: &std::path::Path,
-    out: &std::path::Path,
-) -> Result<VsLlamaCpp> {
-    use crate::error::Error;
-    let status = std::process::Command::new(python)
-        .arg(script)
-        .arg("--model")
-        .arg(gguf)
-        .arg("--prompt-ids")
-        .arg(ids)
-        .args(["--threads", &threads.to_string(), "--iters", &iters.max(1).to_string()])
-        .arg("--out")
-        .arg(out)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map_err(|e| Error::bad_file(python, e))?;
-    if !status.success() {
-        return Err(Error::Unsupported(format!("the llama.cpp script failed ({status}); `make llamacpp-venv` installs its Python")));
-    }
-    let text = std::fs::read_to_string(out).map_err(|e| Error::bad_file(out, e))?;
-    let theirs: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::bad_file(out, e))?;
-    if theirs["prompt_tokens"].as_u64() != Some(prompt.ids.len() as u64) {
-        return Err(Error::bad_file(out, format!("llama.cpp evaluated {} tokens, not {}", theirs["prompt_tokens"], prompt.ids.len())));
-    }
-    let medprm = bench_engine(engine, tokens, 1, iters)?;
-    Ok(VsLlamaCpp {
-        prompt_tokens: prompt.ids.len(),
-        llamacpp_tokens_per_s: theirs["tokens_per_s"].as_f64().ok_or_else(|| Error::bad_file(out, "no tokens_per_s"))?,
-        llamacpp_info: theirs["info"].as_str().unwrap_or_default().to_string(),
-        medprm,
-    })
 }

@@ -157,6 +157,17 @@ pub fn shared_prefix_len(prompts: &[&Prompt]) -> usize {
     }
 }
 
+/// The rules a caller-built prompt (vLLM `/pooling`) must follow under the loaded model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawPromptRules {
+    /// The profile has a step tag (without one no caller-built prompt can be scored).
+    pub has_step_tag: bool,
+    /// The step tag is one token, so prompts may come as token ids.
+    pub ids_allowed: bool,
+    /// Token ids must be below this.
+    pub vocab_size: usize,
+}
+
 pub struct PromptBuilder {
     pub profile: Profile,
     pub tokenizer: Arc<PrmTokenizer>,
@@ -624,6 +635,15 @@ impl PromptBuilder {
         let n = self.tokenizer.count(&text[..end])?;
         // Cutting the text can merge at most one token across the cut.
         Ok((n > limit + 1).then_some(n - 1))
+    }
+
+    /// What [`PromptBuilder::raw_prompt`] accepts, for the OpenAPI document of `/pooling`.
+    pub fn raw_prompt_rules(&self) -> RawPromptRules {
+        RawPromptRules {
+            has_step_tag: !self.profile.step_tag.is_empty(),
+            ids_allowed: self.tag_id.is_some(),
+            vocab_size: self.tokenizer.vocab_size(),
+        }
     }
 
     /// A prompt its caller built: text tokenized as it is (with the tokenizer's special tokens,

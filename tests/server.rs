@@ -304,6 +304,12 @@ async fn metrics_and_openapi_are_served() {
         let images = served["components"]["schemas"][name]["properties"]["images"].as_object_mut().unwrap();
         assert_eq!(images.remove("maxItems"), Some(json!(0)), "{name}.images: a text-only model takes no image");
     }
+    // ...and the largest token id /pooling takes: the tokenizer's vocabulary (all 4 forms of input).
+    let forms = served["components"]["schemas"]["PoolingInput"]["oneOf"].as_array_mut().unwrap();
+    let vocab_max = forms[2]["items"]["maximum"].as_u64().expect("/pooling token ids state their maximum");
+    assert!(vocab_max > 1000, "largest token id {vocab_max}");
+    assert_eq!(forms[2]["items"].as_object_mut().unwrap().remove("maximum"), Some(json!(vocab_max)));
+    assert_eq!(forms[3]["items"]["items"].as_object_mut().unwrap().remove("maximum"), Some(json!(vocab_max)));
     let committed: Value = serde_json::from_str(include_str!("../proto-docs/openapi.json")).unwrap();
     assert!(served == committed, "proto-docs/openapi.json drifted from the code: regenerate it with `medprm openapi > proto-docs/openapi.json`");
     assert_eq!(c.get(s.url("/docs/")).send().await.unwrap().status(), 200);

@@ -116,6 +116,11 @@ impl Infer {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// What `/pooling` accepts under the loaded model (`None` before it is loaded).
+    pub fn raw_prompt_rules(&self) -> Option<crate::prompt::RawPromptRules> {
+        self.builder.get().map(|b| b.raw_prompt_rules())
+    }
+
     fn builder(&self) -> Result<&Arc<PromptBuilder>> {
         self.builder.get().ok_or(Error::NotReady)
     }

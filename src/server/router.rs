@@ -30,13 +30,14 @@ pub struct ApiDoc;
 /// The OpenAPI document as pretty JSON for a server with the default limits (what
 /// `proto-docs/openapi.json` holds).
 pub fn openapi_json() -> String {
-    openapi_json_for(super::config::DEFAULT_MAX_CANDIDATES, None)
+    openapi_json_for(super::config::DEFAULT_MAX_CANDIDATES, None, None)
 }
 
 /// The OpenAPI document of a server that takes at most `max_candidates` per rank request and
 /// `max_images` images per request (`Some(0)`: a text-only model is loaded; `None`: unknown,
-/// the document states no image count).
-pub fn openapi_json_for(max_candidates: usize, max_images: Option<usize>) -> String {
+/// the document states no image count); `pooling`: what `/pooling` accepts under the loaded
+/// model (vocabulary, token ids allowed), stated when known.
+pub fn openapi_json_for(max_candidates: usize, max_images: Option<usize>, pooling: Option<crate::prompt::RawPromptRules>) -> String {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     let mut v = serde_json::to_value(&doc).expect("serializable OpenAPI");
@@ -46,6 +47,7 @@ pub fn openapi_json_for(max_candidates: usize, max_images: Option<usize>) -> Str
             v["components"]["schemas"][name]["properties"]["images"]["maxItems"] = serde_json::json!(n);
         }
     }
+    pooling_rules(&mut v, pooling);
     serde_json::to_string_pretty(&v).expect("serializable OpenAPI") + "\n"
 }
 
@@ -107,6 +109,37 @@ fn state_rules(doc: &mut serde_json::Value, max_candidates: usize) {
     });
 }
 
+/// The pooling routes' rules: `task` and `encoding_format` take one value each; `input` is not
+/// an empty list (an empty string is a prompt of the tokenizer's special tokens); once a model is loaded, token ids lie inside its
+/// vocabulary, ids are refused where the step tag is not one token, and a profile without a
+/// step tag accepts no caller-built prompt at all.
+fn pooling_rules(doc: &mut serde_json::Value, rules: Option<crate::prompt::RawPromptRules>) {
+    use serde_json::json;
+    let schemas = &mut doc["components"]["schemas"];
+    let request = &mut schemas["PoolingRequest"]["properties"];
+    request["task"]["enum"] = json!(["token_classify", null]);
+    request["encoding_format"]["enum"] = json!(["float", null]);
+    let mut id = json!({"type": "integer", "format": "int32", "minimum": 0});
+    if let Some(r) = rules {
+        id["maximum"] = json!(r.vocab_size.saturating_sub(1));
+    }
+    let text = json!({"type": "string"});
+    let ids = json!({"type": "array", "items": id, "minItems": 1});
+    let mut forms = vec![text.clone(), json!({"type": "array", "items": text, "minItems": 1})];
+    if rules.is_none_or(|r| r.ids_allowed) {
+        forms.push(ids.clone());
+        forms.push(json!({"type": "array", "items": ids, "minItems": 1}));
+    }
+    if let Some(all) = schemas.as_object_mut() {
+        all.shift_remove("TokenId"); // stated inline above (keeps the order of the rest)
+    }
+    let described = schemas["PoolingInput"]["description"].clone();
+    schemas["PoolingInput"] = json!({"oneOf": forms, "description": described});
+    if rules.is_some_and(|r| !r.has_step_tag) {
+        schemas["PoolingInput"] = json!({"not": {}, "description": "The loaded profile has no step tag: no caller-built prompt can be scored."});
+    }
+}
+
 /// A 404 without a body (Swagger UI's, under /docs) gets the JSON error every other route gives.
 async fn json_not_found(req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
@@ -144,7 +177,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 // Images: as many as --max-images once a vision model is loaded; none for a
                 // text-only model (its server refuses them).
                 let max_images = openapi_state.infer.info().map(|i| if i.vision.is_some() { openapi_state.cfg.max_images } else { 0 });
-                ([("content-type", "application/json")], openapi_json_for(max_candidates, max_images))
+                ([("content-type", "application/json")], openapi_json_for(max_candidates, max_images, openapi_state.infer.raw_prompt_rules()))
             }),
         )
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs"))
@@ -168,4 +201,32 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompt::RawPromptRules;
+
+    fn pooling_input(rules: Option<RawPromptRules>) -> serde_json::Value {
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json_for(8, None, rules)).unwrap();
+        assert!(doc["components"]["schemas"].get("TokenId").is_none());
+        doc["components"]["schemas"]["PoolingInput"].clone()
+    }
+
+    #[test]
+    fn the_pooling_input_states_the_loaded_models_rules() {
+        let unknown = pooling_input(None);
+        assert_eq!(unknown["oneOf"].as_array().unwrap().len(), 4);
+        assert!(unknown["oneOf"][2]["items"].get("maximum").is_none());
+        let rules = RawPromptRules { has_step_tag: true, ids_allowed: true, vocab_size: 100 };
+        let loaded = pooling_input(Some(rules));
+        assert_eq!(loaded["oneOf"][2]["items"]["maximum"], 99);
+        assert_eq!(loaded["oneOf"][3]["items"]["items"]["maximum"], 99);
+        assert_eq!(loaded["oneOf"][3]["minItems"], 1);
+        let text_only = pooling_input(Some(RawPromptRules { ids_allowed: false, ..rules }));
+        assert!(text_only["oneOf"].as_array().unwrap().iter().all(|f| f["type"] == "string" || f["items"]["type"] == "string"));
+        let untagged = pooling_input(Some(RawPromptRules { has_step_tag: false, ..rules }));
+        assert_eq!(untagged["not"], serde_json::json!({}));
+    }
 }

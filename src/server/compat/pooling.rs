@@ -30,8 +30,33 @@ use super::{model_name, response_id};
 pub enum PoolingInput {
     Text(String),
     Texts(Vec<String>),
-    Ids(Vec<u32>),
-    IdLists(Vec<Vec<u32>>),
+    Ids(Vec<TokenId>),
+    IdLists(Vec<Vec<TokenId>>),
+}
+
+/// A token id: a JSON integer, or a number with no fractional part (`7.0`, which JSON Schema
+/// counts as an integer and pydantic, behind vLLM, accepts).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenId(u32);
+
+impl utoipa::PartialSchema for TokenId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <u32 as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl ToSchema for TokenId {}
+
+impl<'de> Deserialize<'de> for TokenId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        let id = match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => u32::try_from(u).ok(),
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f <= u32::MAX as f64 => Some(f as u32),
+            _ => None,
+        };
+        id.map(TokenId).ok_or_else(|| serde::de::Error::custom(format!("token id {n} is not an integer in 0..=4294967295")))
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -157,8 +182,8 @@ pub async fn pooling(State(state): State<Arc<AppState>>, body: Result<ApiJson<Po
         let inputs: Vec<RawInput> = match req.input {
             PoolingInput::Text(t) => vec![RawInput::Text(t)],
             PoolingInput::Texts(v) => v.into_iter().map(RawInput::Text).collect(),
-            PoolingInput::Ids(ids) => vec![RawInput::Ids(ids)],
-            PoolingInput::IdLists(v) => v.into_iter().map(RawInput::Ids).collect(),
+            PoolingInput::Ids(ids) => vec![RawInput::Ids(ids.into_iter().map(|t| t.0).collect())],
+            PoolingInput::IdLists(v) => v.into_iter().map(|ids| RawInput::Ids(ids.into_iter().map(|t| t.0).collect())).collect(),
         };
         if inputs.is_empty() {
             return Err(ApiError::Validation("input: must not be empty".into()));
@@ -187,4 +212,18 @@ pub async fn pooling(State(state): State<Arc<AppState>>, body: Result<ApiJson<Po
         Ok(with_timing_headers(Json(body).into_response(), &scored.timings, start))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ids_take_integral_numbers_only() {
+        let ids = |json: &str| serde_json::from_str::<Vec<TokenId>>(json).map(|v| v.into_iter().map(|t| t.0).collect::<Vec<_>>());
+        assert_eq!(ids("[0, 7, 7.0, 4294967295]").unwrap(), vec![0, 7, 7, u32::MAX]);
+        for bad in ["[7.5]", "[-1]", "[4294967296]", "[1e300]", "[\"7\"]"] {
+            assert!(ids(bad).is_err(), "{bad} accepted");
+        }
+    }
 }

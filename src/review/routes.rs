@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::rejection::{FormRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::rejection::FormRejection;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -95,6 +96,47 @@ fn session(s: &ReviewState, headers: &HeaderMap) -> Option<(User, String)> {
     store(s).session(&auth::token_hash(tok)).ok().flatten()
 }
 
+/// The signed-in reviewer of a page: without a session the page redirects to /login.
+struct Reviewer {
+    user: User,
+    csrf: String,
+}
+
+impl FromRequestParts<Arc<ReviewState>> for Reviewer {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<ReviewState>) -> Result<Self, Self::Rejection> {
+        session(s, &parts.headers).map(|(user, csrf)| Reviewer { user, csrf }).ok_or_else(|| Redirect::to("/login"))
+    }
+}
+
+/// The signed-in reviewer of an API call: without a session, 401 JSON.
+struct ApiReviewer(Reviewer);
+
+impl FromRequestParts<Arc<ReviewState>> for ApiReviewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<ReviewState>) -> Result<Self, Self::Rejection> {
+        session(s, &parts.headers)
+            .map(|(user, csrf)| ApiReviewer(Reviewer { user, csrf }))
+            .ok_or_else(|| api_error(StatusCode::UNAUTHORIZED, "log in first"))
+    }
+}
+
+/// A query string; a malformed one is answered 400 with what is wrong.
+struct Q<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, s)
+            .await
+            .map(|Query(q)| Q(q))
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("query: {e}")).into_response())
+    }
+}
+
 fn render(s: &ReviewState, name: &str, ctx: serde_json::Value) -> Response {
     match s.env.get_template(name).and_then(|t| t.render(minijinja::value::Serde(&ctx))) {
         Ok(html) => Html(html).into_response(),
@@ -176,8 +218,7 @@ struct CsrfForm {
     csrf: String,
 }
 
-async fn logout(State(s): St, headers: HeaderMap, f: Result<Form<CsrfForm>, FormRejection>) -> Response {
-    let Some((user, csrf)) = session(&s, &headers) else { return Redirect::to("/login").into_response() };
+async fn logout(State(s): St, Reviewer { user, csrf }: Reviewer, headers: HeaderMap, f: Result<Form<CsrfForm>, FormRejection>) -> Response {
     let f = f.map(|Form(f)| f).unwrap_or(CsrfForm { csrf: String::new() });
     if !auth::same(&csrf, &f.csrf) {
         return api_error(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
@@ -234,12 +275,7 @@ struct QueueQuery {
     reviewer: String,
 }
 
-async fn queue(State(s): St, headers: HeaderMap, q: Result<Query<QueueQuery>, QueryRejection>) -> Response {
-    let Some((user, csrf)) = session(&s, &headers) else { return Redirect::to("/login").into_response() };
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("query: {e}")).into_response(),
-    };
+async fn queue(State(s): St, Reviewer { user, csrf }: Reviewer, Q(q): Q<QueueQuery>) -> Response {
     let (rows, users) = match rows(&s) {
         Ok(r) => r,
         Err(e) => return bad_record(e),
@@ -316,12 +352,7 @@ fn slot_for(s: &ReviewState, user: &User, slot_name: &str) -> i64 {
     }
 }
 
-async fn item_page(State(s): St, headers: HeaderMap, q: Result<Query<ItemQuery>, QueryRejection>) -> Response {
-    let Some((user, csrf)) = session(&s, &headers) else { return Redirect::to("/login").into_response() };
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("query: {e}")).into_response(),
-    };
+async fn item_page(State(s): St, Reviewer { user, csrf }: Reviewer, Q(q): Q<ItemQuery>) -> Response {
     let (rows, users) = match rows(&s) {
         Ok(r) => r,
         Err(e) => return bad_record(e),
@@ -392,14 +423,7 @@ struct ImageQuery {
 /// input's paths; relative ones are resolved against `--image-root`). PNG, JPEG, GIF and WebP are
 /// sent as they are (never sniffed); DICOM is decoded by [`crate::image::decode`] (windowed to
 /// 8 bit, as the model sees it) and sent as PNG.
-async fn item_image(State(s): St, headers: HeaderMap, q: Result<Query<ImageQuery>, QueryRejection>) -> Response {
-    if session(&s, &headers).is_none() {
-        return Redirect::to("/login").into_response();
-    }
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("query: {e}")).into_response(),
-    };
+async fn item_image(State(s): St, _: Reviewer, Q(q): Q<ImageQuery>) -> Response {
     let it = match store(&s).item(&q.id) {
         Ok(Some(it)) => it,
         Ok(None) => return (StatusCode::NOT_FOUND, "no such item").into_response(),
@@ -451,8 +475,7 @@ struct SaveBody {
     version: i64,
 }
 
-async fn save(State(s): St, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let Some((user, csrf)) = session(&s, &headers) else { return api_error(StatusCode::UNAUTHORIZED, "log in first") };
+async fn save(State(s): St, ApiReviewer(Reviewer { user, csrf }): ApiReviewer, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
     if !auth::same(&csrf, sent) {
         return api_error(StatusCode::FORBIDDEN, "missing or wrong CSRF token (header x-csrf-token)");
@@ -499,14 +522,7 @@ async fn save(State(s): St, headers: HeaderMap, body: axum::body::Bytes) -> Resp
 }
 
 /// The saved values of an item (every slot) as JSON.
-async fn api_item(State(s): St, headers: HeaderMap, q: Result<Query<ItemQuery>, QueryRejection>) -> Response {
-    if session(&s, &headers).is_none() {
-        return api_error(StatusCode::UNAUTHORIZED, "log in first");
-    }
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("query: {e}")).into_response(),
-    };
+async fn api_item(State(s): St, _: ApiReviewer, Q(q): Q<ItemQuery>) -> Response {
     match store(&s).item(&q.id) {
         Ok(Some(_)) => {}
         Ok(None) => return api_error(StatusCode::NOT_FOUND, format!("id: no item {:?}", q.id)),
@@ -520,8 +536,7 @@ async fn api_item(State(s): St, headers: HeaderMap, q: Result<Query<ItemQuery>, 
 
 // ---- stats ----
 
-async fn stats_page(State(s): St, headers: HeaderMap) -> Response {
-    let Some((user, csrf)) = session(&s, &headers) else { return Redirect::to("/login").into_response() };
+async fn stats_page(State(s): St, Reviewer { user, csrf }: Reviewer) -> Response {
     let (rows, users) = match rows(&s) {
         Ok(r) => r,
         Err(e) => return bad_record(e),

@@ -168,7 +168,7 @@ bench-prefix: assets build
 
 ## Load a running server (`make serve` in another shell) at concurrency 1, 4 and 8 (a line per level as it ends).
 bench-serve:
-	$(BIN) bench serve --url http://$(HOST):$(PORT) --concurrency 1,4,8 --requests 8 --candidates 4 --documents
+	$(BIN) bench serve --url http://$(HOST):$(PORT) --concurrency 1,4,8 --requests 8 --candidates 4 --documents --figures docs/figures/bench-serve.json
 
 ## Retrieval index of the open-medicine guidelines (built once; delete the directory to rebuild).
 index: $(INDEX)/.complete

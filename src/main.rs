@@ -231,6 +231,10 @@ enum BenchCommand {
         documents: bool,
         #[arg(long, env = "MEDPRM_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
+        /// Also write the levels (and the server's /info model) to this JSON file (see
+        /// docs/figures/; the README's table is rendered from it).
+        #[arg(long)]
+        figures: Option<PathBuf>,
     },
     /// Start `medprm serve` with the arguments after `--`, send it mixed traffic (scores, ranks
     /// with documents and with retrieval, retrieval, malformed requests, clients that give up,
@@ -466,20 +470,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }))?;
             }
         }
-        Command::Bench(BenchCommand::Serve { url, concurrency, requests, candidates, documents, api_key }) => {
+        Command::Bench(BenchCommand::Serve { url, concurrency, requests, candidates, documents, api_key, figures }) => {
             let cfg = medprm::tools::loadgen::LoadConfig { url, concurrency, requests, candidates, documents, api_key };
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             use std::io::Write;
             use medprm::tools::loadgen;
             println!("{}", loadgen::header(&cfg));
             // A line per level as it ends (flushed: the run may take many minutes, or be stopped).
-            let (_, ended) = rt.block_on(loadgen::run(cfg.clone(), |r, interrupted| {
+            let (levels, ended) = rt.block_on(loadgen::run(cfg.clone(), |r, interrupted| {
                 println!("{}", loadgen::row(r, interrupted));
                 let _ = std::io::stdout().flush();
             }))?;
             if let loadgen::Ended::Interrupted = ended {
                 eprintln!("stopped by a signal: the last line covers the requests that had finished");
                 return Err(Interrupted.into());
+            }
+            if let Some(path) = figures {
+                let info = rt.block_on(loadgen::server_info(&cfg))?;
+                medprm::figures::write(&path, &serde_json::json!({
+                    "server": {"model": info["model"]["model"], "format": info["model"]["format"], "device": info["model"]["device"], "profile": info["model"]["profile"]},
+                    "requests": cfg.requests, "candidates": cfg.candidates, "documents": cfg.documents, "levels": levels,
+                }))?;
             }
         }
         Command::Bench(BenchCommand::Soak { minutes, out, sample_s, clients, burst, burst_every_s, rss_bound, server_bin, test_model, mut serve_args }) => {

@@ -21,7 +21,7 @@ pub struct LoadConfig {
     pub api_key: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct LevelReport {
     pub concurrency: usize,
     pub ok: usize,
@@ -125,6 +125,15 @@ async fn stop_signal() {
 
 /// Runs every level, calling `on_level` as each one ends (and for the interrupted one, whose
 /// report covers the requests that had finished when the signal came).
+/// The server's `/info` (which model answered the benchmark).
+pub async fn server_info(cfg: &LoadConfig) -> anyhow::Result<Value> {
+    let mut req = reqwest::Client::new().get(format!("{}/info", cfg.url));
+    if let Some(key) = &cfg.api_key {
+        req = req.bearer_auth(key);
+    }
+    Ok(req.send().await?.error_for_status()?.json().await?)
+}
+
 pub async fn run(cfg: LoadConfig, mut on_level: impl FnMut(&LevelReport, bool)) -> anyhow::Result<(Vec<LevelReport>, Ended)> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(900)).build()?;
     let ready = client.get(format!("{}/ready", cfg.url)).send().await?;

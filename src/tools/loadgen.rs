@@ -123,8 +123,6 @@ async fn stop_signal() {
     }
 }
 
-/// Runs every level, calling `on_level` as each one ends (and for the interrupted one, whose
-/// report covers the requests that had finished when the signal came).
 /// The server's `/info` (which model answered the benchmark).
 pub async fn server_info(cfg: &LoadConfig) -> anyhow::Result<Value> {
     let mut req = reqwest::Client::new().get(format!("{}/info", cfg.url));
@@ -134,6 +132,8 @@ pub async fn server_info(cfg: &LoadConfig) -> anyhow::Result<Value> {
     Ok(req.send().await?.error_for_status()?.json().await?)
 }
 
+/// Runs every level, calling `on_level` as each one ends (and for the interrupted one, whose
+/// report covers the requests that had finished when the signal came).
 pub async fn run(cfg: LoadConfig, mut on_level: impl FnMut(&LevelReport, bool)) -> anyhow::Result<(Vec<LevelReport>, Ended)> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(900)).build()?;
     let ready = client.get(format!("{}/ready", cfg.url)).send().await?;

@@ -31,11 +31,13 @@ pub struct ModelArgs {
     /// Device: cpu, cuda (needs a build with `--features cuda`) or auto.
     #[arg(long, env = "MEDPRM_DEVICE", default_value = "cpu")]
     pub device: String,
-    /// GGUF linears: `dequantized` (expanded to f32 at load: fastest, 4 bytes per weight),
+    /// GGUF linears: `dequantized` (expanded to f32 at load: fastest in f32, 4 bytes per weight),
     /// `streamed` (kept quantized, each expanded right before its matmul: f32-gemm speed at about
-    /// the GGUF's size), `quantized` (candle's quantized kernels) or `auto` (on CPU dequantized
-    /// up to 4 GiB of f32 linears, streamed above; quantized on GPU).
-    #[arg(long, env = "MEDPRM_GGUF_MATMUL", default_value = "auto", value_parser = ["auto", "quantized", "dequantized", "streamed"])]
+    /// the GGUF's size), `quantized` (candle's quantized kernels), `int8` (re-quantized to int8 per
+    /// row, activations to int8 per row: AVX-512 VNNI dot products where the CPU has them, 1 byte
+    /// per weight; scores within a few 1e-2 of f32) or `auto` (on CPU dequantized up to 4 GiB of
+    /// f32 linears, streamed above; quantized on GPU).
+    #[arg(long, env = "MEDPRM_GGUF_MATMUL", default_value = "auto", value_parser = ["auto", "quantized", "dequantized", "streamed", "int8"])]
     pub gguf_matmul: String,
 }
 
@@ -52,8 +54,9 @@ impl ModelArgs {
             "quantized" => Some(GgufLinears::Quantized),
             "dequantized" => Some(GgufLinears::Dequantized),
             "streamed" => Some(GgufLinears::Streamed),
+            "int8" => Some(GgufLinears::Int8),
             other => {
-                return Err(Error::input("gguf_matmul", format!("`{other}` is not one of auto, quantized, dequantized, streamed")))
+                return Err(Error::input("gguf_matmul", format!("`{other}` is not one of auto, quantized, dequantized, streamed, int8")))
             }
         };
         Ok(o)

@@ -253,6 +253,9 @@ impl Engine {
             format: match (&files, model.gguf_linears()) {
                 (ModelFiles::Gguf { .. }, Some(GgufLinears::Quantized)) => "gguf (quantized matmul)".into(),
                 (ModelFiles::Gguf { .. }, Some(GgufLinears::Streamed)) => "gguf (streamed dequantization)".into(),
+                (ModelFiles::Gguf { .. }, Some(GgufLinears::Int8)) => {
+                    format!("gguf (int8 matmul, {})", model.int8_kernel().map_or("?", |k| k.name()))
+                }
                 (ModelFiles::Gguf { .. }, _) => "gguf (dequantized to f32)".into(),
                 _ => files.format().into(),
             },

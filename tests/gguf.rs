@@ -106,3 +106,22 @@ fn streamed_dequantization_scores_as_the_weights_dequantized_at_load() {
     eprintln!("gguf streamed vs dequantized at load: max |Δ| = {d:e}");
     assert!(d <= 1e-5, "max |Δ| {d}");
 }
+
+/// Mean and max |Δp| between two score sets.
+fn diffs(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f32, f32) {
+    let n = a.iter().map(Vec::len).sum::<usize>() as f32;
+    let mean = a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).sum::<f32>() / n;
+    (max_diff(a, b), mean)
+}
+
+#[test]
+fn int8_matmul_scores_near_the_f32_path() {
+    let q = load(medprm::tools::testmodel::smollm2_gguf().expect("assets"), Some(GgufLinears::Int8));
+    assert_eq!(q.model.gguf_linears(), Some(GgufLinears::Int8));
+    let kernel = q.model.int8_kernel().expect("int8 linears");
+    assert_eq!(q.info.format, format!("gguf (int8 matmul, {})", kernel.name()));
+    // Weights and activations both rounded to 8 bits per row: close, not identical.
+    let (max, mean) = diffs(&scores(&q), &scores(gguf_dequantized()));
+    eprintln!("gguf int8 ({}) vs dequantized: max |Δp| = {max:e}, mean |Δp| = {mean:e}", kernel.name());
+    assert!(max <= 5e-2 && mean <= 2e-2, "max |Δp| {max}, mean |Δp| {mean}");
+}

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use candle_core::{CpuStorage, DType, Device, Module, Storage, StorageRef, Tensor};
 
 use super::attention::{self, Heads, KeyValues, QueryRow};
+use super::qmatmul::{Int8Matrix, Kernel};
 use super::{dequant, simd, GgufLinears};
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
 use super::head::{Head, HeadSpec};
@@ -44,6 +45,8 @@ enum LinearWeight {
     Quantized(QMatMul),
     /// Quantized in memory, dequantized to f32 for each matmul.
     Streamed(QTensor),
+    /// Int8 weights, int8 activations ([`super::qmatmul`]).
+    Int8(Int8Matrix),
 }
 
 impl Linear {
@@ -52,6 +55,7 @@ impl Linear {
         let wname = format!("{name}.weight");
         let weight = match w.quantized(&wname, (out, inp))? {
             Some((q, GgufLinears::Streamed)) if q.device().is_cpu() => LinearWeight::Streamed(q),
+            Some((q, GgufLinears::Int8)) if q.device().is_cpu() => LinearWeight::Int8(Int8Matrix::from_qtensor(&q, Kernel::detect())?),
             Some((q, _)) => LinearWeight::Quantized(QMatMul::from_qtensor(q)?),
             None => LinearWeight::Dense(w.get(&wname, (out, inp))?),
         };
@@ -65,6 +69,7 @@ impl Linear {
             LinearWeight::Dense(w) => x.matmul(&w.t()?)?,
             LinearWeight::Quantized(q) => q.forward(x)?,
             LinearWeight::Streamed(q) => x.matmul(&dequant::dequantize(q)?.t()?)?,
+            LinearWeight::Int8(q) => q.forward(x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -104,6 +109,10 @@ impl GateUp {
                 };
                 let weight = LinearWeight::Dense(Tensor::cat(&[g, u], 0)?);
                 GateUp::Fused { linear: Linear { weight, bias }, intermediate: ff }
+            }
+            (LinearWeight::Int8(g), LinearWeight::Int8(u)) if gate.bias.is_none() && up.bias.is_none() => {
+                let weight = LinearWeight::Int8(Int8Matrix::stack(g, u));
+                GateUp::Fused { linear: Linear { weight, bias: None }, intermediate: ff }
             }
             _ => GateUp::Split { gate, up },
         })
@@ -267,6 +276,15 @@ impl Llama {
         match self.layers.first().map(|l| &l.q.weight) {
             Some(LinearWeight::Quantized(_)) => Some(GgufLinears::Quantized),
             Some(LinearWeight::Streamed(_)) => Some(GgufLinears::Streamed),
+            Some(LinearWeight::Int8(_)) => Some(GgufLinears::Int8),
+            _ => None,
+        }
+    }
+
+    /// The int8 kernel of a GGUF model whose linears run in int8.
+    pub fn int8_kernel(&self) -> Option<Kernel> {
+        match self.layers.first().map(|l| &l.q.weight) {
+            Some(LinearWeight::Int8(q)) => Some(q.kernel()),
             _ => None,
         }
     }

@@ -11,6 +11,7 @@ pub mod head;
 pub mod internvit;
 pub mod internvl;
 pub mod llama;
+pub mod qmatmul;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -184,6 +185,9 @@ pub enum GgufLinears {
     /// Quantized in memory, each expanded to f32 right before its matmul and dropped after:
     /// f32-gemm speed on prompt-sized batches with about the GGUF's size resident.
     Streamed,
+    /// Re-quantized at load to int8 per output row; activations quantized per row at each
+    /// matmul; integer dot products on AVX-512 VNNI where the CPU has it ([`qmatmul`]).
+    Int8,
 }
 
 impl GgufLinears {
@@ -192,6 +196,7 @@ impl GgufLinears {
             GgufLinears::Dequantized => "dequantized",
             GgufLinears::Quantized => "quantized",
             GgufLinears::Streamed => "streamed",
+            GgufLinears::Int8 => "int8",
         }
     }
 }

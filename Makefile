@@ -134,11 +134,12 @@ bench-engine: assets build
 	$(BIN) bench engine --model $(DEMO_MODEL) --tokens 2048 --figures docs/figures/bench-engine.json
 	$(BIN) bench engine --model $(DEMO_MODEL) --tokens 2048 --generic-attention --figures docs/figures/bench-engine-generic.json
 
-## The three ways of running GGUF linears on the demo model, one after another (throughput, peak RSS).
+## The four ways of running GGUF linears on the demo model, one after another (throughput, peak RSS; int8's |Δp| to f32).
 bench-gguf: assets build
 	$(BIN) bench engine --model $(DEMO_MODEL) --gguf-matmul dequantized --tokens 1024 --iters 1 --figures docs/figures/gguf-dequantized.json
 	$(BIN) bench engine --model $(DEMO_MODEL) --gguf-matmul streamed --tokens 1024 --iters 1 --figures docs/figures/gguf-streamed.json
 	$(BIN) bench engine --model $(DEMO_MODEL) --gguf-matmul quantized --tokens 1024 --iters 1 --figures docs/figures/gguf-quantized.json
+	$(BIN) bench engine --model $(DEMO_MODEL) --gguf-matmul int8 --tokens 1024 --iters 1 --delta-vs-dequantized --figures docs/figures/gguf-int8.json
 
 ## The reference's Python (transformers, torch) in a venv outside the repo; large (torch).
 golden-venv: $(GOLDEN_VENV)/.requirements

@@ -149,6 +149,10 @@ enum BenchCommand {
         /// Run attention as generic tensor operations instead of the CPU kernels (to compare).
         #[arg(long)]
         generic_attention: bool,
+        /// After the timing, also load the GGUF with its linears dequantized to f32 and print
+        /// the largest and mean |Δp| between the two on real Med-PRM solutions (8 candidates).
+        #[arg(long)]
+        delta_vs_dequantized: bool,
         /// Also write the figures, with this command line, the date and the CPU, to this JSON file.
         #[arg(long)]
         figures: Option<PathBuf>,
@@ -358,7 +362,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             medprm::model::gguf::convert_to_hf(&g, &out)?;
             eprintln!("wrote {}", out.display());
         }
-        Command::Bench(BenchCommand::Engine { model, tokens, batch, iters, generic_attention, figures }) => {
+        Command::Bench(BenchCommand::Engine { model, tokens, batch, iters, generic_attention, delta_vs_dequantized, figures }) => {
             let mut engine = load_model(&model.options()?)?;
             engine.model.set_cpu_kernels(!generic_attention);
             let r = medprm::tools::bench::bench_engine(&engine, tokens, batch, iters)?;
@@ -375,14 +379,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(f) = r.minor_faults_per_forward {
                 println!("page faults      {f:.0} minor faults per forward ({:.0} MiB of fresh pages)", f * 4096.0 / 1048576.0);
             }
+            // After the peak RSS is read: the f32 model would add its own.
+            let delta = if delta_vs_dequantized {
+                if engine.info.format.split_whitespace().next() != Some("gguf") {
+                    anyhow::bail!("--delta-vs-dequantized: {} is not a GGUF model", model.model.display());
+                }
+                let mut f32_opts = model.options()?;
+                f32_opts.gguf_linears = Some(medprm::model::GgufLinears::Dequantized);
+                let d = medprm::tools::bench::score_delta(&engine, &load_model(&f32_opts)?)?;
+                println!("|Δp| vs f32      max {:.2e}, mean {:.2e} over {} step scores ({} solutions, dequantized linears as the reference)", d.max, d.mean, d.scores, d.solutions);
+                Some(d)
+            } else {
+                None
+            };
             if let Some(path) = figures {
-                medprm::figures::write(&path, &serde_json::json!({
+                let mut fig = serde_json::json!({
                     "model": engine.info.model, "format": engine.info.format, "gguf_matmul": model.gguf_matmul,
                     "attention": if generic_attention { "generic" } else { "cpu_kernels" },
                     "prompt_tokens": r.prompt_tokens, "batch": r.batch, "iters": iters, "seconds": r.seconds,
                     "tokens_per_s": r.tokens_per_s, "model_gflops": r.model_gflops, "gemm_gflops": r.gemm_gflops,
                     "peak_rss_mib": peak_rss_mib, "minor_faults_per_forward": r.minor_faults_per_forward,
-                }))?;
+                });
+                if let Some(d) = delta {
+                    fig["delta_vs_dequantized"] = serde_json::json!({"max_abs_dp": d.max, "mean_abs_dp": d.mean, "step_scores": d.scores, "solutions": d.solutions});
+                }
+                medprm::figures::write(&path, &fig)?;
             }
         }
         Command::Bench(BenchCommand::Prefix { model, workload: BestOfN { candidates, prefix_tokens, suffix_tokens, max_batch_tokens }, generic_attention, figures }) => {

@@ -74,6 +74,33 @@ pub fn bench_engine(engine: &Engine, tokens: usize, batch: usize, iters: usize) 
     })
 }
 
+/// How far one engine's step scores are from another's (the same model run another way).
+pub struct ScoreDelta {
+    pub max: f64,
+    pub mean: f64,
+    pub scores: usize,
+    pub solutions: usize,
+}
+
+/// |Δp| between `engine` and `reference` over 8 real Med-PRM solutions of the bench records
+/// (about 600 tokens of shared question and documents, about 150 tokens of steps each).
+pub fn score_delta(engine: &Engine, reference: &Engine) -> Result<ScoreDelta> {
+    let prompts = best_of_n_prompts(engine, 8, 600, 150)?;
+    let refs: Vec<&Prompt> = prompts.iter().collect();
+    let (a, b) = (engine.score(&refs)?, reference.score(&refs)?);
+    if a.iter().map(Vec::len).ne(b.iter().map(Vec::len)) {
+        return Err(crate::error::Error::Backend("the two engines scored different numbers of steps".into()));
+    }
+    let d: Vec<f64> = a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs() as f64).collect();
+    let scores = d.len();
+    Ok(ScoreDelta {
+        max: d.iter().copied().fold(0.0, f64::max),
+        mean: d.iter().sum::<f64>() / scores.max(1) as f64,
+        scores,
+        solutions: prompts.len(),
+    })
+}
+
 /// Prefix sharing on a Best-of-N workload: N candidates sharing ~`prefix_tokens` of system
 /// prompt, documents and question, each with its own ~`suffix_tokens` of steps (±20%).
 pub struct PrefixBench {

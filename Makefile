@@ -155,9 +155,11 @@ bench-vs-reference: assets build golden-venv
 	$(BIN) bench vs-reference --python $(GOLDEN_VENV)/bin/python --candidates 16 --prefix-tokens 2700 --suffix-tokens 500 --figures docs/figures/bench-vs-reference.json
 
 ## llama.cpp's server (the pinned xllamacpp wheel, in process) and medprm's engine on the same GGUF
-## and the same prompt token ids, back to back: prompt tokens/s of each and the ratio.
+## and the same prompt token ids, back to back: prompt tokens/s of each and the ratio; then the same
+## with medprm's int8 (VNNI) linears.
 bench-vs-llamacpp: assets build llamacpp-venv
 	$(BIN) bench vs-llamacpp --model $(DEMO_MODEL) --tokens 2048 --figures docs/figures/bench-vs-llamacpp.json
+	$(BIN) bench vs-llamacpp --model $(DEMO_MODEL) --tokens 2048 --gguf-matmul int8 --figures docs/figures/bench-vs-llamacpp-int8.json
 
 ## Regenerate the figure files of docs/figures/ that need neither a server nor torch (release
 ## build, minutes); then `MEDPRM_BLESS=1 cargo test --test readme` renders the README's tables.

@@ -33,9 +33,9 @@ pub struct ModelArgs {
     pub device: String,
     /// GGUF linears: `dequantized` (expanded to f32 at load: fastest in f32, 4 bytes per weight),
     /// `streamed` (kept quantized, each expanded right before its matmul: f32-gemm speed at about
-    /// the GGUF's size), `quantized` (candle's quantized kernels), `int8` (re-quantized to int8 per
-    /// row, activations to int8 per row: AVX-512 VNNI dot products where the CPU has them, 1 byte
-    /// per weight; scores within a few 1e-2 of f32) or `auto` (on CPU dequantized up to 4 GiB of
+    /// the GGUF's size), `quantized` (candle's quantized kernels), `int8` (re-quantized to int8 with a
+    /// scale per block of 32 inputs, activations likewise: AVX-512 VNNI dot products where the CPU
+    /// has them, about 1 byte per weight; scores within a few 1e-2 of f32) or `auto` (on CPU dequantized up to 4 GiB of
     /// f32 linears, streamed above; quantized on GPU).
     #[arg(long, env = "MEDPRM_GGUF_MATMUL", default_value = "auto", value_parser = ["auto", "quantized", "dequantized", "streamed", "int8"])]
     pub gguf_matmul: String,

@@ -485,7 +485,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("ratio              {:.2}x", r.medprm.tokens_per_s / r.llamacpp_tokens_per_s);
             if let Some(path) = figures {
                 medprm::figures::write(&path, &serde_json::json!({
-                    "model": engine.info.model, "format": engine.info.format, "prompt_tokens": r.prompt_tokens, "threads": threads, "rounds": rounds, "iters": iters,
+                    "model": engine.info.model, "format": engine.info.format, "gguf_matmul": model.gguf_matmul, "prompt_tokens": r.prompt_tokens, "threads": threads, "rounds": rounds, "iters": iters,
                     "llamacpp_tokens_per_s": r.llamacpp_tokens_per_s, "llamacpp_info": r.llamacpp_info,
                     "medprm_tokens_per_s": r.medprm.tokens_per_s, "medprm_gemm_gflops": r.medprm.gemm_gflops,
                 }))?;

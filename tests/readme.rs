@@ -174,11 +174,16 @@ fn engine_table() -> String {
     out + &sources(&[("bench-engine", &k), ("bench-engine-generic", &g)])
 }
 
-/// `make bench-gguf`: the three ways of running GGUF linears.
+/// `make bench-gguf`: the four ways of running GGUF linears, int8's score difference to f32.
 fn gguf_table() -> String {
-    let modes = [("dequantized", "`dequantized` (CPU default up to 4 GiB of f32 linears)"), ("streamed", "`streamed` (CPU default above)"), ("quantized", "`quantized` (candle's kernels; GPU default)")];
+    let modes = [
+        ("dequantized", "`dequantized` (CPU default up to 4 GiB of f32 linears)"),
+        ("streamed", "`streamed` (CPU default above)"),
+        ("quantized", "`quantized` (candle's kernels; GPU default)"),
+        ("int8", "`int8` (opt-in; AVX-512 VNNI where the CPU has it)"),
+    ];
     let files: Vec<(String, medprm::figures::FigureFile)> = modes.iter().map(|(m, _)| (format!("gguf-{m}"), figure(&format!("gguf-{m}")))).collect();
-    let mut out = String::from("| `--gguf-matmul` | throughput | achieved / gemm peak | peak RSS |\n|---|---|---|---|\n");
+    let mut out = String::from("| `--gguf-matmul` | throughput | achieved / f32 gemm peak | peak RSS |\n|---|---|---|---|\n");
     for ((_, label), (_, f)) in modes.iter().zip(&files) {
         out += &format!(
             "| {label} | {:.0} tokens/s ({} tokens) | {:.1} / {:.1} GFLOP/s ({:.0}%) | {:.0} MiB |\n",
@@ -187,7 +192,16 @@ fn gguf_table() -> String {
         );
     }
     let tps = |i: usize| num(&files[i].1, "tokens_per_s");
-    out += &format!("\n`dequantized` runs {:.1}× `streamed` and {:.0}× `quantized` per token.\n", tps(0) / tps(1), tps(0) / tps(2));
+    out += &format!(
+        "\n`dequantized` runs {:.1}× `streamed` and {:.0}× `quantized` per token; `int8` runs {:.2}× `dequantized` (its integer dot products do 4× an f32 FMA's multiplications per instruction, so it can pass the f32 gemm peak).\n",
+        tps(0) / tps(1), tps(0) / tps(2), tps(3) / tps(0)
+    );
+    let d = &files[3].1.figures["delta_vs_dequantized"];
+    let dn = |k: &str| d[k].as_f64().unwrap_or_else(|| panic!("`delta_vs_dequantized.{k}` missing in docs/figures/gguf-int8.json"));
+    out += &format!(
+        "`int8` scores differ from the f32 (`dequantized`) path by |Δp| ≤ {:.1e} (mean {:.1e}) over {:.0} step scores of {:.0} real Med-PRM solutions (`--delta-vs-dequantized`).\n",
+        dn("max_abs_dp"), dn("mean_abs_dp"), dn("step_scores"), dn("solutions")
+    );
     let refs: Vec<(&str, &medprm::figures::FigureFile)> = files.iter().map(|(n, f)| (n.as_str(), f)).collect();
     out + &sources(&refs)
 }
@@ -216,13 +230,25 @@ fn prefix_table() -> String {
 
 /// `make bench-vs-llamacpp`: llama.cpp and medprm on the same GGUF and prompt.
 fn vs_llamacpp_table() -> String {
-    let f = figure("bench-vs-llamacpp");
-    let (theirs, ours) = (num(&f, "llamacpp_tokens_per_s"), num(&f, "medprm_tokens_per_s"));
-    let mut out = String::from("| engine | prompt tokens/s |\n|---|---|\n");
-    out += &format!("| llama.cpp ({}) | {theirs:.0} |\n", f.figures["llamacpp_info"].as_str().unwrap_or("?"));
-    out += &format!("| medprm (`dequantized` linears, CPU kernels) | {ours:.0} |\n");
-    out += &format!("\n{} prompt tokens; medprm / llama.cpp = **{:.2}×**.\n", thousands(num(&f, "prompt_tokens")), ours / theirs);
-    out + &sources(&[("bench-vs-llamacpp", &f)])
+    // One file per medprm linears mode; each holds its own llama.cpp run, back to back with it.
+    let files = [("bench-vs-llamacpp", figure("bench-vs-llamacpp")), ("bench-vs-llamacpp-int8", figure("bench-vs-llamacpp-int8"))];
+    let mut out = String::from("| medprm linears | llama.cpp prompt tokens/s | medprm prompt tokens/s | medprm / llama.cpp |\n|---|---|---|---|\n");
+    for (_, f) in &files {
+        let (theirs, ours) = (num(f, "llamacpp_tokens_per_s"), num(f, "medprm_tokens_per_s"));
+        let mode = match f.figures["gguf_matmul"].as_str() {
+            Some("auto") | None => "dequantized",
+            Some(m) => m,
+        };
+        out += &format!("| `{mode}` ({}) | {theirs:.0} | {ours:.0} | **{:.2}×** |\n", f.figures["format"].as_str().unwrap_or("?"), ours / theirs);
+    }
+    let f = &files[0].1;
+    out += &format!(
+        "\n{} prompt tokens, the same ids on both sides; llama.cpp: {}.\n",
+        thousands(num(f, "prompt_tokens")),
+        f.figures["llamacpp_info"].as_str().unwrap_or("?")
+    );
+    let refs: Vec<(&str, &medprm::figures::FigureFile)> = files.iter().map(|(n, f)| (*n, f)).collect();
+    out + &sources(&refs)
 }
 
 /// `medprm label --compare-adaptive`: what fixed K and adaptive mode spent, and their agreement

@@ -185,8 +185,8 @@ pub enum GgufLinears {
     /// Quantized in memory, each expanded to f32 right before its matmul and dropped after:
     /// f32-gemm speed on prompt-sized batches with about the GGUF's size resident.
     Streamed,
-    /// Re-quantized at load to int8 per output row; activations quantized per row at each
-    /// matmul; integer dot products on AVX-512 VNNI where the CPU has it ([`qmatmul`]).
+    /// Re-quantized at load to int8, one scale per block of 32 inputs of a row; activations
+    /// likewise at each matmul; integer dot products on AVX-512 VNNI where the CPU has it ([`qmatmul`]).
     Int8,
 }
 

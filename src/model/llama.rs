@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use candle_core::{CpuStorage, DType, Device, Module, Storage, StorageRef, Tensor};
 
 use super::attention::{self, Heads, KeyValues, QueryRow};
-use super::{dequant, simd, GgufLinears};
+use super::{dequant, numerics, simd, GgufLinears};
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
 use super::head::{Head, HeadSpec};
 use super::Weights;
@@ -62,7 +62,11 @@ impl Linear {
     /// `x` is 2-D (rows, in_features).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            LinearWeight::Dense(w) => x.matmul(&w.t()?)?,
+            // f32 on the CPU: K blocked as torch's CPU matmul blocks it (`numerics`).
+            LinearWeight::Dense(w) => match numerics::blocked_linear(x, w)? {
+                Some(y) => y,
+                None => x.matmul(&w.t()?)?,
+            },
             LinearWeight::Quantized(q) => q.forward(x)?,
             LinearWeight::Streamed(q) => x.matmul(&dequant::dequantize(q)?.t()?)?,
         };

@@ -350,7 +350,11 @@ impl Llama {
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(x, w, self.cfg.rms_norm_eps as f32)
+        // f32 on the CPU: transformers' order of operations and torch's summation (`numerics`).
+        match numerics::rms_norm(x, w, self.cfg.rms_norm_eps as f32)? {
+            Some(y) => Ok(y),
+            None => candle_nn::ops::rms_norm(x, w, self.cfg.rms_norm_eps as f32),
+        }
     }
 
     /// Splits rows of `n` heads, (b·t, n·d), into (b, n, t, d), contiguous.

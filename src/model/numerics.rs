@@ -6,6 +6,11 @@
 //! the per-layer drift starts at layer 1 and grows with the residual stream. Splitting K the same
 //! way — equal blocks of at most `MAX_K_BLOCK`, partial products added in block order — makes our
 //! rounding follow torch's.
+//!
+//! RMSNorm likewise: transformers' `LlamaRMSNorm` squares, sums with torch's cascade sum (the
+//! vectorised inner reduction of `SumKernel.cpp`: 16-lane vectors on AVX-512, four interleaved
+//! vector accumulators, levels of 16, lanes added in order), divides by the width, and multiplies
+//! by `1/sqrt(variance + eps)`; `rms_norm_f32` follows that order step by step.
 
 use candle_core::{DType, Device, Result, Storage, Tensor};
 use candle_core::cpu_backend::CpuStorage;
@@ -105,9 +110,153 @@ pub fn linear_f32(x: &[f32], rows: usize, k: usize, w: &[f32], out: usize) -> Ve
     y
 }
 
+/// Lanes of torch's CPU vectors for f32 on AVX-512 (its default kernels on such machines).
+const LANES: usize = 16;
+/// torch's `row_sum` interleaving (independent accumulators).
+const ILP: usize = 4;
+/// torch's `multi_row_sum` levels.
+const LEVELS: usize = 4;
+
+/// torch's `multi_row_sum` over `size` rows of `ILP` vectors: row `i`, accumulator `k` is the
+/// vector at `v[(i·ILP + k)·LANES ..]`.
+fn multi_row_sum(v: &[f32], size: usize) -> [[f32; LANES]; ILP] {
+    let level_power = 4usize.max(ceil_log2(size) / LEVELS);
+    let level_step = 1usize << level_power;
+    let level_mask = level_step - 1;
+    let mut acc = [[[0f32; LANES]; ILP]; LEVELS];
+    let add_row = |a: &mut [[f32; LANES]; ILP], i: usize| {
+        for (k, ak) in a.iter_mut().enumerate() {
+            let base = (i * ILP + k) * LANES;
+            for (l, x) in ak.iter_mut().enumerate() {
+                *x += v[base + l];
+            }
+        }
+    };
+    let mut i = 0;
+    while i + level_step <= size {
+        for _ in 0..level_step {
+            add_row(&mut acc[0], i);
+            i += 1;
+        }
+        for j in 1..LEVELS {
+            for k in 0..ILP {
+                for l in 0..LANES {
+                    acc[j][k][l] += acc[j - 1][k][l];
+                    acc[j - 1][k][l] = 0.0;
+                }
+            }
+            if i & (level_mask << (j * level_power)) != 0 {
+                break;
+            }
+        }
+    }
+    while i < size {
+        add_row(&mut acc[0], i);
+        i += 1;
+    }
+    for j in 1..LEVELS {
+        for k in 0..ILP {
+            for l in 0..LANES {
+                acc[0][k][l] += acc[j][k][l];
+            }
+        }
+    }
+    acc[0]
+}
+
+/// ceil(log2(n)), 0 for n ≤ 1 (torch's `CeilLog2`).
+fn ceil_log2(n: usize) -> usize {
+    if n <= 1 { 0 } else { (usize::BITS - (n - 1).leading_zeros()) as usize }
+}
+
+/// The sum of `v` as torch's CPU sum over a contiguous f32 row adds it (`vectorized_inner_sum`).
+pub fn cascade_sum(v: &[f32]) -> f32 {
+    let n = v.len();
+    if n < LANES {
+        // torch's scalar path (`row_sum` over single floats).
+        let size_ilp = n / ILP;
+        let mut p = [0f32; ILP];
+        for i in 0..size_ilp {
+            for (k, pk) in p.iter_mut().enumerate() {
+                *pk += v[i * ILP + k];
+            }
+        }
+        for &x in &v[size_ilp * ILP..] {
+            p[0] += x;
+        }
+        return p[0] + p[1] + p[2] + p[3];
+    }
+    let vec_size = n / LANES;
+    let size_ilp = vec_size / ILP;
+    let mut parts = multi_row_sum(v, size_ilp);
+    for i in size_ilp * ILP..vec_size {
+        for l in 0..LANES {
+            parts[0][l] += v[i * LANES + l];
+        }
+    }
+    for k in 1..ILP {
+        for l in 0..LANES {
+            parts[0][l] += parts[k][l];
+        }
+    }
+    let mut total = 0f32;
+    for &x in &v[vec_size * LANES..] {
+        total += x;
+    }
+    for &x in &parts[0] {
+        total += x;
+    }
+    total
+}
+
+/// transformers' `LlamaRMSNorm` in f32, row by row: `w · (x · 1/sqrt(sum(x²)/n + eps))`.
+pub fn rms_norm_f32(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let n = w.len();
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(o, r)| {
+        let sq: Vec<f32> = r.iter().map(|a| a * a).collect();
+        let var = cascade_sum(&sq) / n as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((o, &a), &g) in o.iter_mut().zip(r).zip(w) {
+            *o = g * (a * inv);
+        }
+    });
+    out
+}
+
+/// `rms_norm_f32` for f32 CPU tensors (rows, n) and weight (n); `None` otherwise.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Option<Tensor>> {
+    if x.dtype() != DType::F32 || w.dtype() != DType::F32 || !x.device().is_cpu() {
+        return Ok(None);
+    }
+    let n = w.dim(0)?;
+    if x.dim(x.rank() - 1)? != n {
+        return Ok(None);
+    }
+    let shape = x.shape().clone();
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let ws = w.to_vec1::<f32>()?;
+    Ok(Some(Tensor::from_vec(rms_norm_f32(&xs, &ws, eps), shape, &Device::Cpu)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cascade_sum_follows_torchs_order() {
+        // Every order gives the same exact sum on small integers.
+        let v: Vec<f32> = (0..1000).map(|i| (i % 7) as f32).collect();
+        assert_eq!(cascade_sum(&v), v.iter().map(|&x| x as f64).sum::<f64>() as f32);
+        // 64 values: lanes l of the four vectors added first ((v0+v16)+v32)+v48, then lanes in order.
+        let v: Vec<f32> = (0..64).map(|i| if i % 16 == 15 { 1e8 } else { 3.0 }).collect();
+        let mut want = 0f32;
+        for l in 0..16 {
+            want += ((v[l] + v[16 + l]) + v[32 + l]) + v[48 + l];
+        }
+        assert_eq!(cascade_sum(&v), want);
+        assert_ne!(want, v.iter().fold(0f32, |a, &b| a + b), "the example tells the orders apart");
+    }
 
     #[test]
     fn blocks_are_equal_and_at_most_384() {

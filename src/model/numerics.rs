@@ -65,46 +65,38 @@ pub fn blocked_linear(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 pub fn linear_f32(x: &[f32], rows: usize, k: usize, w: &[f32], out: usize) -> Vec<f32> {
     assert!(x.len() == rows * k && w.len() == out * k, "linear_f32: shapes");
     let mut y = vec![0f32; rows * out];
-    let mut part = Vec::new();
     let par = match rayon::current_num_threads() {
         0 | 1 => Parallelism::None,
         n => Parallelism::Rayon(n),
     };
     for (i, &(k0, kb)) in k_blocks(k).iter().enumerate() {
-        let dst: &mut [f32] = if i == 0 {
-            &mut y
-        } else {
-            part.resize(rows * out, 0f32);
-            &mut part
-        };
-        // dst (rows × out) = x[:, k0..k0+kb] (rows × kb) · w[:, k0..k0+kb]ᵀ (kb × out).
+        // y (rows × out) = y + x[:, k0..k0+kb] (rows × kb) · w[:, k0..k0+kb]ᵀ (kb × out): the
+        // block's products accumulate on their own, then are added to y (1·y + 1·block, exact
+        // scalings), so the blocks' partial sums are added in block order without a scratch pass.
         // SAFETY: x row r, column k0+c (c < kb) is x[r·k + k0 + c] < rows·k; wᵀ row c, column o
-        // is w[o·k + k0 + c] < out·k; dst holds rows·out.
+        // is w[o·k + k0 + c] < out·k; y holds rows·out.
         unsafe {
             gemm(
                 rows,
                 out,
                 kb,
-                dst.as_mut_ptr(),
+                y.as_mut_ptr(),
                 1,
                 out as isize,
-                false,
+                i > 0,
                 x.as_ptr().add(k0),
                 1,
                 k as isize,
                 w.as_ptr().add(k0),
                 k as isize,
                 1,
-                0.0,
+                1.0,
                 1.0,
                 false,
                 false,
                 false,
                 par,
             );
-        }
-        if i > 0 {
-            y.par_iter_mut().zip(part.par_iter()).for_each(|(a, b)| *a += *b);
         }
     }
     y

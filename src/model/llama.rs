@@ -21,7 +21,7 @@ use candle_core::{CpuStorage, DType, Device, Module, Storage, StorageRef, Tensor
 
 use super::attention::{self, Heads, KeyValues, QueryRow};
 use super::qmatmul::{Int8Matrix, Kernel};
-use super::{dequant, simd, GgufLinears};
+use super::{dequant, numerics, simd, GgufLinears};
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
 use super::head::{Head, HeadSpec};
 use super::Weights;
@@ -66,7 +66,11 @@ impl Linear {
     /// `x` is 2-D (rows, in_features).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            LinearWeight::Dense(w) => x.matmul(&w.t()?)?,
+            // f32 on the CPU: K blocked as torch's CPU matmul blocks it (`numerics`).
+            LinearWeight::Dense(w) => match numerics::blocked_linear(x, w)? {
+                Some(y) => y,
+                None => x.matmul(&w.t()?)?,
+            },
             LinearWeight::Quantized(q) => q.forward(x)?,
             LinearWeight::Streamed(q) => x.matmul(&dequant::dequantize(q)?.t()?)?,
             LinearWeight::Int8(q) => q.forward(x)?,
@@ -364,7 +368,11 @@ impl Llama {
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(x, w, self.cfg.rms_norm_eps as f32)
+        // f32 on the CPU: transformers' order of operations and torch's summation (`numerics`).
+        match numerics::rms_norm(x, w, self.cfg.rms_norm_eps as f32)? {
+            Some(y) => Ok(y),
+            None => candle_nn::ops::rms_norm(x, w, self.cfg.rms_norm_eps as f32),
+        }
     }
 
     /// Splits rows of `n` heads, (b·t, n·d), into (b, n, t, d), contiguous.

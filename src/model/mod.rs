@@ -11,6 +11,7 @@ pub mod head;
 pub mod internvit;
 pub mod internvl;
 pub mod llama;
+pub mod numerics;
 pub mod qmatmul;
 
 use std::collections::HashMap;

@@ -223,7 +223,7 @@ fn prefix_table() -> String {
     }
     if whole / shared > n * (p + s) / (p + n * s) {
         // Time cannot beat the token count on a compute-bound CPU: the runs were disturbed.
-        out += "\nA speed-up above the token-count bound means the three runs, one after another, did not get the same share of the CPU (other jobs ran beside them): rerun `make bench-prefix` on a quiet machine before quoting the ratio.\n";
+        out += "\nA speed-up above the token-count bound means the runs, one after another, did not get the same share of the CPU (other jobs ran beside them): rerun `make bench-prefix` on a quiet machine before quoting the ratio.\n";
     }
     out + &sources(&[("bench-prefix", &f)])
 }

@@ -347,7 +347,8 @@ impl Engine {
         let rows: Vec<Vec<usize>> =
             prompts.iter().map(|p| p.tag_rows.iter().map(|&r| r - prefix_len).collect()).collect();
         let mut out = Vec::with_capacity(prompts.len());
-        for range in plan_batches(prompts.iter().map(|p| p.ids.len() - prefix_len), max_batch_tokens) {
+        let packs = self.model.packs();
+        for range in plan_batches(prompts.iter().map(|p| p.ids.len() - prefix_len), max_batch_tokens, packs) {
             let seqs: Vec<SeqRows<'_>> = range
                 .map(|i| SeqRows { ids: &prompts[i].ids[prefix_len..], rows: &rows[i], splices: &splices[i] })
                 .collect();
@@ -357,7 +358,7 @@ impl Engine {
             on_pass(Pass {
                 sequences: seqs.len(),
                 tokens: seqs.iter().map(|s| s.ids.len()).sum(),
-                padded_tokens: longest * seqs.len(),
+                padded_tokens: if packs { seqs.iter().map(|s| s.ids.len()).sum() } else { longest * seqs.len() },
                 prefix_tokens: prefix_len,
                 seconds: start.elapsed().as_secs_f64(),
                 images_encoded,
@@ -485,17 +486,20 @@ pub struct Pass {
     pub vision_seconds: f64,
 }
 
-/// Consecutive index ranges whose padded token count (max length × count) fits the budget.
-pub fn plan_batches(lengths: impl IntoIterator<Item = usize>, max_batch_tokens: usize) -> Vec<std::ops::Range<usize>> {
+/// Consecutive index ranges whose token count fits the budget: the sum of the lengths when
+/// `packed`, else the padded count (max length × count).
+pub fn plan_batches(lengths: impl IntoIterator<Item = usize>, max_batch_tokens: usize, packed: bool) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
-    let (mut start, mut longest, mut n) = (0usize, 0usize, 0usize);
+    let (mut start, mut longest, mut sum, mut n) = (0usize, 0usize, 0usize, 0usize);
     for (i, len) in lengths.into_iter().enumerate() {
         let l = longest.max(len);
-        if n > 0 && l * (n + 1) > max_batch_tokens {
+        // A packed batch holds its sequences' own tokens; a right-padded one the longest's, each.
+        let cost = if packed { sum + len } else { l * (n + 1) };
+        if n > 0 && cost > max_batch_tokens {
             out.push(start..i);
-            (start, longest, n) = (i, len, 1);
+            (start, longest, sum, n) = (i, len, len, 1);
         } else {
-            (longest, n) = (l, n + 1);
+            (longest, sum, n) = (l, sum + len, n + 1);
         }
     }
     if n > 0 {
@@ -524,8 +528,11 @@ mod tests {
 
     #[test]
     fn batches_respect_padded_budget() {
-        let b = super::plan_batches([10, 10, 30, 5, 100, 1], 60);
+        let b = super::plan_batches([10, 10, 30, 5, 100, 1], 60, false);
         assert_eq!(b, vec![0..2, 2..4, 4..5, 5..6]);
-        assert!(super::plan_batches([], 10).is_empty());
+        assert!(super::plan_batches([], 10, false).is_empty());
+        // Packed, only real tokens count: 10 + 10 + 30 + 5 fits 60.
+        let b = super::plan_batches([10, 10, 30, 5, 100, 1], 60, true);
+        assert_eq!(b, vec![0..4, 4..5, 5..6]);
     }
 }

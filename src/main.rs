@@ -409,15 +409,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Prefix { model, workload: BestOfN { candidates, prefix_tokens, suffix_tokens, max_batch_tokens }, generic_attention, figures }) => {
             let mut engine = load_model(&model.options()?)?;
             engine.model.set_cpu_kernels(!generic_attention);
-            let r = medprm::tools::bench::bench_prefix(&engine, candidates, prefix_tokens, suffix_tokens, max_batch_tokens)?;
+            let r = medprm::tools::bench::bench_prefix(&mut engine, candidates, prefix_tokens, suffix_tokens, max_batch_tokens)?;
             let n = r.candidates as f64;
             println!("model              {} ({})", engine.info.model, engine.info.format);
             println!("workload           {} candidates, shared prefix {} tokens, suffix {} tokens on average", r.candidates, r.prefix_tokens, r.mean_suffix_tokens);
             println!("1 candidate        {:.2} s", r.one_s);
             println!("{:<2} without sharing {:.2} s = {:.3} solutions/s", r.candidates, r.whole_s, n / r.whole_s);
-            println!("{:<2} with sharing    {:.2} s = {:.3} solutions/s", r.candidates, r.shared_s, n / r.shared_s);
-            println!("speed-up           {:.2}x (token-count bound {:.2}x)", r.whole_s / r.shared_s,
-                     (n * (r.prefix_tokens + r.mean_suffix_tokens) as f64) / (r.prefix_tokens as f64 + n * r.mean_suffix_tokens as f64));
+            println!("{:<2} with sharing    {:.2} s = {:.3} solutions/s (suffixes packed)", r.candidates, r.shared_s, n / r.shared_s);
+            println!("{:<2} with sharing    {:.2} s = {:.3} solutions/s (suffixes right-padded)", r.candidates, r.padded_s, n / r.padded_s);
+            println!("speed-up           {:.2}x packed, {:.2}x padded (token-count bound {:.2}x, FLOP bound {:.2}x)", r.whole_s / r.shared_s, r.whole_s / r.padded_s,
+                     (n * (r.prefix_tokens + r.mean_suffix_tokens) as f64) / (r.prefix_tokens as f64 + n * r.mean_suffix_tokens as f64), r.flop_bound);
             println!("{} cand. / 1 cand.  {:.2}x (token-count bound {:.2}x)", r.candidates, r.shared_s / r.one_s,
                      (r.prefix_tokens as f64 + n * r.mean_suffix_tokens as f64) / (r.prefix_tokens + r.mean_suffix_tokens) as f64);
             println!("memory             prefix K/V {:.1} MiB once; {:.1} MiB per candidate while a layer runs",
@@ -426,7 +427,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 medprm::figures::write(&path, &serde_json::json!({
                     "model": engine.info.model, "attention": if generic_attention { "generic" } else { "cpu_kernels" },
                     "candidates": r.candidates, "prefix_tokens": r.prefix_tokens, "mean_suffix_tokens": r.mean_suffix_tokens,
-                    "one_s": r.one_s, "whole_s": r.whole_s, "shared_s": r.shared_s,
+                    "one_s": r.one_s, "whole_s": r.whole_s, "shared_s": r.shared_s, "padded_s": r.padded_s, "flop_bound": r.flop_bound,
                     "prefix_kv_bytes": r.prefix_kv_bytes, "per_candidate_layer_bytes": r.per_candidate_layer_bytes,
                 }))?;
             }

@@ -14,6 +14,16 @@ fn engine() -> &'static Engine {
     E.get_or_init(|| Engine::load(&LoadOptions::new(medprm::tools::testmodel::ensure().unwrap(), "med-prm")).unwrap())
 }
 
+/// The same model with packing off: suffix batches right-padded.
+fn padded_engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| {
+        let mut e = Engine::load(&LoadOptions::new(medprm::tools::testmodel::ensure().unwrap(), "med-prm")).unwrap();
+        e.model.set_packing(false);
+        e
+    })
+}
+
 fn golden() -> Value {
     serde_json::from_str(include_str!("golden/med-prm.json")).unwrap()
 }
@@ -48,6 +58,10 @@ fn check(prompts: &[Prompt], what: &str) -> usize {
     // Several suffix batches reusing one prefix give the same result.
     let small = e.score_shared(&refs, k, 600).unwrap();
     assert_same(&small, &whole, what);
+    // Packed suffixes (the default here) score like right-padded ones.
+    assert!(e.model.packs() && !padded_engine().model.packs());
+    let padded = padded_engine().score_shared(&refs, k, 1 << 20).unwrap();
+    assert_same(&shared, &padded, &format!("{what}: packed vs padded"));
     k
 }
 
@@ -129,4 +143,24 @@ fn no_sharing_for_one_candidate_or_a_short_prefix() {
     let mut q = p.clone();
     q.shared_tokens = 0;
     assert_eq!(shared_prefix_len(&[&q, &q]), 0);
+}
+
+#[test]
+fn packed_suffixes_of_ragged_lengths_one_candidate_and_one_long_one() {
+    let e = engine();
+    let ctx = e.builder.context("Which drug lowers the heart rate?\n\n(A) x\n(B) y", &["Beta-blockers slow the heart.".repeat(6)]).unwrap();
+    let step = |n: usize| vec!["the patient is likely to answer"; n].join(" ");
+    // One short candidate, one much longer than the others (several query blocks), ragged rest.
+    let solutions = [vec![step(1)], vec![step(2), step(1)], vec![step(40), step(30), step(20)], vec![step(3)]];
+    let prompts: Vec<Prompt> = solutions.iter().map(|s| e.builder.prompt(&ctx, &Solution::Steps(s.clone())).unwrap()).collect();
+    let lens: Vec<usize> = prompts.iter().map(|p| p.ids.len()).collect();
+    assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() > 150, "{lens:?}");
+    check(&prompts, "ragged");
+    // One candidate with its prefix given explicitly: a packed batch of one.
+    let one = [prompts[2].clone()];
+    let refs: Vec<&Prompt> = one.iter().collect();
+    let k = shared_prefix_len(&[&prompts[0], &prompts[2]]);
+    let whole = e.score_all(&refs, 1 << 20).unwrap();
+    assert_same(&e.score_shared(&refs, k, 1 << 20).unwrap(), &whole, "one candidate");
+    assert_same(&padded_engine().score_shared(&refs, k, 1 << 20).unwrap(), &whole, "one candidate, padded");
 }

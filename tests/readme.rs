@@ -215,15 +215,29 @@ fn prefix_table() -> String {
     let mut out = String::from("| | time | solutions/s |\n|---|---|---|\n");
     out += &format!("| 1 candidate | {one:.1} s | |\n");
     out += &format!("| {n} candidates, every prompt whole (`--no-prefix-sharing`) | {whole:.1} s | {:.3} |\n", n / whole);
-    out += &format!("| {n} candidates, prefix once | {shared:.1} s | {:.3} |\n", n / shared);
+    // Files from before packing have no `padded_s`: their `shared_s` ran right-padded.
+    let padded = f.figures.get("padded_s").and_then(|v| v.as_f64());
+    if let Some(padded) = padded {
+        out += &format!("| {n} candidates, prefix once, suffixes right-padded | {padded:.1} s | {:.3} |\n", n / padded);
+        out += &format!("| {n} candidates, prefix once, suffixes packed | {shared:.1} s | {:.3} |\n", n / shared);
+    } else {
+        out += &format!("| {n} candidates, prefix once | {shared:.1} s | {:.3} |\n", n / shared);
+    }
     out += &format!(
         "\nShared prefix {} tokens, {} tokens of steps per candidate on average. Sharing is **{:.2}× faster** than whole prompts (token-count bound {:.2}×); a {n}-candidate request takes {:.2}× a 1-candidate one (token bound {:.2}×). Prefix K/V {:.1} MiB, held once.\n",
         thousands(p), thousands(s), whole / shared, n * (p + s) / (p + n * s), shared / one, (p + n * s) / (p + s),
         num(&f, "prefix_kv_bytes") / 1048576.0
     );
+    if let Some(flops) = f.figures.get("flop_bound").and_then(|v| v.as_f64()) {
+        let token = n * (p + s) / (p + n * s);
+        out += &format!(
+            "\nThe token-count bound counts a suffix token as cheap as a prefix token, but each suffix token also attends to the {} prefix tokens: counting the multiply-adds of the linears and of causal attention, whole prompts do {flops:.2}× the work of the shared run (the FLOP bound), which is {:.0}% of the token-count bound. Sharing reaches {:.0}% of the FLOP bound and {:.0}% of the token-count bound.\n",
+            thousands(p), 100.0 * flops / token, 100.0 * whole / shared / flops, 100.0 * whole / shared / token
+        );
+    }
     if whole / shared > n * (p + s) / (p + n * s) {
         // Time cannot beat the token count on a compute-bound CPU: the runs were disturbed.
-        out += "\nA speed-up above the token-count bound means the three runs, one after another, did not get the same share of the CPU (other jobs ran beside them): rerun `make bench-prefix` on a quiet machine before quoting the ratio.\n";
+        out += "\nA speed-up above the token-count bound means the runs, one after another, did not get the same share of the CPU (other jobs ran beside them): rerun `make bench-prefix` on a quiet machine before quoting the ratio.\n";
     }
     out + &sources(&[("bench-prefix", &f)])
 }

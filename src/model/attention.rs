@@ -37,12 +37,28 @@ pub struct Heads {
 pub struct KeyValues<'a> {
     pub k: &'a [f32],
     pub v: &'a [f32],
-    /// Rows per sequence.
+    /// Rows per sequence (right-padded sequences, `starts` empty).
     pub len: usize,
+    /// Packed sequences: sequence `i`'s rows are `starts[i]..starts[i + 1]` (no padding).
+    /// Empty: every sequence holds `len` rows, sequence `i` from row `i · len`.
+    pub starts: &'a [usize],
     /// Absolute position of each sequence's first row.
     pub first_position: usize,
     /// One set of rows that every sequence reads (a shared prefix), instead of `len` rows each.
     pub shared: bool,
+}
+
+impl KeyValues<'_> {
+    /// The first row and the row count of sequence `seq`'s keys.
+    pub fn span(&self, seq: usize) -> (usize, usize) {
+        if self.shared {
+            (0, self.len)
+        } else if self.starts.is_empty() {
+            (seq * self.len, self.len)
+        } else {
+            (self.starts[seq], self.starts[seq + 1] - self.starts[seq])
+        }
+    }
 }
 
 /// A query row: the sequence it belongs to and its absolute position.
@@ -125,9 +141,10 @@ fn attend_block(h: Heads, q: &[f32], rows: &[QueryRow], sources: &[KeyValues<'_>
         s.max.fill(f32::NEG_INFINITY);
         s.sum.fill(0.0);
         for src in sources {
-            let base = if src.shared { 0 } else { seq * src.len * kv_width };
-            for j0 in (0..src.len).step_by(KEY_BLOCK) {
-                let nk = KEY_BLOCK.min(src.len - j0);
+            let (first, len) = src.span(seq);
+            let base = first * kv_width;
+            for j0 in (0..len).step_by(KEY_BLOCK) {
+                let nk = KEY_BLOCK.min(len - j0);
                 let (a0, a1) = (src.first_position + j0, src.first_position + j0 + nk - 1);
                 if a0 > p_max || h.window.is_some_and(|w| p_min >= a1 + w) {
                     continue; // no row sees any of these keys
@@ -280,8 +297,9 @@ mod tests {
                 let qi = &q[i * width + head * d..][..d];
                 let mut keys = Vec::new();
                 for src in sources {
-                    let base = if src.shared { 0 } else { row.seq * src.len * kv_width };
-                    for j in 0..src.len {
+                    let (first, len) = src.span(row.seq);
+                    let base = first * kv_width;
+                    for j in 0..len {
                         let a = src.first_position + j;
                         if a <= row.pos && h.window.is_none_or(|w| row.pos < a + w) {
                             let k = &src.k[base + j * kv_width + g * d..][..d];
@@ -314,7 +332,7 @@ mod tests {
         let q = noise(b * t * 48, 1);
         let (k, v) = (noise(b * t * 16, 2), noise(b * t * 16, 3));
         let rows: Vec<QueryRow> = (0..b).flat_map(|seq| (0..t).map(move |pos| QueryRow { seq, pos })).collect();
-        let own = [KeyValues { k: &k, v: &v, len: t, first_position: 0, shared: false }];
+        let own = [KeyValues { k: &k, v: &v, len: t, first_position: 0, shared: false, starts: &[] }];
         assert_close(&causal_attention(h, &q, &rows, &own), &reference(h, &q, &rows, &own));
     }
 
@@ -325,8 +343,8 @@ mod tests {
         let (pk, pv) = (noise(off * 64, 4), noise(off * 64, 5));
         let (k, v) = (noise(b * t * 64, 6), noise(b * t * 64, 7));
         let sources = [
-            KeyValues { k: &pk, v: &pv, len: off, first_position: 0, shared: true },
-            KeyValues { k: &k, v: &v, len: t, first_position: off, shared: false },
+            KeyValues { k: &pk, v: &pv, len: off, first_position: 0, shared: true, starts: &[] },
+            KeyValues { k: &k, v: &v, len: t, first_position: off, shared: false, starts: &[] },
         ];
         // A few rows per sequence, as the last layer asks for the step-tag rows only.
         let rows: Vec<QueryRow> = [(0, 0), (0, 17), (0, 39), (1, 5), (2, 20), (2, 21)]
@@ -338,13 +356,32 @@ mod tests {
     }
 
     #[test]
+    fn packed_sequences_of_different_lengths_after_a_shared_prefix() {
+        // Three suffixes of 70, 3 and 140 rows packed back to back; the longest spans 3 query blocks.
+        let h = Heads { heads: 4, kv_heads: 2, head_dim: 8, window: None };
+        let off = 300;
+        let starts = [0, 70, 73, 213];
+        let total = starts[3];
+        let (pk, pv) = (noise(off * 16, 12), noise(off * 16, 13));
+        let (k, v) = (noise(total * 16, 14), noise(total * 16, 15));
+        let sources = [
+            KeyValues { k: &pk, v: &pv, len: off, first_position: 0, shared: true, starts: &[] },
+            KeyValues { k: &k, v: &v, len: 0, first_position: off, shared: false, starts: &starts },
+        ];
+        let rows: Vec<QueryRow> =
+            (0..3).flat_map(|seq| (0..starts[seq + 1] - starts[seq]).map(move |i| QueryRow { seq, pos: off + i })).collect();
+        let q = noise(total * 32, 16);
+        assert_close(&causal_attention(h, &q, &rows, &sources), &reference(h, &q, &rows, &sources));
+    }
+
+    #[test]
     fn a_sliding_window_hides_keys_that_are_too_far_behind() {
         let h = Heads { heads: 2, kv_heads: 1, head_dim: 8, window: Some(100) };
         let t = 700;
         let q = noise(t * 16, 9);
         let (k, v) = (noise(t * 8, 10), noise(t * 8, 11));
         let rows: Vec<QueryRow> = (0..t).map(|pos| QueryRow { seq: 0, pos }).collect();
-        let own = [KeyValues { k: &k, v: &v, len: t, first_position: 0, shared: false }];
+        let own = [KeyValues { k: &k, v: &v, len: t, first_position: 0, shared: false, starts: &[] }];
         assert_close(&causal_attention(h, &q, &rows, &own), &reference(h, &q, &rows, &own));
     }
 

@@ -180,6 +180,8 @@ pub struct Llama {
     inv_freq: Vec<f32>,
     /// Use the CPU kernels of [`attention`] where they apply (f32 on CPU).
     kernels: bool,
+    /// Pack a batch's sequences back to back instead of right-padding them (CPU kernels only).
+    packing: bool,
 }
 
 /// Per-layer keys and values of a prefix, computed once and shared by suffix batches.
@@ -229,6 +231,9 @@ struct Pass {
     t: usize,
     /// Length of the prefix the sequences continue: positions run `off..off + t`.
     off: usize,
+    /// Packed batch: sequence `i` is rows `starts[i]..starts[i + 1]` (b + 1 entries). Empty:
+    /// right-padded, sequence `i` is rows `i · t..(i + 1) · t`.
+    starts: Vec<usize>,
     rope: RopeTable,
     /// Generic path only: query rows per attention block, and one mask per block.
     block: usize,
@@ -245,6 +250,26 @@ struct RopeTable {
     tensors: Option<(Tensor, Tensor)>,
 }
 
+impl Pass {
+    /// The activation row of position `p` (from the prefix's end) of sequence `seq`.
+    fn row(&self, seq: usize, p: usize) -> usize {
+        if self.starts.is_empty() {
+            seq * self.t + p
+        } else {
+            self.starts[seq] + p
+        }
+    }
+
+    /// Rows of sequence `seq` in the batch (padding included when right-padded).
+    fn len(&self, seq: usize) -> usize {
+        if self.starts.is_empty() {
+            self.t
+        } else {
+            self.starts[seq + 1] - self.starts[seq]
+        }
+    }
+}
+
 impl Llama {
     /// Loads a model from `w` with the step head `head` names (label ids: only those two rows
     /// of `lm_head` are kept).
@@ -259,7 +284,7 @@ impl Llama {
                 *f /= d;
             }
         }
-        Ok(Llama { cfg, embed, layers, norm, head, dtype: w.dtype(), device: w.device().clone(), inv_freq, kernels: true })
+        Ok(Llama { cfg, embed, layers, norm, head, dtype: w.dtype(), device: w.device().clone(), inv_freq, kernels: true, packing: true })
     }
 
     pub fn cfg(&self) -> &LlamaConfig {
@@ -302,6 +327,17 @@ impl Llama {
     /// Turns the CPU kernels off (the generic tensor path everywhere), for comparisons.
     pub fn set_cpu_kernels(&mut self, on: bool) {
         self.kernels = on;
+    }
+
+    /// Whether a batch's sequences are packed back to back (no padding): on the CPU kernels'
+    /// path, unless turned off with [`Llama::set_packing`].
+    pub fn packs(&self) -> bool {
+        self.packing && self.cpu_kernels()
+    }
+
+    /// Turns packing off (right-padded batches, as the generic path runs them), for comparisons.
+    pub fn set_packing(&mut self, on: bool) {
+        self.packing = on;
     }
 
     fn heads_geometry(&self) -> Heads {
@@ -431,22 +467,32 @@ impl Llama {
     /// tokens, and prepares what its layers share.
     /// The input embeddings of a right-padded batch (`splices[i]` replacing rows of sequence
     /// `i`; rows past the sequence's length are dropped) and what its layers share.
+    /// With [`Llama::packs`], `ids` may differ in length and are packed back to back instead.
     fn start(&self, ids: &[Vec<u32>], off: usize, splices: &[&[Splice]]) -> Result<(Tensor, Pass)> {
         let b = ids.len();
-        let t = ids.first().map(|s| s.len()).unwrap_or(0);
+        let t = ids.iter().map(|s| s.len()).max().unwrap_or(0);
+        let starts: Vec<usize> = if self.packs() {
+            std::iter::once(0).chain(ids.iter().scan(0, |n, s| { *n += s.len(); Some(*n) })).collect()
+        } else {
+            assert!(ids.iter().all(|s| s.len() == t), "a right-padded batch");
+            vec![]
+        };
+        let total = starts.last().copied().unwrap_or(b * t);
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let flat = Tensor::from_vec(flat, b * t, &self.device)?;
+        let flat = Tensor::from_vec(flat, total, &self.device)?;
         let mut x = self.embed.rows(&flat)?;
         if splices.iter().any(|s| !s.is_empty()) {
             // One gather over [token embeddings; spliced rows]: row r reads index[r].
-            let mut index: Vec<u32> = (0..(b * t) as u32).collect();
+            let mut index: Vec<u32> = (0..total as u32).collect();
             let mut extra = Vec::new();
-            let mut next = b * t;
+            let mut next = total;
             for (seq, list) in splices.iter().enumerate() {
-                for s in list.iter().filter(|s| s.at < t) {
-                    let n = s.embeds.dim(0)?.min(t - s.at);
+                let len = ids[seq].len();
+                let at = |p: usize| if starts.is_empty() { seq * t + p } else { starts[seq] + p };
+                for s in list.iter().filter(|s| s.at < len) {
+                    let n = s.embeds.dim(0)?.min(len - s.at);
                     for j in 0..n {
-                        index[seq * t + s.at + j] = (next + j) as u32;
+                        index[at(s.at + j)] = (next + j) as u32;
                     }
                     next += n;
                     extra.push(s.embeds.narrow(0, 0, n)?.to_dtype(self.dtype)?);
@@ -454,10 +500,12 @@ impl Llama {
             }
             let mut all = vec![x];
             all.extend(extra);
-            let index = Tensor::from_vec(index, b * t, &self.device)?;
+            let index = Tensor::from_vec(index, total, &self.device)?;
             x = Tensor::cat(&all, 0)?.index_select(&index, 0)?;
         }
-        let positions: Vec<usize> = (off..off + t).collect();
+        // Packed: one angle row per activation row; right-padded: the t positions, per sequence.
+        let positions: Vec<usize> =
+            if starts.is_empty() { (off..off + t).collect() } else { ids.iter().flat_map(|s| off..off + s.len()).collect() };
         let rope = self.rope_table(&positions)?;
         let n_keys = off + t;
         let (block, masks) = if self.cpu_kernels() {
@@ -470,7 +518,7 @@ impl Llama {
                 .collect::<Result<_>>()?;
             (block, masks)
         };
-        Ok((x, Pass { b, t, off, rope, block, masks }))
+        Ok((x, Pass { b, t, off, starts, rope, block, masks }))
     }
 
     /// The first half of a layer, shared by every pass: the normed input `h` (b·t, hidden) and
@@ -500,9 +548,9 @@ impl Llama {
         };
         let mut sources = Vec::with_capacity(2);
         if let Some((pk, pv)) = &prefix {
-            sources.push(KeyValues { k: pk.get(), v: pv.get(), len: pass.off, first_position: 0, shared: true });
+            sources.push(KeyValues { k: pk.get(), v: pv.get(), len: pass.off, first_position: 0, shared: true, starts: &[] });
         }
-        sources.push(KeyValues { k: kv.get(), v: vv.get(), len: pass.t, first_position: pass.off, shared: false });
+        sources.push(KeyValues { k: kv.get(), v: vv.get(), len: pass.t, first_position: pass.off, shared: false, starts: &pass.starts });
         let out = attention::causal_attention(self.heads_geometry(), qv.get(), rows, &sources);
         Tensor::from_vec(out, q.dims2()?, &self.device)
     }
@@ -521,7 +569,7 @@ impl Llama {
         let q = self.rotate(layer.q.forward(h)?, nh, &pass.rope)?;
         let attn = if self.cpu_kernels() {
             let rows: Vec<QueryRow> =
-                (0..b).flat_map(|seq| (0..t).map(move |i| QueryRow { seq, pos: pass.off + i })).collect();
+                (0..b).flat_map(|seq| (0..pass.len(seq)).map(move |i| QueryRow { seq, pos: pass.off + i })).collect();
             self.attention(&q, &rows, k, v, prefix_kv, pass)?
         } else {
             let q = self.heads(&q, b, t, nh)?;
@@ -552,7 +600,7 @@ impl Llama {
         rows: &[(usize, usize)],
     ) -> Result<Tensor> {
         let (nh, hd) = (self.cfg.num_heads, self.cfg.head_dim);
-        let idx: Vec<u32> = rows.iter().map(|&(s, p)| (s * pass.t + p) as u32).collect();
+        let idx: Vec<u32> = rows.iter().map(|&(s, p)| pass.row(s, p) as u32).collect();
         let idx = Tensor::from_vec(idx, rows.len(), &self.device)?;
         let q_all = layer.q.forward(&h.index_select(&idx, 0)?)?;
         let positions: Vec<usize> = rows.iter().map(|r| pass.off + r.1).collect();
@@ -630,7 +678,7 @@ impl Llama {
 
     /// Label logits `[l_pos, l_neg]` at every requested row of every sequence, in order, each
     /// sequence continuing `prefix` when given (rows count from the end of the prefix).
-    /// Sequences may differ in length (they are right-padded here). Causal attention means no
+    /// Sequences may differ in length (packed back to back with [`Llama::packs`], else right-padded). Causal attention means no
     /// token after a sequence's last requested row can change it, so each sequence is cut there,
     /// a sequence without rows is not run at all, and the last layer computes only those rows.
     pub fn label_logits(&self, seqs: &[SeqRows<'_>], prefix: Option<&KvPrefix>) -> Result<Vec<Vec<[f32; 2]>>> {
@@ -644,11 +692,14 @@ impl Llama {
             return Ok(out);
         }
         let max_len = live.iter().map(|(_, ids)| ids.len()).max().unwrap_or(0);
+        let packs = self.packs();
         let ids: Vec<Vec<u32>> = live
             .iter()
             .map(|(_, s)| {
                 let mut v = s.to_vec();
-                v.resize(max_len, 0);
+                if !packs {
+                    v.resize(max_len, 0);
+                }
                 v
             })
             .collect();
@@ -891,6 +942,33 @@ mod tests {
                 batch.iter().map(|s| m.label_logits(std::slice::from_ref(s), prefix).unwrap().remove(0)).collect();
             assert_close(&together, &alone, "batched vs alone");
             assert_eq!(together.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2, 0]);
+        }
+    }
+
+    /// Packed batches (no padding) score like right-padded ones: ragged lengths (one longer than
+    /// a query block), a sequence cut after its last row, splices, with and without a prefix.
+    #[test]
+    fn a_packed_batch_scores_like_a_right_padded_one() {
+        let cfg = config(2, false);
+        let t = tensors(&cfg, 21);
+        let table = t["model.embed_tokens.weight"].clone();
+        let mut m = load(cfg, t).unwrap();
+        assert!(m.packs());
+        let seqs = [ids(90, 22), ids(7, 23), ids(150, 24), ids(1, 25)];
+        let rows: [&[usize]; 4] = [&[0, 45, 89], &[3], &[10, 77, 149], &[0]];
+        let other: Vec<u32> = seqs[2][20..40].iter().map(|id| (id + 3) % VOCAB as u32).collect();
+        let splice = [Splice { at: 20, embeds: table.index_select(&Tensor::new(other.as_slice(), &Device::Cpu).unwrap(), 0).unwrap() }];
+        let splices: [&[Splice]; 4] = [&[], &[], &splice, &[]];
+        let prefix = m.prefill(&ids(70, 26), &[]).unwrap();
+        for prefix in [None, Some(&prefix)] {
+            let batch: Vec<SeqRows<'_>> =
+                seqs.iter().zip(rows).zip(splices).map(|((s, r), sp)| SeqRows { ids: s, rows: r, splices: sp }).collect();
+            m.set_packing(true);
+            let packed = m.label_logits(&batch, prefix).unwrap();
+            m.set_packing(false);
+            let padded = m.label_logits(&batch, prefix).unwrap();
+            assert_close(&packed, &padded, "packed vs right-padded");
+            assert!((packed[2][0][0] - packed[2][1][0]).abs() > 1e-4, "{packed:?}");
         }
     }
 

@@ -108,8 +108,15 @@ pub struct PrefixBench {
     pub prefix_tokens: usize,
     pub mean_suffix_tokens: usize,
     pub one_s: f64,
+    /// With sharing, the suffixes packed back to back (the default on the CPU kernels' path).
     pub shared_s: f64,
+    /// With sharing, the suffixes right-padded into batches (packing off), in the same run.
+    pub padded_s: f64,
     pub whole_s: f64,
+    /// Whole prompts over shared prefix in multiply-adds of the linears and attention (causal,
+    /// each suffix over the prefix and its own earlier tokens): the bound when both run at the
+    /// same FLOP rate, below the token-count bound since a suffix token attends to the prefix.
+    pub flop_bound: f64,
     /// Bytes of the shared prefix K/V (all layers), computed once per request.
     pub prefix_kv_bytes: usize,
     /// Transient bytes per candidate while one layer runs (prefix K/V view copied into the
@@ -153,7 +160,7 @@ pub fn best_of_n_prompts(engine: &Engine, candidates: usize, prefix_tokens: usiz
     Ok(prompts)
 }
 
-pub fn bench_prefix(engine: &Engine, candidates: usize, prefix_tokens: usize, suffix_tokens: usize, max_batch_tokens: usize) -> Result<PrefixBench> {
+pub fn bench_prefix(engine: &mut Engine, candidates: usize, prefix_tokens: usize, suffix_tokens: usize, max_batch_tokens: usize) -> Result<PrefixBench> {
     let prompts = best_of_n_prompts(engine, candidates, prefix_tokens, suffix_tokens)?;
     let refs: Vec<&Prompt> = prompts.iter().collect();
     let k = crate::prompt::shared_prefix_len(&refs);
@@ -167,7 +174,15 @@ pub fn bench_prefix(engine: &Engine, candidates: usize, prefix_tokens: usize, su
     let one_s = time(&|| engine.score(&refs[..1]).map(|_| ()))?;
     let shared_s = time(&|| engine.score_shared(&refs, k, max_batch_tokens).map(|_| ()))?;
     let whole_s = time(&|| engine.score_all(&refs, max_batch_tokens).map(|_| ()))?;
+    let packs = engine.model.packs();
+    engine.model.set_packing(false);
+    let padded_s = time(&|| engine.score_shared(&refs, k, max_batch_tokens).map(|_| ()));
+    engine.model.set_packing(packs);
+    let padded_s = padded_s?;
+    let engine = &*engine;
     let c = engine.model.cfg();
+    let suffixes: Vec<usize> = refs.iter().map(|p| p.ids.len() - k).collect();
+    let flop_bound = flop_bound(c, k, &suffixes);
     let f32b = 4;
     let kv_per_token_layer = 2 * c.num_kv_heads * c.head_dim * f32b;
     let prefix_kv_bytes = c.num_layers * k * kv_per_token_layer;
@@ -182,10 +197,27 @@ pub fn bench_prefix(engine: &Engine, candidates: usize, prefix_tokens: usize, su
         mean_suffix_tokens: mean_suffix,
         one_s,
         shared_s,
+        padded_s,
         whole_s,
+        flop_bound,
         prefix_kv_bytes,
         per_candidate_layer_bytes,
     })
+}
+
+/// Multiply-adds of every prompt whole over those of the prefix once plus each suffix after it,
+/// per layer (the same in every layer): linears `lin` per token, attention `2 · heads · head_dim`
+/// per (query, visible key) pair (scores and weighted values), causal.
+pub fn flop_bound(c: &crate::model::config::LlamaConfig, prefix: usize, suffixes: &[usize]) -> f64 {
+    let (h, d) = (c.hidden_size as f64, c.head_dim as f64);
+    let lin = h * (2.0 * (c.num_heads as f64) * d + 2.0 * (c.num_kv_heads as f64) * d) + 3.0 * h * c.intermediate_size as f64;
+    let att = 2.0 * c.num_heads as f64 * d;
+    // Query i (0-based) of a causal run sees i + 1 keys: n(n + 1)/2 pairs over n tokens.
+    let tri = |n: f64| n * (n + 1.0) / 2.0;
+    let p = prefix as f64;
+    let whole: f64 = suffixes.iter().map(|&s| (p + s as f64) * lin + att * tri(p + s as f64)).sum();
+    let shared = p * lin + att * tri(p) + suffixes.iter().map(|&s| s as f64 * lin + att * (s as f64 * p + tri(s as f64))).sum::<f64>();
+    whole / shared
 }
 
 /// medprm against the reference implementation (Hugging Face transformers, batch 1, the full

@@ -355,10 +355,11 @@ impl Engine {
             let logits = self.model.label_logits(&seqs, prefix.as_ref())?;
             out.extend(logits.into_iter().map(|r| r.into_iter().map(positive_probability).collect::<Vec<_>>()));
             let longest = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+            let tokens = seqs.iter().map(|s| s.ids.len()).sum();
             on_pass(Pass {
                 sequences: seqs.len(),
-                tokens: seqs.iter().map(|s| s.ids.len()).sum(),
-                padded_tokens: if packs { seqs.iter().map(|s| s.ids.len()).sum() } else { longest * seqs.len() },
+                tokens,
+                padded_tokens: if packs { tokens } else { longest * seqs.len() },
                 prefix_tokens: prefix_len,
                 seconds: start.elapsed().as_secs_f64(),
                 images_encoded,

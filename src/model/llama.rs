@@ -17,9 +17,10 @@
 
 use candle_core::quantized::{QMatMul, QTensor};
 use rayon::prelude::*;
-use candle_core::{CpuStorage, DType, Device, Module, Storage, StorageRef, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
 use super::attention::{self, Heads, KeyValues, QueryRow};
+use super::cpu_f32::CpuF32;
 use super::qmatmul::{Int8Matrix, Kernel};
 use super::{dequant, numerics, simd, GgufLinears};
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
@@ -748,32 +749,6 @@ fn dump_hidden_states(dir: &std::path::Path, layer: usize, x: &Tensor) -> Result
     let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
     std::fs::create_dir_all(dir).and_then(|_| std::fs::write(dir.join(format!("layer-{layer}.f32")), bytes))?;
     Ok(())
-}
-
-/// A contiguous f32 CPU tensor's data, borrowed.
-struct CpuF32<'a> {
-    storage: StorageRef<'a>,
-    range: std::ops::Range<usize>,
-}
-
-impl<'a> CpuF32<'a> {
-    fn new(t: &'a Tensor) -> Result<Self> {
-        let (storage, layout) = t.storage_and_layout();
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("attention kernels need contiguous tensors")
-        };
-        if !matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))) {
-            candle_core::bail!("attention kernels need f32 tensors on the CPU")
-        }
-        Ok(CpuF32 { storage, range: start..end })
-    }
-
-    fn get(&self) -> &[f32] {
-        match &*self.storage {
-            Storage::Cpu(CpuStorage::F32(v)) => &v[self.range.clone()],
-            _ => unreachable!("checked in CpuF32::new"),
-        }
-    }
 }
 
 /// p(+) from the two label logits: softmax([l+, l-])[0].

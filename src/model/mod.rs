@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod attention;
 pub mod config;
+pub mod cpu_f32;
 pub mod dequant;
 pub mod simd;
 pub mod gguf;

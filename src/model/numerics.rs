@@ -12,10 +12,11 @@
 //! vector accumulators, levels of 16, lanes added in order), divides by the width, and multiplies
 //! by `1/sqrt(variance + eps)`; `rms_norm_f32` follows that order step by step.
 
-use candle_core::{DType, Device, Result, Storage, Tensor};
-use candle_core::cpu_backend::CpuStorage;
+use candle_core::{DType, Device, Result, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
+
+use super::cpu_f32::CpuF32;
 
 /// Largest reduction block of torch's CPU f32 matmul.
 pub const MAX_K_BLOCK: usize = 384;
@@ -45,19 +46,8 @@ pub fn blocked_linear(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     if k <= MAX_K_BLOCK {
         return Ok(None);
     }
-    let x = x.contiguous()?;
-    let w = w.contiguous()?;
-    let y = {
-        let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = w.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(xv)), Storage::Cpu(CpuStorage::F32(wv))) = (&*xs, &*ws) else {
-            return Ok(None);
-        };
-        let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
-            return Ok(None);
-        };
-        linear_f32(&xv[x0..x1], rows, k, &wv[w0..w1], out)
-    };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let y = linear_f32(CpuF32::new(&x)?.get(), rows, k, CpuF32::new(&w)?.get(), out);
     Ok(Some(Tensor::from_vec(y, (rows, out), &Device::Cpu)?))
 }
 
@@ -205,9 +195,12 @@ pub fn cascade_sum(v: &[f32]) -> f32 {
 pub fn rms_norm_f32(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let n = w.len();
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(o, r)| {
-        let sq: Vec<f32> = r.iter().map(|a| a * a).collect();
-        let var = cascade_sum(&sq) / n as f32;
+    // One buffer of squares per worker, reused row after row.
+    out.par_chunks_mut(n).zip(x.par_chunks(n)).for_each_init(|| vec![0f32; n], |sq, (o, r)| {
+        for (s, &a) in sq.iter_mut().zip(r) {
+            *s = a * a;
+        }
+        let var = cascade_sum(sq) / n as f32;
         let inv = 1.0 / (var + eps).sqrt();
         for ((o, &a), &g) in o.iter_mut().zip(r).zip(w) {
             *o = g * (a * inv);
@@ -225,10 +218,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Option<Tensor>> {
     if x.dim(x.rank() - 1)? != n {
         return Ok(None);
     }
-    let shape = x.shape().clone();
-    let xs = x.flatten_all()?.to_vec1::<f32>()?;
-    let ws = w.to_vec1::<f32>()?;
-    Ok(Some(Tensor::from_vec(rms_norm_f32(&xs, &ws, eps), shape, &Device::Cpu)?))
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let y = rms_norm_f32(CpuF32::new(&x)?.get(), CpuF32::new(&w)?.get(), eps);
+    Ok(Some(Tensor::from_vec(y, x.shape().clone(), &Device::Cpu)?))
 }
 
 #[cfg(test)]

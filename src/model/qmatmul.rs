@@ -18,6 +18,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_f32::CpuF32;
 use super::dequant;
 
 type Result<T> = candle_core::Result<T>;
@@ -200,13 +201,7 @@ impl Int8Matrix {
             candle_core::bail!("int8 matmul: input has {k} features, the weights {}", self.k)
         }
         let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
-        let y = {
-            let (storage, layout) = x.storage_and_layout();
-            match (&*storage, layout.contiguous_offsets()) {
-                (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => self.matmul(&v[a..b], m),
-                _ => candle_core::bail!("int8 matmul: the input is not an f32 tensor on the CPU"),
-            }
-        };
+        let y = self.matmul(CpuF32::new(&x)?.get(), m);
         Tensor::from_vec(y, (m, self.n), &Device::Cpu)
     }
 

@@ -17,6 +17,10 @@ pub struct FigureFile {
     /// The CPU it ran on (`model name` of /proc/cpuinfo) and the cores the process could use.
     pub cpu: String,
     pub cores: usize,
+    /// The system's load averages (1, 5 and 15 minutes, /proc/loadavg) when the command finished:
+    /// how much else ran beside it. Absent from files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_average: Option<[f64; 3]>,
     /// What the command measured (its own report).
     pub figures: serde_json::Value,
 }
@@ -44,6 +48,12 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
+fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
 /// Peak resident memory of this process so far (VmHWM), in MiB; `None` off Linux.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -63,6 +73,7 @@ pub fn write(path: &Path, figures: &impl Serialize) -> Result<()> {
         date,
         cpu: cpu_model(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average: load_average(),
         figures: serde_json::to_value(figures).map_err(|e| Error::bad_file(path, e))?,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -91,5 +102,15 @@ mod tests {
         assert!(f.date.ends_with('Z'));
         assert_eq!(f.figures["recall"], 0.5);
         assert!(f.cores >= 1);
+        let load = f.load_average.expect("Linux has /proc/loadavg");
+        assert!(load.iter().all(|l| l.is_finite() && *l >= 0.0), "{load:?}");
+    }
+
+    #[test]
+    fn a_file_without_load_average_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.json");
+        std::fs::write(&p, r#"{"command": "medprm x", "date": "2026-12-03T06:00:00Z", "cpu": "c", "cores": 2, "figures": {}}"#).unwrap();
+        assert_eq!(super::read(&p).unwrap().load_average, None);
     }
 }

@@ -16,8 +16,8 @@ Run by hand (not in CI), in the venv `make golden-venv` builds:
 
     medprm gen-test-model --out /tmp/medprm-test-model
     ~/.cache/medprm/venv-golden/bin/python scripts/golden/depth_drift.py \\
-        --base /tmp/medprm-test-model --medprm target/debug/medprm \\
-        --work /tmp/depth-drift --out docs/figures/depth-drift.json
+        --base /tmp/medprm-test-model --medprm before=/tmp/medprm-old --medprm after=target/release/medprm \\
+        --solutions 8 --work /tmp/depth-drift --out docs/figures/depth-drift.json
 """
 import argparse
 import glob
@@ -98,14 +98,15 @@ def worst(a, b):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True, help="medprm's Med-PRM test model (gen-test-model): tokenizer, template")
-    ap.add_argument("--medprm", required=True, help="the medprm binary")
+    ap.add_argument("--medprm", required=True, action="append",
+                    help="a medprm binary, as PATH or LABEL=PATH; repeat to compare builds (e.g. before=... after=...) "
+                         "against one transformers run")
     ap.add_argument("--work", required=True, help="scratch directory (model ~300 MB, dumps)")
     ap.add_argument("--out", required=True, help="figures JSON")
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--solutions", type=int, default=3)
     ap.add_argument("--doc-tokens", type=int, default=2700)
-    ap.add_argument("--label", default="", help="what medprm build this is (e.g. before/after)")
     ap.add_argument("--paths", default="kernels,generic", help="medprm attention paths to compare: kernels, generic")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
@@ -132,45 +133,50 @@ def main():
         del m
         print(f"{impl}: {ref[impl]}", file=sys.stderr)
 
-    runs = {}
-    dump = f"{args.work}/hidden-{args.label or 'run'}"
+    builds = {}
     paths = {"kernels": [], "generic": ["--generic-attention"]}
-    for name in args.paths.split(","):
-        extra = paths[name]
-        one = dict(rec, solutions=rec["solutions"][:1])
-        medprm_score(args.medprm, model_dir, one, args.work, f"{name}-dump", extra + ["--no-prefix-sharing"],
-                     {"MEDPRM_DEBUG_HIDDEN_STATES": f"{dump}-{name}"})
-        layers = []
-        for i in range(args.layers):
-            ours = np.fromfile(f"{dump}-{name}/layer-{i}.f32", dtype="<f4").reshape(-1, 576)
-            sd, ea = hidden["sdpa"][i], hidden["eager"][i]
-            scale = float(np.abs(sd).max())
-            layers.append({"layer": i, "max_abs_sdpa": scale,
-                           "medprm_vs_sdpa": float(np.abs(ours - sd).max()),
-                           "eager_vs_sdpa": float(np.abs(ea - sd).max())})
-        shared = medprm_score(args.medprm, model_dir, rec, args.work, f"{name}-shared", extra)
-        whole = medprm_score(args.medprm, model_dir, rec, args.work, f"{name}-whole", extra + ["--no-prefix-sharing"])
-        runs[name] = {
-            "shared_vs_sdpa": worst(shared, ref["sdpa"]), "whole_vs_sdpa": worst(whole, ref["sdpa"]),
-            "shared_vs_eager": worst(shared, ref["eager"]), "whole_vs_eager": worst(whole, ref["eager"]),
-            "shared_vs_whole": worst(shared, whole), "per_layer_hidden": layers,
-        }
-        print(f"medprm {name}: " + json.dumps({k: v for k, v in runs[name].items() if k != "per_layer_hidden"}), file=sys.stderr)
+    for spec in args.medprm:
+        label, binary = spec.split("=", 1) if "=" in spec else ("medprm", spec)
+        runs = {}
+        for name in args.paths.split(","):
+            extra = paths[name]
+            dump = f"{args.work}/hidden-{label}-{name}"
+            one = dict(rec, solutions=rec["solutions"][:1])
+            medprm_score(binary, model_dir, one, args.work, f"{label}-{name}-dump", extra + ["--no-prefix-sharing"],
+                         {"MEDPRM_DEBUG_HIDDEN_STATES": dump})
+            layers = []
+            for i in range(args.layers):
+                ours = np.fromfile(f"{dump}/layer-{i}.f32", dtype="<f4").reshape(-1, 576)
+                sd, ea = hidden["sdpa"][i], hidden["eager"][i]
+                scale = float(np.abs(sd).max())
+                layers.append({"layer": i, "max_abs_sdpa": scale,
+                               "medprm_vs_sdpa": float(np.abs(ours - sd).max()),
+                               "eager_vs_sdpa": float(np.abs(ea - sd).max())})
+            shared = medprm_score(binary, model_dir, rec, args.work, f"{label}-{name}-shared", extra)
+            whole = medprm_score(binary, model_dir, rec, args.work, f"{label}-{name}-whole", extra + ["--no-prefix-sharing"])
+            runs[name] = {
+                "shared_vs_sdpa": worst(shared, ref["sdpa"]), "whole_vs_sdpa": worst(whole, ref["sdpa"]),
+                "shared_vs_eager": worst(shared, ref["eager"]), "whole_vs_eager": worst(whole, ref["eager"]),
+                "shared_vs_whole": worst(shared, whole), "per_layer_hidden": layers,
+            }
+            print(f"medprm {label} {name}: " + json.dumps({k: v for k, v in runs[name].items() if k != "per_layer_hidden"}),
+                  file=sys.stderr)
+        builds[label] = {"binary": binary, "paths": runs}
 
     out = {
         "generated_by": "scripts/golden/depth_drift.py",
-        "label": args.label,
         "torch": torch.__version__, "transformers": transformers.__version__,
         "model": {"layers": args.layers, "hidden": 576, "heads": 9, "kv_heads": 3, "initializer_range": 0.2,
                   "rope_scaling": "llama3", "tied_embeddings": True, "seed": args.seed},
         "prompt_tokens": lengths, "documents": len(rec["related_docs"]),
         "steps": sum(len(x) for x in ref["sdpa"]),
         "eager_vs_sdpa": worst(ref["eager"], ref["sdpa"]),
-        "medprm": runs,
+        "command": " ".join(["scripts/golden/depth_drift.py"] + sys.argv[1:]),
+        "builds": builds,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     json.dump(out, open(args.out, "w"), indent=1)
-    print(json.dumps({k: v for k, v in out.items() if k != "medprm"}), file=sys.stderr)
+    print(json.dumps({k: v for k, v in out.items() if k != "builds"}), file=sys.stderr)
 
 
 if __name__ == "__main__":

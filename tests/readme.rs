@@ -155,7 +155,13 @@ fn thousands(n: f64) -> String {
 
 /// "From `command` (date, `docs/figures/NAME.json`)" for each file.
 fn sources(files: &[(&str, &medprm::figures::FigureFile)]) -> String {
-    let list: Vec<String> = files.iter().map(|(name, f)| format!("`{}` ({}, {} cores, `docs/figures/{name}.json`)", f.command, &f.date[..10], f.cores)).collect();
+    let list: Vec<String> = files
+        .iter()
+        .map(|(name, f)| {
+            let load = f.load_average.map(|l| format!(", load average {:.1} at the end", l[0])).unwrap_or_default();
+            format!("`{}` ({}, {} cores{load}, `docs/figures/{name}.json`)", f.command, &f.date[..10], f.cores)
+        })
+        .collect();
     format!("\nFrom {}.\n", list.join("; "))
 }
 
@@ -263,6 +269,44 @@ fn vs_llamacpp_table() -> String {
     );
     let refs: Vec<(&str, &medprm::figures::FigureFile)> = files.iter().map(|(n, f)| (*n, f)).collect();
     out + &sources(&refs)
+}
+
+/// `scripts/golden/depth_drift.py`: medprm builds against transformers (sdpa and eager) on a deep
+/// model and long prompts (the script's own JSON, not a `figures::FigureFile`).
+fn depth_drift_table() -> String {
+    let path = root().join("docs/figures/depth-drift.json");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let n = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("depth-drift.json: {v} is not a number"));
+    let spread = n(&r["eager_vs_sdpa"]);
+    let builds = r["builds"].as_object().expect("depth-drift.json: builds");
+    let mut out = String::from("| build | attention | max \\|Δp\\| vs sdpa, shared prefix | whole prompts | vs eager (worse of the two) | within HF's spread |\n|---|---|---|---|---|---|\n");
+    for (label, b) in builds {
+        for (path, p) in b["paths"].as_object().expect("depth-drift.json: paths") {
+            let (shared, whole) = (n(&p["shared_vs_sdpa"]), n(&p["whole_vs_sdpa"]));
+            let eager = n(&p["shared_vs_eager"]).max(n(&p["whole_vs_eager"]));
+            let ok = if shared.max(whole) <= spread { "yes" } else { "no" };
+            out += &format!("| {label} | {path} | {shared:.1e} | {whole:.1e} | {eager:.1e} | {ok} |\n");
+        }
+    }
+    let lengths: Vec<f64> = r["prompt_tokens"].as_array().unwrap().iter().map(n).collect();
+    let (lo, hi) = lengths.iter().fold((f64::MAX, 0f64), |(a, b), &l| (a.min(l), b.max(l)));
+    let m = &r["model"];
+    out += &format!(
+        "\nHF's own spread (eager vs sdpa, f32): {spread:.1e} over {} steps of {} solutions ({}–{} tokens, {} guideline documents); model: {} layers, hidden {}, {}/{} heads, `initializer_range` {}, seed {}.\n",
+        r["steps"], lengths.len(), thousands(lo), thousands(hi), r["documents"], m["layers"], m["hidden"], m["heads"], m["kv_heads"], m["initializer_range"], m["seed"]
+    );
+    // Per layer: the hidden state entering the layer, first solution's whole prompt.
+    let labels: Vec<&String> = builds.keys().collect();
+    out += &format!("\n| layer | max \\|h\\| | eager vs sdpa | {} |\n|---|---|---|{}\n",
+        labels.iter().map(|l| format!("{l} vs sdpa (kernels)")).collect::<Vec<_>>().join(" | "), "---|".repeat(labels.len()));
+    let layers = |label: &str| builds[label]["paths"]["kernels"]["per_layer_hidden"].as_array().cloned().unwrap_or_default();
+    let count = layers(labels[0]).len();
+    for i in [1, 2, 5, 10, 15, 20, 25, count - 1].into_iter().filter(|&i| i < count) {
+        let first = &layers(labels[0])[i];
+        out += &format!("| {i} | {:.0} | {:.1e} | {} |\n", n(&first["max_abs_sdpa"]), n(&first["eager_vs_sdpa"]),
+            labels.iter().map(|l| format!("{:.1e}", n(&layers(l)[i]["medprm_vs_sdpa"]))).collect::<Vec<_>>().join(" | "));
+    }
+    out + &format!("\nFrom `{}` (torch {}, transformers {}, `docs/figures/depth-drift.json`).\n", r["command"].as_str().unwrap(), r["torch"].as_str().unwrap(), r["transformers"].as_str().unwrap())
 }
 
 /// `medprm label --compare-adaptive`: what fixed K and adaptive mode spent, and their agreement

@@ -19,8 +19,9 @@ use super::simd::{self, Kernels};
 
 /// Query rows of one sequence scored together (per query head).
 const QUERY_BLOCK: usize = 64;
-/// Keys per block of the online softmax.
-const KEY_BLOCK: usize = 256;
+/// Keys per block of the online softmax: torch's CPU flash attention's (`kvSplitSize`), whose
+/// blocks — and so whose rounding — `attend_block` follows.
+const KEY_BLOCK: usize = 512;
 
 /// The head geometry of a layer.
 #[derive(Debug, Clone, Copy)]
@@ -107,12 +108,36 @@ pub fn causal_attention(h: Heads, q: &[f32], rows: &[QueryRow], sources: &[KeyVa
 /// Scratch of one query block for one kv head: `n_rep · m` rows (query head-major).
 struct Scratch {
     q: Vec<f32>,
+    /// The key block's keys transposed, (head_dim × keys), and its values, (keys × head_dim).
+    kt: Vec<f32>,
+    v: Vec<f32>,
     scores: Vec<f32>,
     acc: Vec<f32>,
     max: Vec<f32>,
     sum: Vec<f32>,
 }
 
+/// Where each key position of sequence `seq` lies: (first position, keys, first row, source).
+fn key_spans<'a>(sources: &'a [KeyValues<'a>], seq: usize) -> Vec<(usize, usize, usize, &'a KeyValues<'a>)> {
+    let spans: Vec<_> = sources
+        .iter()
+        .map(|s| {
+            let (first, len) = s.span(seq);
+            (s.first_position, len, first, s)
+        })
+        .filter(|s| s.1 > 0)
+        .collect();
+    debug_assert!(spans.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0), "a sequence's key sources must follow one another");
+    spans
+}
+
+/// One query block (rows of one sequence) against the sequence's keys, in the order of torch's
+/// CPU flash attention (what transformers' `sdpa` runs), so that the rounding is the same: keys
+/// in blocks of `KEY_BLOCK` at absolute positions from 0 (the last block shorter), whichever
+/// sources they come from; per block `q·kᵀ` (one FMA chain per score), the causal mask, times
+/// `1/√d`, the running maximum, `exp_sub_sum`, the running sum `block + e^(old − new)·sum`, the
+/// output rescaled by `e^(old − new)` and `+= p·v` with the keys split as torch's matmul splits
+/// them (`numerics::k_blocks`); at the end the output times `1/sum`.
 fn attend_block(h: Heads, q: &[f32], rows: &[QueryRow], sources: &[KeyValues<'_>], out: &mut [f32], kernel: Kernels) {
     let (d, n_rep, m) = (h.head_dim, h.heads / h.kv_heads, rows.len());
     let (width, kv_width) = (h.heads * d, h.kv_heads * d);
@@ -120,8 +145,16 @@ fn attend_block(h: Heads, q: &[f32], rows: &[QueryRow], sources: &[KeyValues<'_>
     let scale = 1.0 / (d as f32).sqrt();
     let seq = rows[0].seq;
     let (p_min, p_max) = rows.iter().fold((usize::MAX, 0), |(a, b), r| (a.min(r.pos), b.max(r.pos)));
+    let spans = key_spans(sources, seq);
+    let Some(&(first_key, _, _, _)) = spans.first() else {
+        out.fill(0.0);
+        return;
+    };
+    let end = spans.last().map_or(0, |s| s.0 + s.1);
     let mut s = Scratch {
         q: vec![0.0; n * d],
+        kt: vec![0.0; d * KEY_BLOCK],
+        v: vec![0.0; KEY_BLOCK * d],
         scores: vec![0.0; n * KEY_BLOCK],
         acc: vec![0.0; n * d],
         max: vec![0.0; n],
@@ -131,99 +164,89 @@ fn attend_block(h: Heads, q: &[f32], rows: &[QueryRow], sources: &[KeyValues<'_>
         for r in 0..n_rep {
             let head = g * n_rep + r;
             for i in 0..m {
-                let src = &q[i * width + head * d..][..d];
-                for (dst, x) in s.q[(r * m + i) * d..][..d].iter_mut().zip(src) {
-                    *dst = x * scale;
-                }
+                s.q[(r * m + i) * d..][..d].copy_from_slice(&q[i * width + head * d..][..d]);
             }
         }
         s.acc.fill(0.0);
         s.max.fill(f32::NEG_INFINITY);
         s.sum.fill(0.0);
-        for src in sources {
-            let (first, len) = src.span(seq);
-            let base = first * kv_width;
-            for j0 in (0..len).step_by(KEY_BLOCK) {
-                let nk = KEY_BLOCK.min(len - j0);
-                let (a0, a1) = (src.first_position + j0, src.first_position + j0 + nk - 1);
-                if a0 > p_max || h.window.is_some_and(|w| p_min >= a1 + w) {
-                    continue; // no row sees any of these keys
-                }
-                let whole = a1 <= p_min && h.window.is_none_or(|w| p_max < a0 + w);
-                let k = &src.k[base + j0 * kv_width + g * d..];
-                let v = &src.v[base + j0 * kv_width + g * d..];
-                let scores = &mut s.scores[..n * nk];
-                // scores (n × nk) = q (n × d) · kᵀ (d × nk); key j's row is kv_width apart.
-                // SAFETY: every index the gemm reads or writes is inside the slices above:
-                // q holds n·d, scores n·nk, and key row j < nk of head g ends at
-                // base + (j0 + j)·kv_width + g·d + d ≤ base + (j0 + nk)·kv_width.
-                unsafe {
-                    gemm(
-                        n,
-                        nk,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        nk as isize,
-                        false,
-                        s.q.as_ptr(),
-                        1,
-                        d as isize,
-                        k.as_ptr(),
-                        kv_width as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                for (ri, row) in scores.chunks_exact_mut(nk).enumerate() {
-                    let pos = rows[ri % m].pos;
-                    if !whole {
-                        for (j, x) in row.iter_mut().enumerate() {
-                            let a = a0 + j;
-                            if a > pos || h.window.is_some_and(|w| pos >= a + w) {
-                                *x = f32::NEG_INFINITY;
-                            }
-                        }
+        for a0 in (first_key / KEY_BLOCK * KEY_BLOCK..end).step_by(KEY_BLOCK) {
+            let a1 = (a0 + KEY_BLOCK).min(end); // one past the block's last key
+            let nk = a1 - a0;
+            if a0 > p_max {
+                break; // no row sees these keys or any after them
+            }
+            if h.window.is_some_and(|w| p_min >= a1 - 1 + w) {
+                continue; // every row's window starts after this block
+            }
+            // The block's keys (transposed) and values, gathered from the sources they lie in.
+            let (kt, v) = (&mut s.kt[..d * nk], &mut s.v[..nk * d]);
+            for &(pos0, len, row0, src) in &spans {
+                let (lo, hi) = (a0.max(pos0), a1.min(pos0 + len));
+                for a in lo..hi {
+                    let (j, at) = (a - a0, (row0 + a - pos0) * kv_width + g * d);
+                    for (c, x) in src.k[at..][..d].iter().enumerate() {
+                        kt[c * nk + j] = *x;
                     }
-                    let old = s.max[ri];
-                    let new = old.max(kernel.max(row));
-                    if new == f32::NEG_INFINITY {
-                        row.fill(0.0); // nothing visible to this row yet
-                        continue;
-                    }
-                    let total = kernel.exp_sub_sum(row, new);
-                    if new != old {
-                        let alpha = (old - new).exp();
-                        s.sum[ri] *= alpha;
-                        for x in &mut s.acc[ri * d..][..d] {
-                            *x *= alpha;
-                        }
-                        s.max[ri] = new;
-                    }
-                    s.sum[ri] += total;
+                    v[j * d..][..d].copy_from_slice(&src.v[at..][..d]);
                 }
-                // acc (n × d) += scores (n × nk) · v (nk × d).
-                // SAFETY: as above, value rows j < nk of head g lie inside `v`, acc holds n·d.
+            }
+            // Key positions before the first source's (none for a whole sequence) score nothing.
+            for j in 0..first_key.saturating_sub(a0).min(nk) {
+                for c in 0..d {
+                    kt[c * nk + j] = 0.0;
+                }
+                v[j * d..][..d].fill(0.0);
+            }
+            let scores = &mut s.scores[..n * nk];
+            // scores (n × nk) = q (n × d) · kᵀ (d × nk).
+            // SAFETY: q holds n·d, kt d·nk, scores n·nk; the strides stay inside them.
+            unsafe {
+                gemm(n, nk, d, scores.as_mut_ptr(), 1, nk as isize, false, s.q.as_ptr(), 1, d as isize, kt.as_ptr(), 1, nk as isize, 0.0, 1.0, false, false, false, Parallelism::None);
+            }
+            let whole = a1 - 1 <= p_min && first_key <= a0 && h.window.is_none_or(|w| p_max < a0 + w);
+            for (ri, row) in scores.chunks_exact_mut(nk).enumerate() {
+                let pos = rows[ri % m].pos;
+                for (j, x) in row.iter_mut().enumerate() {
+                    let a = a0 + j;
+                    let hidden = !whole && (a > pos || a < first_key || h.window.is_some_and(|w| pos >= a + w));
+                    *x = if hidden { f32::NEG_INFINITY } else { *x * scale };
+                }
+                let old = s.max[ri];
+                let new = old.max(kernel.max(row));
+                if new == f32::NEG_INFINITY {
+                    row.fill(0.0); // nothing visible to this row yet
+                    continue;
+                }
+                let total = kernel.exp_sub_sum(row, new);
+                let alpha = (old - new).exp();
+                s.sum[ri] = alpha.mul_add(s.sum[ri], total);
+                s.max[ri] = new;
+                if a0 > first_key / KEY_BLOCK * KEY_BLOCK {
+                    for x in &mut s.acc[ri * d..][..d] {
+                        *x *= alpha;
+                    }
+                }
+            }
+            // acc (n × d) += scores (n × nk) · v (nk × d), the keys in torch's matmul blocks.
+            for (k0, kb) in super::numerics::k_blocks(nk) {
+                // SAFETY: columns k0..k0+kb of scores (rows nk apart) and rows k0..k0+kb of v lie
+                // inside them; acc holds n·d.
                 unsafe {
                     gemm(
                         n,
                         d,
-                        nk,
+                        kb,
                         s.acc.as_mut_ptr(),
                         1,
                         d as isize,
                         true,
-                        scores.as_ptr(),
+                        scores.as_ptr().add(k0),
                         1,
                         nk as isize,
-                        v.as_ptr(),
+                        v.as_ptr().add(k0 * d),
                         1,
-                        kv_width as isize,
+                        d as isize,
                         1.0,
                         1.0,
                         false,
@@ -322,6 +345,54 @@ mod tests {
     fn assert_close(a: &[f32], b: &[f32]) {
         let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(worst < 2e-5, "max abs difference {worst}");
+    }
+
+    /// torch's `scaled_dot_product_attention(is_causal=True)` on the CPU (transformers' sdpa
+    /// path), bit for bit: `tests/golden/torch-cpu.json` (`scripts/golden/make_golden_torch_cpu.py`)
+    /// holds rows of one 64-wide head over 530 positions; the same keys whole, and split into a
+    /// shared prefix and the sequence's own keys at a point inside the first key block.
+    #[test]
+    fn equals_torchs_cpu_flash_attention_bit_for_bit() {
+        let g: serde_json::Value = serde_json::from_str(include_str!("../../tests/golden/torch-cpu.json")).unwrap();
+        let a = &g["sdpa"];
+        let (len, d) = (a["length"].as_u64().unwrap() as usize, a["dim"].as_u64().unwrap() as usize);
+        let keep: Vec<usize> = a["rows"].as_array().unwrap().iter().map(|r| r.as_u64().unwrap() as usize).collect();
+        let want: Vec<u32> = a["y_bits"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u32).collect();
+        let hashed = crate::model::numerics::tests::hashed;
+        let q: Vec<f32> = hashed(len * d, 4).iter().map(|x| x * 4.0).collect();
+        let k: Vec<f32> = hashed(len * d, 5).iter().map(|x| x * 4.0).collect();
+        let v = hashed(len * d, 6);
+        let h = Heads { heads: 1, kv_heads: 1, head_dim: d, window: None };
+        let rows: Vec<QueryRow> = (0..len).map(|pos| QueryRow { seq: 0, pos }).collect();
+        let whole = [KeyValues { k: &k, v: &v, len, starts: &[], first_position: 0, shared: false }];
+        let cut = 300;
+        let split = [
+            KeyValues { k: &k[..cut * d], v: &v[..cut * d], len: cut, starts: &[], first_position: 0, shared: true },
+            KeyValues { k: &k[cut * d..], v: &v[cut * d..], len: len - cut, starts: &[], first_position: cut, shared: false },
+        ];
+        for (name, sources) in [("whole", &whole[..]), ("prefix + own keys", &split[..])] {
+            let out = causal_attention(h, &q, &rows, sources);
+            let got: Vec<u32> = keep.iter().flat_map(|&r| out[r * d..][..d].iter().map(|x| x.to_bits())).collect();
+            let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            assert_eq!(differ, 0, "{name}: {differ} of {} values differ from torch {}", want.len(), g["torch"]);
+        }
+    }
+
+    /// Diagnosis: `MEDPRM_DEBUG_ATTN_DIR=DIR cargo test --lib attention_from_files -- --ignored`
+    /// reads q, k, v (rows of 9·64, 3·64, 3·64 little-endian f32) and transformers' output from
+    /// `DIR/attn-{q,k,v,out}.f32` and counts the values that differ.
+    #[test]
+    #[ignore]
+    fn attention_from_files() {
+        let dir = std::path::PathBuf::from(std::env::var("MEDPRM_DEBUG_ATTN_DIR").unwrap());
+        let read = |n: &str| -> Vec<f32> { std::fs::read(dir.join(n)).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect() };
+        let (q, k, v, want) = (read("attn-q.f32"), read("attn-k.f32"), read("attn-v.f32"), read("attn-out.f32"));
+        let h = Heads { heads: 9, kv_heads: 3, head_dim: 64, window: None };
+        let len = q.len() / (9 * 64);
+        let rows: Vec<QueryRow> = (0..len).map(|pos| QueryRow { seq: 0, pos }).collect();
+        let out = causal_attention(h, &q, &rows, &[KeyValues { k: &k, v: &v, len, starts: &[], first_position: 0, shared: false }]);
+        let differ: Vec<usize> = (0..len).filter(|&r| out[r * 576..][..576].iter().zip(&want[r * 576..][..576]).any(|(a, b)| a.to_bits() != b.to_bits())).collect();
+        eprintln!("{} of {len} rows differ; first {:?}", differ.len(), &differ[..differ.len().min(10)]);
     }
 
     #[test]

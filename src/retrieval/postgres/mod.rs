@@ -12,6 +12,7 @@
 //! connect timeout: a database that is down or slow gives [`Error::Unavailable`] (HTTP 503 with
 //! `Retry-After`), never a hang.
 
+pub mod ingest;
 pub mod schema;
 pub mod search;
 

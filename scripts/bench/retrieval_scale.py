@@ -69,8 +69,9 @@ def post(url, body):
 
 
 def load(url, queries, mode, concurrency, requests):
-    """`requests` requests over `concurrency` clients; each query once at most per pass, and the
-    server's retrieval cache is off, so every request searches."""
+    """`requests` requests over `concurrency` clients, cycling through the questions; the server
+    runs with a one-entry retrieval cache (--retrieve-cache 0) and no query repeats back to back,
+    so every request searches."""
     bodies = [{"query": queries[i % len(queries)], "k": 10, "mode": mode} for i in range(requests)]
     t = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as ex:
@@ -205,7 +206,7 @@ def main():
         load_avg = [float(x) for x in f.read().split()[:3]]
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     fig = {
-        "command": f"make bench-retrieval-scale CHUNKS={a.chunks}",
+        "command": " ".join(shlex.quote(x) for x in [Path(sys.argv[0]).name, *sys.argv[1:]]).replace(str(Path.home()), "~"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpu": cpu,
         "cores": os.cpu_count(),

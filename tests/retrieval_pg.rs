@@ -338,3 +338,61 @@ async fn bad_database_url_unreachable_database_and_embedder_mismatch_fail_at_sta
     let (ok, out) = index_cmd(&pg.url(), &["--import", index_dir().to_str().unwrap()]);
     assert!(!ok && out.contains("embedded with `other-embedder`"), "{out}");
 }
+
+#[tokio::test]
+async fn imports_precomputed_vectors_from_jsonl_and_npy() {
+    use npyz::WriterBuilder;
+    let pg = Pg::start();
+    let db = pg.client().await;
+    for name in ["from_jsonl", "from_npy"] {
+        db.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    }
+    let index = Index::open(&index_dir()).unwrap();
+    let mut t = candle_core::safetensors::load(index_dir().join("embeddings.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let vectors = t.remove("embeddings").unwrap().to_vec2::<f32>().unwrap();
+    // The published shape of a corpus: the body text apart from title and section.
+    let scratch = tempfile::tempdir().unwrap();
+    let (jsonl, meta, npy) = (scratch.path().join("v.jsonl"), scratch.path().join("meta.jsonl"), scratch.path().join("v.npy"));
+    let (mut a, mut b) = (String::new(), String::new());
+    for (c, v) in index.chunks().iter().zip(&vectors) {
+        let body = c.text.strip_prefix(&medprm::retrieval::corpus::render_prefix(&c.title, &c.section)).unwrap();
+        let mut r = json!({"id": c.id, "title": c.title, "section": c.section, "text": body, "guideline": c.guideline, "source": c.source});
+        b.push_str(&format!("{r}\n"));
+        r["vector"] = json!(v);
+        a.push_str(&format!("{r}\n"));
+    }
+    std::fs::write(&jsonl, a).unwrap();
+    std::fs::write(&meta, b).unwrap();
+    let mut out = Vec::new();
+    let mut w = npyz::WriteOptions::new().default_dtype().shape(&[vectors.len() as u64, 384]).writer(&mut out).begin_nd().unwrap();
+    w.extend(vectors.iter().flatten().copied()).unwrap();
+    w.finish().unwrap();
+    std::fs::write(&npy, out).unwrap();
+
+    let base = pg.url();
+    let url = |db: &str| format!("{}/{db}", base.rsplit_once('/').unwrap().0);
+    let (ok, out) = index_cmd(&url("from_jsonl"), &["--import", jsonl.to_str().unwrap()]);
+    assert!(ok && out.contains("loaded 8 of 8 chunks"), "{out}");
+    let (ok, out) = index_cmd(&url("from_npy"), &["--import", npy.to_str().unwrap()]);
+    assert!(!ok && out.contains("--metadata"), "{out}");
+    let (ok, out) = index_cmd(&url("from_npy"), &["--import", npy.to_str().unwrap(), "--metadata", meta.to_str().unwrap()]);
+    assert!(ok && out.contains("loaded 8 of 8 chunks"), "{out}");
+    for name in ["from_jsonl", "from_npy"] {
+        let (c, conn) = tokio_postgres::connect(&url(name), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let rows = c.query("SELECT id, text, guideline, source, embedding::text FROM medprm_chunks ORDER BY ord", &[]).await.unwrap();
+        assert_eq!(rows.len(), 8);
+        for ((row, ch), v) in rows.iter().zip(index.chunks()).zip(&vectors) {
+            assert_eq!(row.get::<_, String>(0), ch.id, "{name}");
+            assert_eq!(row.get::<_, String>(1), ch.text, "{name}: rendered as the corpus reader renders");
+            assert_eq!((row.get::<_, String>(2), row.get::<_, String>(3)), (ch.guideline.clone(), ch.source.clone()));
+            let stored: Vec<f32> = serde_json::from_str(&row.get::<_, String>(4)).unwrap();
+            assert_eq!(&stored, v, "{name}: vector of {}", ch.id);
+        }
+    }
+    // A vector of another dimension is refused, naming the row.
+    let bad = scratch.path().join("bad.jsonl");
+    std::fs::write(&bad, r#"{"id": "x", "title": "T", "text": "t", "vector": [0.1, 0.2]}"#).unwrap();
+    let (ok, out) = index_cmd(&url("from_jsonl"), &["--import", bad.to_str().unwrap()]);
+    assert!(!ok && out.contains("row 1 (x): 2-d vector"), "{out}");
+}

@@ -178,6 +178,10 @@ impl ServeConfig {
         match self.retrieval_backend {
             RetrievalBackend::Embedded => {
                 anyhow::ensure!(self.database_url.is_none(), "--database-url needs --retrieval-backend postgres");
+                anyhow::ensure!(
+                    self.embedder.is_none(),
+                    "--embedder is for --retrieval-backend postgres (an --index names its own embedder)"
+                );
             }
             RetrievalBackend::Postgres => {
                 anyhow::ensure!(self.index.is_none(), "--index is the embedded backend's; --retrieval-backend postgres reads --database-url");

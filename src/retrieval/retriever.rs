@@ -24,13 +24,6 @@ impl Retriever {
         }
     }
 
-    pub fn backend(&self) -> &'static str {
-        match self {
-            Retriever::Embedded(_) => "embedded",
-            Retriever::Postgres(_) => "postgres",
-        }
-    }
-
     /// Whether searches can be answered now: always for the embedded index, a `SELECT 1` for
     /// PostgreSQL.
     pub async fn check(&self) -> Result<()> {

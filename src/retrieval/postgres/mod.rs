@@ -70,6 +70,15 @@ impl PgOptions {
     }
 }
 
+/// The error's own words: the server's message for a database error (tokio-postgres prints
+/// only "db error"), else the client's.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}
+
 /// An error of the database, as the serving core reports it: unreachable, closed or timed out
 /// is [`Error::Unavailable`]; anything else (a bad statement) is a backend fault.
 pub fn db_error(e: tokio_postgres::Error) -> Error {
@@ -79,9 +88,9 @@ pub fn db_error(e: tokio_postgres::Error) -> Error {
         || matches!(e.code(), Some(c) if *c == SqlState::QUERY_CANCELED || *c == SqlState::ADMIN_SHUTDOWN
             || *c == SqlState::CANNOT_CONNECT_NOW || *c == SqlState::TOO_MANY_CONNECTIONS || c.code().starts_with("08"));
     if transient {
-        Error::Unavailable(format!("retrieval database: {e}"))
+        Error::Unavailable(format!("retrieval database: {}", describe(&e)))
     } else {
-        Error::Backend(format!("retrieval database: {e}"))
+        Error::Backend(format!("retrieval database: {}", describe(&e)))
     }
 }
 

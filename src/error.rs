@@ -1,6 +1,6 @@
 //! Errors of the scoring core. Loading problems say which file and what is wrong with it;
-//! input problems name the field; `NotReady`, `Overloaded` and `Backend` are the serving core's
-//! answers that the HTTP layer turns into 503, 429 and 424.
+//! input problems name the field; `NotReady`, `Unavailable`, `Overloaded` and `Backend` are the
+//! serving core's answers that the HTTP layer turns into 503, 503, 429 and 424.
 
 use std::path::PathBuf;
 
@@ -33,6 +33,10 @@ pub enum Error {
     /// Too many candidates in flight; the caller should retry later.
     #[error("overloaded: too many candidates in flight")]
     Overloaded,
+    /// A service the request needs (the retrieval database) cannot be reached now; the caller
+    /// should retry later (HTTP 503 with Retry-After).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// A worker, the queue or the model failed on this request.
     #[error("{0}")]
     Backend(String),

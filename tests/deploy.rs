@@ -870,3 +870,160 @@ fn image_tags() {
     assert_eq!(image_tag("registry:5000/medprm"), ("registry:5000/medprm".into(), None));
     assert_eq!(image_tag("nvidia/cuda:12.4.1-runtime-ubuntu22.04").1.as_deref(), Some("12.4.1-runtime-ubuntu22.04"));
 }
+
+const PG_OVERLAY: &str = "deploy/kubernetes/overlays/postgres";
+
+/// All objects of the PostgreSQL overlay's files, with the file each came from.
+fn overlay_manifests() -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(PG_OVERLAY))
+        .expect("deploy/kubernetes/overlays/postgres")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        let docs = yaml_docs(&std::fs::read_to_string(&f).unwrap(), &name);
+        assert!(!docs.is_empty(), "{name}: no YAML document");
+        out.extend(docs.into_iter().map(|d| (name.clone(), d)));
+    }
+    out
+}
+
+fn pod_labels(v: &Value) -> Value {
+    v["spec"]["template"]["metadata"]["labels"].clone()
+}
+
+fn env_of<'a>(c: &'a Value, name: &str) -> &'a Value {
+    c["env"].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("no env {name}"))
+}
+
+/// The overlay's objects line up: the kustomization names the base and its own files, the patch
+/// switches the base Deployment to the database the StatefulSet runs, the Service and the
+/// NetworkPolicy select the right pods, and the database URL and password come from one Secret.
+#[test]
+fn postgres_overlay_wires_medprm_to_the_database() {
+    let base = manifests();
+    let all = overlay_manifests();
+    let kust = one(&all, "Kustomization");
+    let resources: BTreeSet<String> =
+        kust["resources"].as_array().expect("resources").iter().map(|r| s(r, "resource").to_string()).collect();
+    let patches: Vec<&Value> = kust["patches"].as_array().expect("patches").iter().collect();
+    let patch_files: BTreeSet<String> = patches.iter().map(|p| s(&p["path"], "patch path").to_string()).collect();
+    let files: BTreeSet<String> = all.iter().map(|(f, _)| f.clone()).filter(|f| f != "kustomization.yaml").collect();
+    let mut expected: BTreeSet<String> = files.difference(&patch_files).cloned().collect();
+    expected.insert("../..".into());
+    assert_eq!(resources, expected, "the overlay lists the base and each of its files that is not a patch");
+    assert!(kust.get("namespace").is_none());
+
+    // Each patch names the base object it patches, and the file holds that object.
+    for p in &patches {
+        let (kind, name) = (s(&p["target"]["kind"], "target kind"), s(&p["target"]["name"], "target name"));
+        let target = by_name(&base, kind, name);
+        let file = s(&p["path"], "path");
+        let obj = all.iter().find(|(f, _)| f == file).map(|(_, v)| v.clone()).expect("patch file");
+        assert_eq!((&obj["kind"], &obj["metadata"]["name"]), (&target["kind"], &target["metadata"]["name"]), "{file}");
+        assert_eq!(obj["metadata"]["namespace"], target["metadata"]["namespace"], "{file}");
+    }
+    let patched = |kind: &str| {
+        let p = patches.iter().find(|p| p["target"]["kind"] == kind).unwrap_or_else(|| panic!("no {kind} patch"));
+        let file = s(&p["path"], "path");
+        all.iter().find(|(f, _)| f == file).map(|(_, v)| v.clone()).unwrap()
+    };
+    // The embedded index path leaves the ConfigMap (serve refuses --index with the postgres backend).
+    let cm = by_name(&base, "ConfigMap", "medprm-config");
+    let cm_patch = patched("ConfigMap");
+    for (k, v) in cm_patch["data"].as_object().unwrap() {
+        assert!(cm["data"].get(k).is_some() && v.is_null(), "the ConfigMap patch only deletes base keys: {k}");
+    }
+    if cm["data"].get("MEDPRM_INDEX").is_some() {
+        assert!(cm_patch["data"]["MEDPRM_INDEX"].is_null() && cm_patch["data"].get("MEDPRM_INDEX").is_some());
+    }
+
+    // The Deployment patch: its medprm container, the backend and the URL from the Secret.
+    let dep = one(&base, "Deployment");
+    let patch = patched("Deployment");
+    assert_eq!(patch["metadata"]["name"], dep["metadata"]["name"]);
+    assert_eq!(patch["metadata"]["namespace"], dep["metadata"]["namespace"]);
+    let pc = container(&patch);
+    assert_eq!(env_of(&pc, "MEDPRM_RETRIEVAL_BACKEND")["value"], "postgres");
+    let url = env_of(&pc, "MEDPRM_DATABASE_URL");
+    assert!(url.get("value").is_none(), "the database URL holds a password: a Secret, not a literal");
+    let secret = s(&url["valueFrom"]["secretKeyRef"]["name"], "secret name").to_string();
+    assert_eq!(url["valueFrom"]["secretKeyRef"]["key"], "database-url");
+    assert!(patch["spec"].get("replicas").is_none(), "the HPA keeps owning the replica count");
+
+    // The database: pgvector's image pinned to PostgreSQL 16, the password from the same Secret,
+    // a volume per instance, and the user/database the URL's example names.
+    let sts = one(&all, "StatefulSet");
+    let db = &sts["spec"]["template"]["spec"]["containers"][0];
+    let image = s(&db["image"], "postgres image");
+    let (repo, tag) = image_tag(image);
+    assert_eq!(repo, "pgvector/pgvector");
+    assert!(tag.as_deref().is_some_and(|t| t.ends_with("-pg16")), "{image}: pin a pgvector release on PostgreSQL 16");
+    assert_eq!(env_of(db, "POSTGRES_PASSWORD")["valueFrom"]["secretKeyRef"]["name"], secret.as_str());
+    assert!(sts["spec"]["volumeClaimTemplates"].as_array().is_some_and(|v| !v.is_empty()));
+    let comment = read(&format!("{PG_OVERLAY}/kustomization.yaml"));
+    let user = s(&env_of(db, "POSTGRES_USER")["value"], "user");
+    let dbname = s(&env_of(db, "POSTGRES_DB")["value"], "db");
+    let svc = one(&all, "Service");
+    let svc_name = s(&svc["metadata"]["name"], "service name");
+    let port = int(&svc["spec"]["ports"][0]["port"], "port");
+    let example = format!("postgres://{user}:<password>@{svc_name}:{port}/{dbname}");
+    assert!(comment.contains(&example), "the Secret example in kustomization.yaml should read {example}");
+    assert!(comment.contains(&format!("generic {secret}")), "the Secret example names {secret}");
+    assert_eq!(sts["spec"]["serviceName"], svc["metadata"]["name"]);
+    assert!(selects(&svc["spec"]["selector"], &pod_labels(&sts)));
+    assert_eq!(resolve_port(&svc["spec"]["ports"][0]["targetPort"], db), 5432);
+    assert!(!selects(&svc["spec"]["selector"], &pod_labels(&dep)), "the database Service must not select medprm pods");
+
+    // Only medprm pods reach it: the serving replicas and the index Job.
+    let job = one(&all, "Job");
+    let np = by_name(&all, "NetworkPolicy", "medprm-postgres");
+    assert!(selects(&np["spec"]["podSelector"]["matchLabels"], &pod_labels(&sts)));
+    let from = &np["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"];
+    assert!(selects(from, &pod_labels(&dep)) && selects(from, &pod_labels(&job)));
+    assert_eq!(int(&np["spec"]["ingress"][0]["ports"][0]["port"], "port"), 5432);
+
+    // The index Job: the Deployment's image (so the base's `images:` retag applies), the same
+    // Secret, and `medprm index --backend postgres --import` on a file of the model volume.
+    let jc = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(jc["image"], container(&dep)["image"]);
+    assert_eq!(env_of(jc, "MEDPRM_DATABASE_URL")["valueFrom"]["secretKeyRef"]["name"], secret.as_str());
+    let args: Vec<&str> = jc["args"].as_array().unwrap().iter().map(|a| s(a, "arg")).collect();
+    assert_eq!(jc["command"][0], "medprm");
+    assert_eq!(args[0], "index");
+    let flag = |f: &str| args.iter().position(|a| *a == f).map(|i| args[i + 1]).unwrap_or_else(|| panic!("no {f} in {args:?}"));
+    assert_eq!(flag("--backend"), "postgres");
+    assert_eq!(flag("--database-url"), "$(MEDPRM_DATABASE_URL)");
+    let import = flag("--import");
+    let mount = jc["volumeMounts"].as_array().unwrap().iter().find(|m| import.starts_with(s(&m["mountPath"], "mountPath")));
+    assert!(mount.is_some(), "--import {import} is on no mounted volume");
+}
+
+/// The overlay's variables and the Job's flags exist in this binary.
+#[test]
+fn postgres_overlay_flags_exist() {
+    let flags = serve_env_vars();
+    let all = overlay_manifests();
+    for (file, v) in &all {
+        if v["kind"] != "Deployment" {
+            continue;
+        }
+        for e in container(v)["env"].as_array().unwrap() {
+            let name = s(&e["name"], "env name");
+            assert!(flags.contains(name), "{file}: {name} is not a `medprm serve` flag");
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_medprm")).args(["index", "--help"]).output().expect("run medprm");
+    assert!(out.status.success(), "medprm index --help failed");
+    let help = String::from_utf8(out.stdout).unwrap();
+    let job = one(&all, "Job");
+    for a in job["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap() {
+        let a = s(a, "arg");
+        if a.starts_with("--") {
+            assert!(help.contains(&format!("{a} ")), "Job flag {a} is not in `medprm index --help`:\n{help}");
+        }
+    }
+}

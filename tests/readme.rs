@@ -331,6 +331,60 @@ fn label_adaptive_table() -> String {
     out + &format!("\nFrom `{}`.\n", r["command"].as_str().unwrap())
 }
 
+/// The retrieval-at-scale table from `make bench-retrieval-scale` (one column per backend run).
+fn retrieval_scale_table() -> String {
+    let f = figure("retrieval-scale");
+    let r = &f.figures;
+    let backends = r["backends"].as_array().expect("retrieval-scale.json: backends");
+    let num = |v: &serde_json::Value, what: &str| v.as_f64().unwrap_or_else(|| panic!("retrieval-scale.json: {what}"));
+    let mib = |v: &serde_json::Value, what: &str| format!("{:.1}", num(v, what) / (1u64 << 20) as f64);
+    let mut out = String::from("| | ");
+    out += &backends.iter().map(|b| format!("{} ({} chunks)", b["backend"].as_str().unwrap(), b["chunks"])).collect::<Vec<_>>().join(" | ");
+    out += " |\n|---|";
+    out += &"---|".repeat(backends.len());
+    out += "\n";
+    let mut row = |label: &str, cell: &dyn Fn(&serde_json::Value) -> String| {
+        out += &format!("| {label} | {} |\n", backends.iter().map(cell).collect::<Vec<_>>().join(" | "));
+    };
+    row("ingest (chunk, BM25, embed), chunks/s", &|b| format!("{:.1}", num(&b["ingest_chunks_per_s"], "ingest")));
+    row("index build, s", &|b| format!("{:.0}", num(&b["index_build_s"], "build")));
+    row("disk, MiB (vectors / BM25 / chunk text)", &|b| {
+        let d = &b["disk"];
+        format!(
+            "{} ({} / {} / {})",
+            mib(&d["total_bytes"], "disk"),
+            mib(&d["embeddings_bytes"], "vectors"),
+            mib(&d["tantivy_bytes"], "tantivy"),
+            mib(&d["chunks_jsonl_bytes"], "chunks")
+        )
+    });
+    row("open + one query (no model): s, peak RSS MiB", &|b| {
+        format!("{:.1} s, {}", num(&b["startup"]["open_and_one_query_s"], "startup"), mib(&b["startup"]["peak_rss_bytes"], "rss"))
+    });
+    row("server RSS with the 135M demo model, MiB", &|b| mib(&b["serve"]["rss_bytes"], "serve rss"));
+    for mode in ["bm25", "dense", "hybrid"] {
+        for c in [1, 8] {
+            row(&format!("`/v1/retrieve` {mode} k=10, {c} client(s): p50 / p99 ms (server p50)"), &|b| {
+                let l = b["serve"]["latency"].as_array().unwrap().iter().find(|l| l["mode"] == mode && l["concurrency"] == c);
+                let l = l.unwrap_or_else(|| panic!("retrieval-scale.json: no {mode} x{c}"));
+                format!("{:.1} / {:.1} ({:.1})", num(&l["client_p50_ms"], "p50"), num(&l["client_p99_ms"], "p99"), num(&l["server_p50_ms"], "server"))
+            });
+        }
+    }
+    row("dense recall@10 vs exact", &|b| {
+        let d = &b["dense_recall_at_10_vs_exact"];
+        format!("{:.3} ({})", num(&d["value"], "recall"), d["how"].as_str().unwrap_or(""))
+    });
+    for mode in ["bm25", "dense", "hybrid"] {
+        row(&format!("hard eval {mode}: recall@1 / MRR"), &|b| {
+            let m = b["hard_eval"]["modes"].as_array().unwrap().iter().find(|m| m["mode"] == mode).expect("hard eval mode");
+            format!("{:.3} / {:.3}", num(&m["recall_at_1"], "r@1"), num(&m["mrr"], "mrr"))
+        });
+    }
+    let load = f.load_average.map(|l| format!("; load average {:.1} on {} cores at the end", l[0], f.cores)).unwrap_or_default();
+    out + &format!("\nFrom `{}` ({}{load}).\n", f.command, f.date)
+}
+
 #[test]
 fn generated_tables_are_current() {
     let mut text = readme();
@@ -344,6 +398,7 @@ fn generated_tables_are_current() {
         ("figures-prefix", prefix_table()),
         ("figures-vs-llamacpp", vs_llamacpp_table()),
         ("figures-label-adaptive", label_adaptive_table()),
+        ("figures-retrieval-scale", retrieval_scale_table()),
     ];
     for (name, want) in tables {
         if let Err(e) = generated_section(&mut text, name, &want) {

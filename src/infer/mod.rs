@@ -24,7 +24,7 @@ use crate::engine::{Engine, ModelInfo};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::prompt::{shared_prefix_len, Prompt, PromptBuilder, RawInput};
-use crate::retrieval::{Index, Mode};
+use crate::retrieval::{Index, Mode, Retriever};
 
 pub use job::{Candidate, Citation, Documents, DocumentsUsed, ImageInput, ScoreJob, Scored, ScoredCandidate, ScoredPrompts, Timings, Usage};
 pub use queue::BatchConfig;
@@ -62,7 +62,7 @@ pub struct Infer {
     cfg: InferConfig,
     builder: OnceLock<Arc<PromptBuilder>>,
     info: OnceLock<ModelInfo>,
-    index: OnceLock<Arc<Index>>,
+    retriever: OnceLock<Retriever>,
     ready: AtomicBool,
     permits: Arc<Semaphore>,
     queue: queue::Queue,
@@ -82,7 +82,7 @@ impl Infer {
             retrieval_cache: retrieve::cache(cfg.retrieve_cache),
             builder: OnceLock::new(),
             info: OnceLock::new(),
-            index: OnceLock::new(),
+            retriever: OnceLock::new(),
             ready: AtomicBool::new(false),
             metrics,
             cfg,
@@ -102,13 +102,17 @@ impl Infer {
         self.info.get()
     }
 
-    /// The guideline index (`None` without one, or while it opens).
-    pub fn index(&self) -> Option<&Arc<Index>> {
-        self.index.get()
+    /// The guideline index, embedded or on PostgreSQL (`None` without one, or while it opens).
+    pub fn retriever(&self) -> Option<&Retriever> {
+        self.retriever.get()
     }
 
     pub fn set_index(&self, index: Index) {
-        let _ = self.index.set(Arc::new(index));
+        self.set_retriever(Retriever::Embedded(Arc::new(index)));
+    }
+
+    pub fn set_retriever(&self, r: Retriever) {
+        let _ = self.retriever.set(r);
     }
 
     /// Model loaded and warmed up: jobs are accepted.

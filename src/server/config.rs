@@ -65,8 +65,27 @@ pub struct ServeConfig {
     /// in scoring requests). Without it the server scores caller-supplied documents only.
     #[arg(long, env = "MEDPRM_INDEX")]
     pub index: Option<PathBuf>,
+    /// Where retrieval searches: `embedded` (the --index directory, in this process) or
+    /// `postgres` (a corpus loaded by `medprm index --backend postgres`, at --database-url).
+    #[arg(long, env = "MEDPRM_RETRIEVAL_BACKEND", value_enum, default_value = "embedded")]
+    pub retrieval_backend: RetrievalBackend,
+    /// PostgreSQL connection string (`postgres://user:password@host:port/db`) of the corpus, for
+    /// --retrieval-backend postgres.
+    #[arg(long, env = "MEDPRM_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Connections to the retrieval database (--retrieval-backend postgres).
+    #[arg(long, env = "MEDPRM_DB_POOL_SIZE", default_value_t = 8)]
+    pub db_pool_size: usize,
+    /// Longest a retrieval query may run on the database, and longest a request waits for a
+    /// database connection (ms); then the request gets 503 with Retry-After.
+    #[arg(long, env = "MEDPRM_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
+    pub db_statement_timeout_ms: u64,
+    /// Sentence embedder for the queries of --retrieval-backend postgres: the model the database
+    /// corpus was embedded with (checked at start); unset: the fetched all-MiniLM-L6-v2.
+    #[arg(long, env = "MEDPRM_EMBEDDER")]
+    pub embedder: Option<PathBuf>,
     /// Retrieve this many documents for scoring requests that carry no `documents` (0: only
-    /// when a request asks with `retrieve`). Needs --index.
+    /// when a request asks with `retrieve`). Needs --index or --retrieval-backend postgres.
     #[arg(long, env = "MEDPRM_RETRIEVE_K", default_value_t = 0)]
     pub retrieve_k: usize,
     /// Retrieval mode for requests that do not name one: bm25, dense or hybrid.
@@ -111,7 +130,33 @@ pub struct ServeConfig {
     pub warmup_delay_ms: u64,
 }
 
+/// Where retrieval searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RetrievalBackend {
+    /// The --index directory, loaded into this process.
+    Embedded,
+    /// A PostgreSQL + pgvector database (--database-url).
+    Postgres,
+}
+
 impl ServeConfig {
+    /// Whether this server retrieves documents (an index, or a database corpus).
+    pub fn retrieval(&self) -> bool {
+        match self.retrieval_backend {
+            RetrievalBackend::Embedded => self.index.is_some(),
+            RetrievalBackend::Postgres => true,
+        }
+    }
+
+    /// The database settings of --retrieval-backend postgres (`None` for embedded).
+    pub fn pg_options(&self) -> Option<crate::retrieval::postgres::PgOptions> {
+        (self.retrieval_backend == RetrievalBackend::Postgres).then(|| crate::retrieval::postgres::PgOptions {
+            url: self.database_url.clone().unwrap_or_default(),
+            pool_size: self.db_pool_size,
+            statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
+        })
+    }
+
     /// The body limit in force: `--payload-limit`, else the default for the model's kind (read
     /// from its config.json; an unreadable one is reported by the loader, not here).
     pub fn payload_limit(&self) -> usize {
@@ -129,7 +174,25 @@ impl ServeConfig {
         anyhow::ensure!(self.max_batch_requests > 0, "--max-batch-requests must be positive");
         anyhow::ensure!(self.max_candidates > 0, "--max-candidates must be positive");
         anyhow::ensure!(self.tokenization_workers > 0, "--tokenization-workers must be positive");
-        anyhow::ensure!(self.retrieve_k == 0 || self.index.is_some(), "--retrieve-k needs --index");
+        anyhow::ensure!(self.retrieve_k == 0 || self.retrieval(), "--retrieve-k needs --index (or --retrieval-backend postgres)");
+        match self.retrieval_backend {
+            RetrievalBackend::Embedded => {
+                anyhow::ensure!(self.database_url.is_none(), "--database-url needs --retrieval-backend postgres");
+                anyhow::ensure!(
+                    self.embedder.is_none(),
+                    "--embedder is for --retrieval-backend postgres (an --index names its own embedder)"
+                );
+            }
+            RetrievalBackend::Postgres => {
+                anyhow::ensure!(self.index.is_none(), "--index is the embedded backend's; --retrieval-backend postgres reads --database-url");
+                anyhow::ensure!(self.database_url.is_some(), "--retrieval-backend postgres needs --database-url (or MEDPRM_DATABASE_URL)");
+                anyhow::ensure!(self.db_pool_size > 0, "--db-pool-size must be positive");
+                anyhow::ensure!(self.db_statement_timeout_ms > 0, "--db-statement-timeout-ms must be positive");
+                if let Some(o) = self.pg_options() {
+                    o.config().map_err(|e| anyhow::anyhow!("--{e}").context("bad --database-url"))?;
+                }
+            }
+        }
         anyhow::ensure!(self.api_key.as_deref() != Some(""), "--api-key must not be empty");
         anyhow::ensure!(self.header_read_timeout_s > 0, "--header-read-timeout-s must be positive");
         anyhow::ensure!(self.body_timeout_s > 0, "--body-timeout-s must be positive");
@@ -167,7 +230,7 @@ impl ServeConfig {
             max_input_tokens: self.max_input_tokens,
             tokenization_workers: self.tokenization_workers,
             prefix_sharing: !self.no_prefix_sharing,
-            retrieval: self.index.is_some(),
+            retrieval: self.retrieval(),
             retrieve_k: self.retrieve_k,
             retrieve_mode: self.retrieve_mode,
             retrieve_cache: self.retrieve_cache,

@@ -10,7 +10,7 @@ pub struct ErrorBody {
     /// What went wrong, naming the offending field.
     pub error: String,
     /// `bad_request`, `request_timeout`, `payload_too_large`, `validation`, `unauthorized`, `not_found`,
-    /// `overloaded`, `not_ready`, `backend`.
+    /// `overloaded`, `not_ready`, `unavailable`, `backend`.
     pub error_type: String,
 }
 
@@ -31,7 +31,7 @@ pub enum ScoringErrors {
     Validation(ErrorBody),
     #[response(status = 429, description = "Overloaded; see Retry-After")]
     Overloaded(ErrorBody),
-    #[response(status = 503, description = "Model not ready")]
+    #[response(status = 503, description = "Model not ready, or the retrieval database unreachable; see Retry-After")]
     NotReady(ErrorBody),
 }
 
@@ -45,6 +45,8 @@ pub enum ApiError {
     NotFound(String),
     Overloaded,
     NotReady,
+    /// A service the request needs (the retrieval database) is unreachable.
+    Unavailable(String),
     Backend(String),
 }
 
@@ -59,6 +61,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Overloaded => "overloaded",
             ApiError::NotReady => "not_ready",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::Backend(_) => "backend",
         }
     }
@@ -72,7 +75,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Backend(_) => StatusCode::FAILED_DEPENDENCY,
         }
     }
@@ -82,7 +85,7 @@ impl ApiError {
         use crate::metrics::Outcome;
         match self {
             ApiError::Unauthorized => Outcome::Unauthorized,
-            ApiError::Overloaded | ApiError::NotReady => Outcome::Overloaded,
+            ApiError::Overloaded | ApiError::NotReady | ApiError::Unavailable(_) => Outcome::Overloaded,
             ApiError::Backend(_) => Outcome::ServerError,
             ApiError::BadRequest(_)
             | ApiError::RequestTimeout
@@ -96,6 +99,7 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             ApiError::BadRequest(m) | ApiError::PayloadTooLarge(m) | ApiError::Validation(m) | ApiError::NotFound(m) | ApiError::Backend(m) => m.clone(),
+            ApiError::Unavailable(m) => format!("unavailable: {m}; retry after the delay in Retry-After"),
             ApiError::Unauthorized => "authorization: missing or wrong bearer token".into(),
             ApiError::RequestTimeout => "body: not received within --body-timeout-s".into(),
             ApiError::Overloaded => "overloaded: too many candidates in flight; retry after the delay in Retry-After".into(),
@@ -112,6 +116,7 @@ impl From<crate::error::Error> for ApiError {
             E::TooLarge { field, reason } => ApiError::PayloadTooLarge(format!("{field}: {reason}")),
             E::NotReady => ApiError::NotReady,
             E::Overloaded => ApiError::Overloaded,
+            E::Unavailable(m) => ApiError::Unavailable(m),
             E::Backend(m) => ApiError::Backend(m),
             other => ApiError::Backend(other.to_string()),
         }
@@ -125,6 +130,7 @@ impl ApiError {
         match self {
             ApiError::Overloaded => Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
             ApiError::NotReady => Some((header::RETRY_AFTER, HeaderValue::from_static("5"))),
+            ApiError::Unavailable(_) => Some((header::RETRY_AFTER, HeaderValue::from_static("2"))),
             ApiError::Unauthorized => Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
             _ => None,
         }

@@ -243,15 +243,19 @@ pub async fn health() -> Json<HealthResponse> {
     Json(HealthResponse { status: "ok".into() })
 }
 
-/// Readiness: the model is loaded and warmed up.
+/// Readiness: the model is loaded and warmed up (and the retrieval database answers).
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, body = HealthResponse), (status = 503, body = super::error::ErrorBody)))]
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.infer.is_ready() {
-        Json(HealthResponse { status: "ready".into() }).into_response()
-    } else {
-        ApiError::NotReady.into_response()
+    if !state.infer.is_ready() {
+        return ApiError::NotReady.into_response();
     }
+    if let Some(r) = state.infer.retriever() {
+        if let Err(e) = r.check().await {
+            return ApiError::from(e).into_response();
+        }
+    }
+    Json(HealthResponse { status: "ready".into() }).into_response()
 }
 
 /// Model, profile, dtype, device, limits and version.
@@ -274,8 +278,8 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<InfoResponse> {
             prefix_sharing: !c.no_prefix_sharing,
         },
         auth: c.api_key.is_some(),
-        documents_source: if c.index.is_some() { "caller+retrieval" } else { "caller" }.into(),
-        index: state.infer.index().map(|i| i.info()),
+        documents_source: if c.retrieval() { "caller+retrieval" } else { "caller" }.into(),
+        index: state.infer.retriever().map(|i| i.info()),
         default_retrieve_k: c.retrieve_k,
     })
 }

@@ -1,0 +1,279 @@
+//! `medprm index --backend postgres`: loads a corpus into PostgreSQL in batches.
+//!
+//! Each batch is written by binary `COPY` into a session-local staging table, then moved with
+//! `INSERT ... ON CONFLICT (id) DO NOTHING` in the same transaction: a batch is all in or all out,
+//! and a run that was killed is resumed by running it again (ids already present are skipped; for
+//! a corpus that is embedded here, before embedding them). The HNSW index is built once, after the
+//! load (a resumed load into a table that already has it maintains it row by row).
+//!
+//! Sources:
+//! * a corpus (markdown tree or JSONL, as `medprm index` reads it): chunked and embedded here;
+//! * `--import DIR`: an index built by `medprm index` (its chunks and vectors, nothing embedded);
+//! * `--import FILE.jsonl`: precomputed vectors, one record a line:
+//!   `{"id", "title", "section"?, "text", "vector": [...], "guideline"?, "source"?, ...}`;
+//! * `--import FILE.npy --metadata FILE.jsonl`: an f32 `[n, dim]` matrix, and the same records
+//!   without `vector`, line i for row i.
+//!
+//! Imported rows are rendered as the corpus reader renders chunks (`"<title> -- <section>. <text>"`).
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::time::Instant;
+
+use pgvector::Vector;
+use serde::Deserialize;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Client;
+
+use super::schema::{self, CorpusMeta};
+use super::{db_error, PgOptions};
+use crate::error::{Error, Result};
+use crate::retrieval::corpus::{self, Chunk};
+use crate::retrieval::embed::Embedder;
+use crate::retrieval::{Index, MAX_CHUNK_TOKENS};
+
+const COLUMNS: &str = "id, ord, guideline, title, section, section_key, source, organisation, year, doi, text, embedding";
+
+/// What one ingest did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestReport {
+    /// Rows in the source.
+    pub rows: usize,
+    /// Rows written by this run.
+    pub inserted: usize,
+    /// Rows that were already in the database (a resumed run).
+    pub skipped: usize,
+    pub load_seconds: f64,
+    pub index_seconds: f64,
+}
+
+/// Where the rows come from.
+pub enum Source {
+    Corpus(PathBuf),
+    Import { file: PathBuf, metadata: Option<PathBuf> },
+}
+
+/// One record of an import file.
+#[derive(Deserialize)]
+struct Record {
+    id: String,
+    title: String,
+    #[serde(default)]
+    section: String,
+    text: String,
+    #[serde(default)]
+    vector: Option<Vec<f32>>,
+    #[serde(default)]
+    guideline: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    organisation: Option<String>,
+    #[serde(default)]
+    year: Option<i32>,
+    #[serde(default)]
+    doi: Option<String>,
+}
+
+impl Record {
+    fn chunk(self) -> (Chunk, Option<Vec<f32>>) {
+        let text = format!("{}{}", corpus::render_prefix(&self.title, &self.section), self.text.trim());
+        let guideline = self.guideline.unwrap_or_else(|| self.id.rsplit_once('#').map(|(s, _)| s).unwrap_or(&self.id).to_string());
+        let c = Chunk {
+            source: self.source.unwrap_or_else(|| self.id.clone()),
+            id: self.id,
+            guideline,
+            section: self.section,
+            title: self.title,
+            organisation: self.organisation,
+            year: self.year,
+            doi: self.doi,
+            text,
+            tokens: 0,
+        };
+        (c, self.vector)
+    }
+}
+
+/// Loads `source` into the database at `opts.url`, `batch` rows per transaction.
+pub async fn ingest(opts: &PgOptions, source: &Source, embedder_dir: &Path, batch: usize) -> Result<IngestReport> {
+    let batch = batch.max(1);
+    let config = opts.config()?;
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        Error::input("database-url", format!("cannot connect: {}", super::describe(&e)))
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "database connection closed");
+        }
+    });
+    // A bulk load's statements may run long; the timeout is for serving.
+    client.batch_execute("SET statement_timeout = 0").await.map_err(db_error)?;
+    let embedder = Embedder::load(embedder_dir)?;
+    let dim = embedder.dimension();
+
+    // The rows: (chunk, vector if precomputed), in corpus order.
+    let (corpus_name, rows): (String, Vec<(Chunk, Option<Vec<f32>>)>) = match source {
+        Source::Corpus(path) => {
+            let (_, chunks) = crate::progress::activity("reading and chunking the corpus", true, || {
+                corpus::load(path, embedder.tokenizer(), MAX_CHUNK_TOKENS)
+            })?;
+            (canonical(path), chunks.into_iter().map(|c| (c, None)).collect())
+        }
+        Source::Import { file, metadata } => (canonical(file), read_import(file, metadata.as_deref(), &embedder)?),
+    };
+    for (i, (c, v)) in rows.iter().enumerate() {
+        if let Some(v) = v {
+            if v.len() != dim {
+                return Err(Error::input("import", format!("row {} ({}): {}-d vector, the embedder `{}` is {dim}-d", i + 1, c.id, v.len(), embedder.name())));
+            }
+        }
+    }
+
+    schema::create(&client, dim).await?;
+    schema::write_meta(&client, &CorpusMeta { embedder: embedder.name().into(), dimension: dim, corpus: corpus_name }).await?;
+    client
+        .batch_execute(
+            "CREATE TEMP TABLE IF NOT EXISTS medprm_staging (id text, ord bigint, guideline text, title text, section text,
+             section_key text, source text, organisation text, year integer, doi text, text text, embedding vector)",
+        )
+        .await
+        .map_err(db_error)?;
+    let vector_type = client.prepare("SELECT NULL::vector").await.map_err(db_error)?.columns()[0].type_().clone();
+    let types = [
+        Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::INT4, Type::TEXT, Type::TEXT,
+        vector_type,
+    ];
+
+    let t = Instant::now();
+    let mut report = IngestReport { rows: rows.len(), inserted: 0, skipped: 0, load_seconds: 0.0, index_seconds: 0.0 };
+    let mut bar = crate::progress::Bar::new("loading chunks into PostgreSQL", rows.len() as u64, "chunks");
+    for (b, part) in rows.chunks(batch).enumerate() {
+        let ids: Vec<&str> = part.iter().map(|(c, _)| c.id.as_str()).collect();
+        let present: std::collections::HashSet<String> = client
+            .query("SELECT id FROM medprm_chunks WHERE id = ANY($1)", &[&ids])
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        let todo: Vec<(usize, &Chunk, Option<&Vec<f32>>)> = part
+            .iter()
+            .enumerate()
+            .filter(|(_, (c, _))| !present.contains(&c.id))
+            .map(|(i, (c, v))| (b * batch + i, c, v.as_ref()))
+            .collect();
+        report.skipped += part.len() - todo.len();
+        if !todo.is_empty() {
+            let missing: Vec<&str> = todo.iter().filter(|t| t.2.is_none()).map(|t| t.1.text.as_str()).collect();
+            let mut embedded = embedder.embed_all(&missing)?.into_iter();
+            let vectors: Vec<Vec<f32>> =
+                todo.iter().map(|t| t.2.cloned().unwrap_or_else(|| embedded.next().expect("one vector per text"))).collect();
+            report.inserted += write_batch(&client, &types, &todo, vectors).await?;
+        }
+        bar.inc(part.len() as u64);
+    }
+    bar.finish();
+    report.load_seconds = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    eprintln!("building the HNSW index (vector_cosine_ops) ...");
+    schema::create_vector_index(&client).await?;
+    client.batch_execute("ANALYZE medprm_chunks").await.map_err(db_error)?;
+    report.index_seconds = t.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// One transaction: COPY into the staging table, move the new ids, empty the staging table.
+async fn write_batch(client: &Client, types: &[Type], rows: &[(usize, &Chunk, Option<&Vec<f32>>)], vectors: Vec<Vec<f32>>) -> Result<usize> {
+    client.batch_execute("BEGIN").await.map_err(db_error)?;
+    let result = async {
+        let sink = client.copy_in(&format!("COPY medprm_staging ({COLUMNS}) FROM STDIN (FORMAT binary)")).await.map_err(db_error)?;
+        let mut w = pin!(BinaryCopyInWriter::new(sink, types));
+        for ((ord, c, _), v) in rows.iter().zip(vectors) {
+            let ord = *ord as i64;
+            let key = c.section_id().to_string();
+            let v = Vector::from(v);
+            let values: [&(dyn ToSql + Sync); 12] =
+                [&c.id, &ord, &c.guideline, &c.title, &c.section, &key, &c.source, &c.organisation, &c.year, &c.doi, &c.text, &v];
+            w.as_mut().write(&values).await.map_err(db_error)?;
+        }
+        w.finish().await.map_err(db_error)?;
+        let n = client
+            .execute(&format!("INSERT INTO medprm_chunks ({COLUMNS}) SELECT {COLUMNS} FROM medprm_staging ON CONFLICT (id) DO NOTHING"), &[])
+            .await
+            .map_err(db_error)?;
+        client.batch_execute("TRUNCATE medprm_staging; COMMIT").await.map_err(db_error)?;
+        Ok(n as usize)
+    }
+    .await;
+    if result.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+fn canonical(p: &Path) -> String {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}
+
+fn read_import(file: &Path, metadata: Option<&Path>, embedder: &Embedder) -> Result<Vec<(Chunk, Option<Vec<f32>>)>> {
+    if file.is_dir() {
+        // An index built by `medprm index`: its chunks and vectors as they are.
+        let index = Index::open_with_embedder(file, Some(embedder.dir()))?;
+        let m = index.embeddings.to_vec2::<f32>()?;
+        return Ok(index.chunks().iter().cloned().zip(m.into_iter().map(Some)).collect());
+    }
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match (ext, metadata) {
+        ("npy", Some(meta)) => {
+            let records = read_jsonl(meta)?;
+            let bytes = std::fs::read(file).map_err(|e| Error::bad_file(file, e))?;
+            let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| Error::bad_file(file, e))?;
+            let shape = npy.shape().to_vec();
+            if shape.len() != 2 || shape[0] as usize != records.len() {
+                return Err(Error::bad_file(file, format!("shape {shape:?}, expected [{}, dim] (one row per metadata line)", records.len())));
+            }
+            let dim = shape[1] as usize;
+            let flat: Vec<f32> = npy.into_vec().map_err(|e| Error::bad_file(file, format!("not an f32 matrix: {e}")))?;
+            Ok(records
+                .into_iter()
+                .zip(flat.chunks(dim.max(1)))
+                .map(|(r, v)| {
+                    let (c, _) = r.chunk();
+                    (c, Some(v.to_vec()))
+                })
+                .collect())
+        }
+        ("npy", None) => Err(Error::input("metadata", "an .npy import needs --metadata FILE.jsonl (id, title, section, text per row)")),
+        _ => {
+            let records = read_jsonl(file)?;
+            records
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let (c, v) = r.chunk();
+                    match v {
+                        Some(v) => Ok((c, Some(v))),
+                        None => Err(Error::bad_file(file, format!("line {}: no `vector`", i + 1))),
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
+    let f = std::fs::File::open(path).map_err(|e| Error::bad_file(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|e| Error::bad_file(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(serde_json::from_str(&line).map_err(|e| Error::bad_file(path, format!("line {}: {e}", i + 1)))?);
+    }
+    Ok(out)
+}

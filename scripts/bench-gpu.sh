@@ -16,6 +16,16 @@
 #   PYTHON          a python3 with numpy (for the random model), default python3
 #   DEVICE          cuda (default); cpu runs the same steps without a GPU (to test this script;
 #                   needs PEAK_TFLOPS, the MFU column is then against that figure)
+#   DTYPE           bf16 (default); f32 with DEVICE=cpu reproduces the goldens exactly
+#   CHECK_DTYPE     the self-check's dtype, default f32: bf16 drifts past 2e-2 from the f32 goldens
+#                   on these random models already on CPU (max 6.8e-2 on smollm2, 2.2e-2 on test)
+#   CHECK_SHAPE     the self-check model's shape: smollm2 (default) or test
+#   GOLDENS         the self-check goldens, default scripts/gpu/goldens-$CHECK_SHAPE.json
+#
+# First, the self-check (`medprm bench gpu-check`): a Med-PRM-shaped model regenerated from its
+# seed by the binary, fixed Best-of-N cases scored on the device, every step score within 2e-2
+# of the CPU f32 goldens and the same pick in every case; on any difference the script exits 1
+# before timing anything.
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -73,6 +83,18 @@ if [[ -z "${PEAK_TFLOPS:-}" ]]; then
   esac
 fi
 
+dtype="${DTYPE:-bf16}"
+check_shape="${CHECK_SHAPE:-smollm2}"
+goldens="${GOLDENS:-$here/gpu/goldens-$check_shape.json}"
+[[ -f "$goldens" ]] || die "no goldens at $goldens (make gpu-goldens)"
+say "## self-check: $check_shape-shaped model from its seed, $device ${CHECK_DTYPE:-f32} against $(basename "$goldens") (|Δp| <= 2e-2 per step, same picks)"
+if ! check="$(MEDPRM_HOME="$home" "$bin" bench gpu-check --shape "$check_shape" --goldens "$goldens" --device "$device" --dtype "${CHECK_DTYPE:-f32}" --bound 2e-2 2>&1)"; then
+  grep -v ' INFO ' <<<"$check" | tee -a "$report" >&2
+  die "SELF-CHECK FAILED: $device ${CHECK_DTYPE:-f32} scores disagree with the CPU f32 goldens; no timing was run"
+fi
+say "$(grep -E '^self-check' <<<"$check")"
+say ""
+
 # The model: Med-PRM's tokenizer and tag from `medprm gen-test-model`, random bf16 weights.
 model="${MODEL:-$home/test-models/random-llama31-$shape-bf16}"
 if [[ ! -f "$model/.complete" && -z "${MODEL:-}" ]]; then
@@ -93,7 +115,7 @@ print(h, c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"
 linear_flops=$(( 2 * layers * (hidden * heads * head_dim * 2 + 2 * hidden * kv_heads * head_dim + 3 * hidden * inter) ))
 
 run() { echo "+ $*" >&2; "$@"; }
-common=(--model "$model" --device "$device" --dtype bf16)
+common=(--model "$model" --device "$device" --dtype "$dtype")
 
 say "# medprm bench-gpu, $(date -u +%Y-%m-%dT%H:%MZ)"
 say "gpu        $gpu; dense bf16 peak $PEAK_TFLOPS TFLOP/s"

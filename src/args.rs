@@ -39,6 +39,12 @@ pub struct ModelArgs {
     /// f32 linears, streamed above; quantized on GPU).
     #[arg(long, env = "MEDPRM_GGUF_MATMUL", default_value = "auto", value_parser = ["auto", "quantized", "dequantized", "streamed", "int8"])]
     pub gguf_matmul: String,
+    /// Intel MKL's runtime library (`libmkl_rt.so.2`; `make mkl` fetches it): the rotary
+    /// embedding's cos/sin then come from MKL's vector math, as PyTorch computes them on x86, so
+    /// f32 CPU scores follow transformers' bit for bit at depth. Default: the C library's cos/sin
+    /// (the last bit differs on about 5% of angles).
+    #[arg(long, env = "MEDPRM_MKL_VML")]
+    pub mkl_vml: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -49,6 +55,7 @@ impl ModelArgs {
         o.adapter = self.adapter.clone();
         o.dtype = parse_dtype(&self.dtype)?;
         o.device = select_device(&self.device)?;
+        o.mkl_vml = self.mkl_vml.clone();
         o.gguf_linears = match self.gguf_matmul.as_str() {
             "auto" => None,
             "quantized" => Some(GgufLinears::Quantized),

@@ -36,6 +36,9 @@ pub struct LoadOptions {
     /// GGUF only: how the linears run (`None`: on CPU dequantized at load when their f32 size
     /// is at most [`AUTO_DEQUANTIZE_BYTES`], streamed above; quantized kernels on GPU).
     pub gguf_linears: Option<GgufLinears>,
+    /// Intel MKL's `libmkl_rt`: the rotary cos/sin come from its vector math, as torch's do on
+    /// x86 ([`model::mkl_vml`]); `None`: the C library's.
+    pub mkl_vml: Option<PathBuf>,
 }
 
 /// Largest f32 size of GGUF linears that `gguf_linears: None` dequantizes at load on CPU.
@@ -52,6 +55,7 @@ impl LoadOptions {
             doc_reserve: None,
             adapter: None,
             gguf_linears: None,
+            mkl_vml: None,
         }
     }
 }
@@ -112,6 +116,8 @@ impl Engine {
             // A bad profile is reported before the model is read.
             Profile::load(p)?;
         }
+        // So is an --mkl-vml that is not MKL.
+        let mkl_vml = opts.mkl_vml.as_deref().map(model::mkl_vml::MklVml::open).transpose()?.map(Arc::new);
         let files = ModelFiles::resolve(&opts.model)?;
         let beside_tokenizer = files.dir().join("tokenizer.json").is_file();
         let internvl = match &files {
@@ -247,6 +253,11 @@ impl Engine {
             }
             _ => unreachable!("a GGUF model always has its file open"),
         };
+        let mut model = model;
+        if let Some(vml) = &mkl_vml {
+            tracing::info!("rotary cos/sin from MKL's vector math: {}", vml.path().display());
+        }
+        model.set_mkl_vml(mkl_vml);
         let c = model.cfg();
         let info = ModelInfo {
             model: opts.model.display().to_string(),

@@ -102,7 +102,7 @@ fn profile_labels_missing_from_the_tokenizer() {
 fn half_precision_scores_stay_close_to_f32() {
     let dir = medprm::tools::testmodel::ensure().unwrap();
     let score = |dtype: &str| {
-        let args = ModelArgs { model: dir.clone(), profile: Some("med-prm".into()), adapter: None, dtype: dtype.into(), device: "cpu".into(), gguf_matmul: "auto".into() };
+        let args = ModelArgs { model: dir.clone(), profile: Some("med-prm".into()), adapter: None, dtype: dtype.into(), device: "cpu".into(), gguf_matmul: "auto".into(), mkl_vml: None };
         let e = Engine::load(&args.options().unwrap()).unwrap();
         assert_eq!(e.info.dtype, dtype);
         let ctx = e.builder.context("Which MAP target in septic shock?\n\n(A) 65 mm Hg\n(B) 85 mm Hg", &["Target a MAP of 65 mm Hg.".into()]).unwrap();

@@ -295,18 +295,41 @@ fn depth_drift_table() -> String {
         "\nHF's own spread (eager vs sdpa, f32): {spread:.1e} over {} steps of {} solutions ({}–{} tokens, {} guideline documents); model: {} layers, hidden {}, {}/{} heads, `initializer_range` {}, seed {}.\n",
         r["steps"], lengths.len(), thousands(lo), thousands(hi), r["documents"], m["layers"], m["hidden"], m["heads"], m["kv_heads"], m["initializer_range"], m["seed"]
     );
-    // Per layer: the hidden state entering the layer, first solution's whole prompt.
-    let labels: Vec<&String> = builds.keys().collect();
+    // Per layer: the hidden state entering the layer, first solution's whole prompt, for every
+    // build and configuration.
+    let columns: Vec<(&String, &String, Vec<serde_json::Value>)> = builds
+        .iter()
+        .flat_map(|(label, b)| {
+            b["paths"].as_object().expect("depth-drift.json: paths").iter().map(move |(path, p)| {
+                (label, path, p["per_layer_hidden"].as_array().cloned().unwrap_or_default())
+            })
+        })
+        .collect();
     out += &format!("\n| layer | max \\|h\\| | eager vs sdpa | {} |\n|---|---|---|{}\n",
-        labels.iter().map(|l| format!("{l} vs sdpa (kernels)")).collect::<Vec<_>>().join(" | "), "---|".repeat(labels.len()));
-    let layers = |label: &str| builds[label]["paths"]["kernels"]["per_layer_hidden"].as_array().cloned().unwrap_or_default();
-    let count = layers(labels[0]).len();
+        columns.iter().map(|(l, p, _)| format!("{l} ({p}) vs sdpa")).collect::<Vec<_>>().join(" | "), "---|".repeat(columns.len()));
+    let count = columns[0].2.len();
     for i in [1, 2, 5, 10, 15, 20, 25, count - 1].into_iter().filter(|&i| i < count) {
-        let first = &layers(labels[0])[i];
+        let first = &columns[0].2[i];
         out += &format!("| {i} | {:.0} | {:.1e} | {} |\n", n(&first["max_abs_sdpa"]), n(&first["eager_vs_sdpa"]),
-            labels.iter().map(|l| format!("{:.1e}", n(&layers(l)[i]["medprm_vs_sdpa"]))).collect::<Vec<_>>().join(" | "));
+            columns.iter().map(|(_, _, layers)| format!("{:.1e}", n(&layers[i]["medprm_vs_sdpa"]))).collect::<Vec<_>>().join(" | "));
     }
     out + &format!("\nFrom `{}` (torch {}, transformers {}, `docs/figures/depth-drift.json`).\n", r["command"].as_str().unwrap(), r["torch"].as_str().unwrap(), r["transformers"].as_str().unwrap())
+}
+
+/// `make bench-vs-reference`: the reference scoring path and medprm on one Best-of-N request.
+fn vs_reference_table() -> String {
+    let f = figure("bench-vs-reference");
+    let (n, theirs, ours) = (num(&f, "candidates"), num(&f, "reference_s"), num(&f, "medprm_s"));
+    let mut out = String::from("| | time | solutions/s |\n|---|---|---|\n");
+    out += &format!("| reference ({}) | {theirs:.1} s | {:.3} |\n", f.figures["reference_info"].as_str().unwrap_or("?"), n / theirs);
+    out += &format!("| medprm (shared prefix) | {ours:.1} s | {:.3} |\n", n / ours);
+    out += &format!("| **speed-up** | **{:.2}×** | max \\|Δp\\| = {:.1e} over {} steps |\n", theirs / ours, num(&f, "max_abs_diff"), num(&f, "steps"));
+    let bound = |shape: &str| f.figures["flop_ratio"][shape].as_f64().unwrap_or_else(|| panic!("bench-vs-reference.json: flop_ratio.{shape}"));
+    out += &format!(
+        "\nA {}-layer model of hidden {}, Best-of-{n} over {} shared tokens and {} tokens of steps per candidate on average. The FLOP ratio of the two paths for this workload is {:.2}× (the reference runs every candidate's prefix again and the vocabulary head on every token; medprm runs the prefix once and 2 head rows at the tags); for Llama-3.1-8B's widths the same arithmetic gives {:.2}×.\n",
+        num(&f, "layers"), num(&f, "hidden"), thousands(num(&f, "prefix_tokens")), thousands(num(&f, "mean_suffix_tokens")), bound("this shape"), bound("Llama-3.1-8B")
+    );
+    out + &sources(&[("bench-vs-reference", &f)])
 }
 
 /// `medprm label --compare-adaptive`: what fixed K and adaptive mode spent, and their agreement
@@ -399,6 +422,7 @@ fn generated_tables_are_current() {
         ("figures-vs-llamacpp", vs_llamacpp_table()),
         ("figures-label-adaptive", label_adaptive_table()),
         ("figures-depth-drift", depth_drift_table()),
+        ("figures-vs-reference", vs_reference_table()),
         ("figures-retrieval-scale", retrieval_scale_table()),
     ];
     for (name, want) in tables {

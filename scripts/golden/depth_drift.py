@@ -99,15 +99,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True, help="medprm's Med-PRM test model (gen-test-model): tokenizer, template")
     ap.add_argument("--medprm", required=True, action="append",
-                    help="a medprm binary, as PATH or LABEL=PATH; repeat to compare builds (e.g. before=... after=...) "
-                         "against one transformers run")
+                    help="a medprm binary, as PATH or LABEL=PATH, optionally @PATHS to override --paths for it; repeat to "
+                         "compare builds (e.g. before=... after=...@kernels,kernels-mkl) against one transformers run")
     ap.add_argument("--work", required=True, help="scratch directory (model ~300 MB, dumps)")
     ap.add_argument("--out", required=True, help="figures JSON")
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--solutions", type=int, default=3)
     ap.add_argument("--doc-tokens", type=int, default=2700)
-    ap.add_argument("--paths", default="kernels,generic", help="medprm attention paths to compare: kernels, generic")
+    ap.add_argument("--paths", default="kernels,generic",
+                    help="medprm configurations to compare: kernels, generic (--generic-attention), kernels-mkl (the CPU "
+                         "kernels with --mkl-vml: rotary cos/sin from MKL, as torch computes them)")
+    ap.add_argument("--mkl-vml", help="libmkl_rt.so.2 for the kernels-mkl configuration (`make mkl` fetches it)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
     model_dir = f"{args.work}/model"
@@ -135,10 +138,15 @@ def main():
 
     builds = {}
     paths = {"kernels": [], "generic": ["--generic-attention"]}
+    if args.mkl_vml:
+        paths["kernels-mkl"] = ["--mkl-vml", args.mkl_vml]
     for spec in args.medprm:
+        spec, _, names = spec.partition("@")
         label, binary = spec.split("=", 1) if "=" in spec else ("medprm", spec)
         runs = {}
-        for name in args.paths.split(","):
+        for name in (names or args.paths).split(","):
+            if name not in paths:
+                sys.exit(f"unknown configuration `{name}` (kernels-mkl needs --mkl-vml)")
             extra = paths[name]
             dump = f"{args.work}/hidden-{label}-{name}"
             one = dict(rec, solutions=rec["solutions"][:1])

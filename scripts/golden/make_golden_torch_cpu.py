@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """What torch's CPU f32 kernels compute, bit for bit: the matmul for the reduction lengths whose
 summation order `src/model/numerics.rs` follows (`k_blocks`), SiLU (whose vectorised `exp`
-`src/model/simd.rs` follows) and causal attention (torch's CPU flash attention, which
-`src/model/attention.rs` follows). The inputs come from an integer hash that the Rust tests compute the
+`src/model/simd.rs` follows), causal attention (torch's CPU flash attention, which
+`src/model/attention.rs` follows) and the rotary cos/sin tables (MKL's vmsCos/vmsSin, which
+`src/model/mkl_vml.rs` calls). The inputs come from an integer hash that the Rust tests compute the
 same way, so only the outputs are stored.
 
 Run by hand in the venv `make golden-venv` builds (torch's CPU matmul; 2 threads as on the
@@ -66,9 +67,24 @@ def main():
             norm.weight.copy_(torch.from_numpy(values(width, 8) * np.float32(0.5) + np.float32(1.0)))
             y = norm(torch.from_numpy(values(64 * width, 7).reshape(64, width) * np.float32(30.0))).numpy().astype(np.float32)
         rms[str(width)] = [int(b) for b in y.view(np.uint32).reshape(-1)]
+    # transformers' rotary tables for Llama-3.1-8B's rope (theta 500000, llama3 scaling, head_dim
+    # 128) at 64 positions up to 8191: torch takes cos/sin from MKL's VML on x86.
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    config = LlamaConfig(hidden_size=4096, num_attention_heads=32, head_dim=128, max_position_embeddings=131072,
+                         rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    rotary = LlamaRotaryEmbedding(config)
+    positions = torch.tensor([list(range(0, 8192, 128)) + [8191]])
+    cos, sin = rotary(torch.zeros(1, 1, 128), positions)
+    half = cos.shape[-1] // 2
+    angles = (positions[0].float()[:, None] * rotary.inv_freq.float()[None, :]).contiguous()
+    assert torch.equal(torch.cos(angles), cos[0, :, :half]) and torch.equal(torch.sin(angles), sin[0, :, :half])
+    bits = lambda t: [int(b) for b in t.contiguous().numpy().astype(np.float32).view(np.uint32).reshape(-1)]
+    rope = {"angles": bits(angles), "cos": bits(cos[0, :, :half]), "sin": bits(sin[0, :, :half])}
     json.dump({"generated_by": "scripts/golden/make_golden_torch_cpu.py", "torch": torch.__version__,
                "threads": args.threads, "rows": ROWS, "out": OUT, "cases": cases,
-               "sdpa": sdpa, "rms_norm": rms, "silu": {"extremes": [float(v) for v in x[4096:]], "y_bits": [int(b) for b in silu.view(np.uint32)]}},
+               "sdpa": sdpa, "rms_norm": rms, "rope": rope, "silu": {"extremes": [float(v) for v in x[4096:]], "y_bits": [int(b) for b in silu.view(np.uint32)]}},
               open(args.out, "w"))
 
 

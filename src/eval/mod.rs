@@ -89,6 +89,7 @@ impl EvalArgs {
             dtype: "f32".into(),
             device: self.device.clone(),
             gguf_matmul: "auto".into(),
+            mkl_vml: None,
         };
         m.options().map(Some)
     }

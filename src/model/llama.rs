@@ -183,6 +183,8 @@ pub struct Llama {
     kernels: bool,
     /// Pack a batch's sequences back to back instead of right-padding them (CPU kernels only).
     packing: bool,
+    /// Rotary cos/sin from MKL's vector math (as torch computes them) instead of the C library.
+    mkl_vml: Option<std::sync::Arc<super::mkl_vml::MklVml>>,
 }
 
 /// Per-layer keys and values of a prefix, computed once and shared by suffix batches.
@@ -285,7 +287,7 @@ impl Llama {
                 *f /= d;
             }
         }
-        Ok(Llama { cfg, embed, layers, norm, head, dtype: w.dtype(), device: w.device().clone(), inv_freq, kernels: true, packing: true })
+        Ok(Llama { cfg, embed, layers, norm, head, dtype: w.dtype(), device: w.device().clone(), inv_freq, kernels: true, packing: true, mkl_vml: None })
     }
 
     pub fn cfg(&self) -> &LlamaConfig {
@@ -350,6 +352,16 @@ impl Llama {
         }
     }
 
+    /// Takes the rotary tables' cos/sin from MKL's vector math (`--mkl-vml`), as torch does on x86.
+    pub fn set_mkl_vml(&mut self, vml: Option<std::sync::Arc<super::mkl_vml::MklVml>>) {
+        self.mkl_vml = vml;
+    }
+
+    /// The MKL library the rotary tables come from, if any.
+    pub fn mkl_vml(&self) -> Option<&super::mkl_vml::MklVml> {
+        self.mkl_vml.as_deref()
+    }
+
     /// Rotary angles of `positions`.
     fn rope_table(&self, positions: &[usize]) -> Result<RopeTable> {
         let half = self.inv_freq.len();
@@ -367,10 +379,20 @@ impl Llama {
                 continue;
             }
             let p = p as f32 * scale;
-            for &f in &self.inv_freq {
-                let a = f * p;
-                cos.push(a.cos());
-                sin.push(a.sin());
+            match &self.mkl_vml {
+                Some(vml) => {
+                    let angles: Vec<f32> = self.inv_freq.iter().map(|&f| f * p).collect();
+                    let (c, s) = vml.cos_sin(&angles);
+                    cos.extend(c);
+                    sin.extend(s);
+                }
+                None => {
+                    for &f in &self.inv_freq {
+                        let a = f * p;
+                        cos.push(a.cos());
+                        sin.push(a.sin());
+                    }
+                }
             }
         }
         let tensors = if self.cpu_kernels() {

@@ -12,6 +12,7 @@ pub mod head;
 pub mod internvit;
 pub mod internvl;
 pub mod llama;
+pub mod mkl_vml;
 pub mod numerics;
 pub mod qmatmul;
 

@@ -497,9 +497,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for m in &models {
                 let model = if m == "8b" { VisualModel::Internvl8b { llm_layers } } else { VisualModel::Test };
                 let engine = medprm::progress::activity(&format!("loading (generating on first use) {}", model.name()), true, || bench_visual::load(model))?;
-                let r = bench_visual::bench_visual(&engine, &workload)?;
-                drop(engine);
                 let s = model.shape();
+                let r = bench_visual::bench_visual(&engine, &s, &workload)?;
+                drop(engine);
                 let (layers, full) = (s.layers, model.full_layers());
                 let scale = full as f64 / layers as f64;
                 println!("model              {} (vision {} layers × hidden {}, text {} layers × hidden {}, MLP {})", model.name(), s.v_layers, s.v_hidden, layers, s.hidden, s.intermediate);
@@ -510,6 +510,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                              t.total_s, t.preprocess_s, t.prompts_s, t.vision_s, t.prefix_s, t.suffixes_s, 100.0 * t.vision_share());
                 }
                 println!("sharing            {:.2}x faster; max |Δp| {:.2e} between the two, same pick: {}", r.whole.total_s / r.shared.total_s, r.max_abs_dp, r.same_pick);
+                let fl = &r.flops;
+                let rate = |flop: f64, s: f64| flop / s / 1e9;
+                println!("achieved           vision {:.1} GFLOP/s ({:.2} TFLOP), prefix {:.1}, suffixes {:.1}, whole prompts {:.1} GFLOP/s; gemm peak {:.1} GFLOP/s at the start",
+                         rate(fl.vision, r.shared.vision_s), fl.vision / 1e12, rate(fl.prefix, r.shared.prefix_s), rate(fl.suffixes, r.shared.suffixes_s),
+                         rate(fl.whole, r.whole.suffixes_s), r.gemm_gflops);
                 let extrapolated = (layers != full).then(|| {
                     let (sh, wh) = (r.shared.with_llm_scaled(scale), r.whole.with_llm_scaled(scale));
                     println!("at {full} text layers  (text-model times × {full}/{layers}) prefix shared {:.1} s (vision {:.1}%), whole prompts {:.1} s (vision {:.1}%), sharing {:.2}x",
@@ -525,6 +530,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "shared": r.shared, "whole": r.whole,
                     "shared_vision_share": r.shared.vision_share(), "whole_vision_share": r.whole.vision_share(),
                     "max_abs_dp": r.max_abs_dp, "same_pick": r.same_pick, "extrapolated": extrapolated,
+                    "flops": r.flops, "gemm_gflops": r.gemm_gflops,
                 }));
                 if r.max_abs_dp > 1e-4 || !r.same_pick {
                     anyhow::bail!("{}: shared-prefix and whole-prompt scores differ (max |Δp| {:.2e}, same pick {})", model.name(), r.max_abs_dp, r.same_pick);

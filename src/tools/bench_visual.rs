@@ -121,6 +121,45 @@ impl RankTiming {
     }
 }
 
+/// Floating-point operations of one rank (2 per multiply-add of the linears and of attention).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RankFlops {
+    /// InternViT over every tile (patch embedding, encoder, bidirectional attention) and the projector.
+    pub vision: f64,
+    /// The text model over the shared prefix (causal).
+    pub prefix: f64,
+    /// Every candidate's suffix over the prefix and its own earlier tokens.
+    pub suffixes: f64,
+    /// Every prompt whole (no sharing).
+    pub whole: f64,
+}
+
+/// [`RankFlops`] of a model of `s` for an image of `tiles` tiles, a shared prefix of `prefix`
+/// tokens and suffixes of `suffixes` tokens.
+pub fn rank_flops(s: &VisualShape, tiles: usize, prefix: usize, suffixes: &[usize]) -> RankFlops {
+    use visualprm_model::{GRID, PATCH, POSITIONS, TOKENS_PER_TILE};
+    let f = |x: usize| x as f64;
+    let (c, ci) = (f(s.v_hidden), f(s.v_intermediate));
+    let t = f(POSITIONS);
+    let per_tile = f(GRID * GRID) * f(3 * PATCH * PATCH) * c
+        + f(s.v_layers) * (t * (4.0 * c * c + 2.0 * c * ci) + 2.0 * t * t * c)
+        + f(TOKENS_PER_TILE) * (4.0 * c * f(s.hidden) + f(s.hidden) * f(s.hidden));
+    let (h, d) = (f(s.hidden), f(s.hidden / s.heads));
+    let lin = h * (2.0 * f(s.heads) * d + 2.0 * f(s.kv_heads) * d) + 3.0 * h * f(s.intermediate);
+    let att = 2.0 * f(s.heads) * d; // multiply-adds per (query, visible key): scores and values
+    let tri = |n: f64| n * (n + 1.0) / 2.0;
+    let p = f(prefix);
+    let layers = f(s.layers);
+    let suffixes_macs: f64 = suffixes.iter().map(|&x| f(x) * lin + att * (f(x) * p + tri(f(x)))).sum();
+    let whole_macs: f64 = suffixes.iter().map(|&x| (p + f(x)) * lin + att * tri(p + f(x))).sum();
+    RankFlops {
+        vision: 2.0 * f(tiles) * per_tile,
+        prefix: 2.0 * layers * (p * lin + att * tri(p)),
+        suffixes: 2.0 * layers * suffixes_macs,
+        whole: 2.0 * layers * whole_macs,
+    }
+}
+
 /// One model's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct VisualBench {
@@ -136,6 +175,9 @@ pub struct VisualBench {
     pub max_abs_dp: f64,
     /// Both runs select the same candidate (the profile's aggregation, Best-of-N).
     pub same_pick: bool,
+    pub flops: RankFlops,
+    /// Best of 3 f32 (512 × hidden) · (hidden × 4·hidden) matmuls at the start: the CPU this run had.
+    pub gemm_gflops: f64,
 }
 
 /// A deterministic RGB image of `width × height` (smooth shapes plus seeded noise, like a
@@ -222,7 +264,7 @@ fn pick(engine: &Engine, scores: &[Vec<f32>]) -> Option<usize> {
 
 /// Measures one model: a text-only warm-up, then the rank with prefix sharing, then with whole
 /// prompts.
-pub fn bench_visual(engine: &Engine, w: &VisualWorkload) -> Result<VisualBench> {
+pub fn bench_visual(engine: &Engine, shape: &VisualShape, w: &VisualWorkload) -> Result<VisualBench> {
     if engine.vision.is_none() {
         return Err(Error::input("model", "the model reads no images (bench visual needs an InternVL checkpoint)"));
     }
@@ -235,6 +277,8 @@ pub fn bench_visual(engine: &Engine, w: &VisualWorkload) -> Result<VisualBench> 
     let ctx = engine.builder.context_with_images(&question, &[], vec![])?;
     let warm = engine.builder.prompt(&ctx, &solutions[0])?;
     let _ = engine.score(&[&warm])?;
+    let h = engine.info.hidden_size;
+    let gemm_gflops = crate::tools::bench::gemm_peak(engine.model.device(), 512, h, 4 * h, 3)?;
 
     let (shared, prompts, a) = rank(engine, &image, &question, &solutions, true, w.max_batch_tokens)?;
     let (whole, _, b) = rank(engine, &image, &question, &solutions, false, w.max_batch_tokens)?;
@@ -245,7 +289,10 @@ pub fn bench_visual(engine: &Engine, w: &VisualWorkload) -> Result<VisualBench> 
     let refs: Vec<&Prompt> = prompts.iter().collect();
     let k = shared_prefix_len(&refs);
     let img = &prompts[0].images[0];
+    let suffixes: Vec<usize> = refs.iter().map(|p| p.ids.len() - k).collect();
     Ok(VisualBench {
+        flops: rank_flops(shape, img.tiles, k, &suffixes),
+        gemm_gflops,
         model: engine.info.model.clone(),
         tiles: img.tiles,
         image_tokens: img.tokens,
@@ -274,6 +321,20 @@ mod tests {
         let img = crate::image::decode(&png, "image/png", u64::MAX).unwrap();
         assert_eq!((img.width(), img.height()), (40, 30));
         assert_eq!(png, synthetic_png(40, 30, 7).unwrap(), "seeded");
+    }
+
+    #[test]
+    fn whole_prompts_cost_the_prefix_again_per_candidate() {
+        let s = VisualShape::internvl2_5_8b(2);
+        let f = rank_flops(&s, 3, 1000, &[100, 200]);
+        // Linears alone: whole is at least shared plus the prefix's linears once more (2 candidates).
+        let lin = 2.0 * 2.0 * (4096.0 * (2.0 * 4096.0 + 2.0 * 1024.0) + 3.0 * 4096.0 * 14336.0);
+        assert!(f.whole > f.prefix + f.suffixes + 1000.0 * lin * 0.999, "{f:?}");
+        // Exactly: each whole prompt re-runs the prefix (its attention included).
+        assert!((f.whole - (2.0 * f.prefix + f.suffixes)).abs() < 1e-9 * f.whole, "{f:?}");
+        // InternViT-300M: about 0.3 G parameters, 1025 tokens a tile: about 0.6-0.8 TFLOP a tile.
+        let per_tile = f.vision / 3.0;
+        assert!((6e11..8e11).contains(&per_tile), "{per_tile:e}");
     }
 
     #[test]

@@ -391,7 +391,7 @@ fn visual_table() -> String {
     let r = &f.figures;
     let n = num(&f, "candidates");
     let secs = |t: &serde_json::Value, k: &str| -> f64 { t[k].as_f64().unwrap_or_else(|| panic!("bench-visual.json: `{k}` missing in {t}")) };
-    let mut out = String::from("| model | Best-of-N | total | preprocess | prompts | vision tower | prefix | suffixes | vision share |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut out = String::from("| model | Best-of-N | total | preprocess | prompts | vision tower | shared prefix | suffixes (whole prompts) | vision share |\n|---|---|---|---|---|---|---|---|---|\n");
     let mut notes = Vec::new();
     let models = r["models"].as_array().expect("bench-visual.json: models");
     for m in models {
@@ -408,10 +408,12 @@ fn visual_table() -> String {
         }
         for (label, shared, whole, mark) in rows {
             for (run, t, first) in [("prefix shared", shared, true), ("whole prompts", whole, false)] {
+                // Whole prompts have no shared prefix: their text-model time is all in `suffixes`.
+                let prefix = if first { format!("{mark}{:.2} s", secs(t, "prefix_s")) } else { "–".to_string() };
                 out += &format!(
-                    "| {} | {run} | {mark}{:.2} s | {:.3} s | {:.3} s | {:.2} s | {mark}{:.2} s | {mark}{:.2} s | **{:.1}%** |\n",
+                    "| {} | {run} | {mark}{:.2} s | {:.3} s | {:.3} s | {:.2} s | {prefix} | {mark}{:.2} s | **{:.1}%** |\n",
                     if first { label.as_str() } else { "" },
-                    secs(t, "total_s"), secs(t, "preprocess_s"), secs(t, "prompts_s"), secs(t, "vision_s"), secs(t, "prefix_s"), secs(t, "suffixes_s"),
+                    secs(t, "total_s"), secs(t, "preprocess_s"), secs(t, "prompts_s"), secs(t, "vision_s"), secs(t, "suffixes_s"),
                     100.0 * secs(t, "vision_s") / secs(t, "total_s")
                 );
             }
@@ -430,6 +432,13 @@ fn visual_table() -> String {
             ", max |Δp| {:.1e} between the two runs' step scores, {}.",
             secs(m, "max_abs_dp"),
             if m["same_pick"] == true { "the same pick" } else { "**different picks**" }
+        );
+        let fl = &m["flops"];
+        let rate = |flop: &str, t: &serde_json::Value, k: &str| secs(fl, flop) / secs(t, k) / 1e9;
+        note += &format!(
+            " Achieved: vision tower {:.1} GFLOP/s (of {} GFLOP), prefix {:.1}, suffixes {:.1}, whole prompts {:.1} GFLOP/s, against a gemm peak of {:.1} GFLOP/s measured at its start.",
+            rate("vision", &m["shared"], "vision_s"), thousands(secs(fl, "vision") / 1e9), rate("prefix", &m["shared"], "prefix_s"),
+            rate("suffixes", &m["shared"], "suffixes_s"), rate("whole", &m["whole"], "suffixes_s"), secs(m, "gemm_gflops")
         );
         notes.push(note);
     }

@@ -190,7 +190,8 @@ enum BenchCommand {
         /// thumbnail).
         #[arg(long, default_value = "896x448")]
         image_size: String,
-        /// Mean tokens of each candidate's steps (candidates vary ±20%).
+        /// Mean tokens of each candidate's step text (candidates vary ±20%; the chat turns around
+        /// the steps add to a candidate's suffix).
         #[arg(long, default_value_t = 120)]
         suffix_tokens: usize,
         #[arg(long, default_value_t = 16384)]

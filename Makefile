@@ -184,7 +184,7 @@ bench-prefix: assets build
 
 ## A VisualPRM Best-of-8 rank with an 896x448 image (3 tiles), prefix shared vs whole prompts, on the
 ## VisualPRM test model and a random model of VisualPRM-8B's widths with 2 of its 32 text layers
-## (generated on first use: ~2.8 GB of bf16 under $(MEDPRM_HOME)/test-models/; ~6 GB of memory).
+## (generated on first use: ~2.8 GB of bf16 under $(MEDPRM_HOME)/test-models/; ~8 GB resident at peak, ~6 minutes).
 bench-visual: assets build
 	$(BIN) bench visual --models test,8b --llm-layers 2 --candidates 8 --image-size 896x448 --figures docs/figures/bench-visual.json
 

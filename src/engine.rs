@@ -354,7 +354,13 @@ impl Engine {
         // Image rows inside the shared prefix run with it (the prompts share their images);
         // the rest move with their suffixes.
         let (prefix_splices, splices) = split_splices(splices, prefix_len)?;
+        let prefix_start = Instant::now();
         let prefix = if prefix_len > 0 { Some(self.model.prefill(&prompts[0].ids[..prefix_len], &prefix_splices)?) } else { None };
+        let mut prefix_seconds = 0.0;
+        if prefix.is_some() {
+            self.model.device().synchronize()?;
+            prefix_seconds = prefix_start.elapsed().as_secs_f64();
+        }
         let rows: Vec<Vec<usize>> =
             prompts.iter().map(|p| p.tag_rows.iter().map(|&r| r - prefix_len).collect()).collect();
         let mut out = Vec::with_capacity(prompts.len());
@@ -375,8 +381,9 @@ impl Engine {
                 seconds: start.elapsed().as_secs_f64(),
                 images_encoded,
                 vision_seconds,
+                prefix_seconds,
             });
-            (images_encoded, vision_seconds) = (0, 0.0);
+            (images_encoded, vision_seconds, prefix_seconds) = (0, 0.0, 0.0);
             start = Instant::now();
         }
         Ok(out)
@@ -496,6 +503,9 @@ pub struct Pass {
     pub images_encoded: usize,
     /// The vision tower's share of `seconds`.
     pub vision_seconds: f64,
+    /// The shared prefix's share of `seconds` (its forward pass, image rows included; first pass
+    /// only, 0 without a prefix).
+    pub prefix_seconds: f64,
 }
 
 /// Consecutive index ranges whose token count fits the budget: the sum of the lengths when

@@ -171,6 +171,35 @@ enum BenchCommand {
         #[arg(long)]
         figures: Option<PathBuf>,
     },
+    /// A VisualPRM Best-of-N rank with an image (question, image, N candidates, as /v1/rank
+    /// builds and scores it), timed end to end and split into image preprocessing, vision tower,
+    /// shared prefix and suffixes, then the same rank with whole prompts (no prefix sharing);
+    /// on the VisualPRM test model and on a random model of VisualPRM-8B's widths whose text
+    /// model is cut to --llm-layers layers (its times extrapolated per layer to the full 32).
+    Visual {
+        /// Models to measure: `test` (the VisualPRM test model), `8b` (VisualPRM-8B's widths,
+        /// generated on first use, bf16 on disk, f32 in memory).
+        #[arg(long, value_delimiter = ',', default_value = "test,8b", value_parser = ["test", "8b"])]
+        models: Vec<String>,
+        /// Text-model layers of the 8B-shaped model (InternLM2.5-7B has 32).
+        #[arg(long, default_value_t = 2)]
+        llm_layers: usize,
+        #[arg(long, default_value_t = 8)]
+        candidates: usize,
+        /// The image, WIDTHxHEIGHT pixels (tiled as VisualPRM does: up to 12 tiles of 448 and a
+        /// thumbnail).
+        #[arg(long, default_value = "896x448")]
+        image_size: String,
+        /// Mean tokens of each candidate's step text (candidates vary ±20%; the chat turns around
+        /// the steps add to a candidate's suffix).
+        #[arg(long, default_value_t = 120)]
+        suffix_tokens: usize,
+        #[arg(long, default_value_t = 16384)]
+        max_batch_tokens: usize,
+        /// Also write the figures, with this command line, the date and the CPU, to this JSON file.
+        #[arg(long)]
+        figures: Option<PathBuf>,
+    },
     /// medprm against the reference scoring path (Hugging Face transformers, batch 1, as the
     /// Med-PRM authors' script) on one Best-of-N workload, in the same run, on a generated
     /// Med-PRM-shaped model; checks that the scores agree.
@@ -455,6 +484,65 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "candidates": r.candidates, "prefix_tokens": r.prefix_tokens, "mean_suffix_tokens": r.mean_suffix_tokens,
                     "one_s": r.one_s, "whole_s": r.whole_s, "shared_s": r.shared_s, "padded_s": r.padded_s, "flop_bound": r.flop_bound,
                     "prefix_kv_bytes": r.prefix_kv_bytes, "per_candidate_layer_bytes": r.per_candidate_layer_bytes,
+                }))?;
+            }
+        }
+        Command::Bench(BenchCommand::Visual { models, llm_layers, candidates, image_size, suffix_tokens, max_batch_tokens, figures }) => {
+            use medprm::tools::bench_visual::{self, VisualModel, VisualWorkload};
+            let (image_width, image_height) = image_size
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse::<u32>().ok().filter(|&w| w > 0)?, h.parse::<u32>().ok().filter(|&h| h > 0)?)))
+                .ok_or_else(|| anyhow::anyhow!("--image-size: expected WIDTHxHEIGHT in pixels, got `{image_size}`"))?;
+            let workload = VisualWorkload { candidates, image_width, image_height, suffix_tokens, max_batch_tokens };
+            let mut rows = Vec::new();
+            for m in &models {
+                let model = if m == "8b" { VisualModel::Internvl8b { llm_layers } } else { VisualModel::Test };
+                let engine = medprm::progress::activity(&format!("loading (generating on first use) {}", model.name()), true, || bench_visual::load(model))?;
+                let s = model.shape();
+                let r = bench_visual::bench_visual(&engine, &s, &workload)?;
+                drop(engine);
+                let (layers, full) = (s.layers, model.full_layers());
+                let scale = full as f64 / layers as f64;
+                println!("model              {} (vision {} layers × hidden {}, text {} layers × hidden {}, MLP {})", model.name(), s.v_layers, s.v_hidden, layers, s.hidden, s.intermediate);
+                println!("rank               Best-of-{candidates}: image {image_width}x{image_height} = {} tiles = {} image tokens; shared prefix {} tokens, {} tokens of steps per candidate on average, {} steps",
+                         r.tiles, r.image_tokens, r.prefix_tokens, r.mean_suffix_tokens, r.steps);
+                for (label, t) in [("prefix shared", &r.shared), ("whole prompts", &r.whole)] {
+                    println!("{label:<18} total {:.2} s = preprocess {:.3} + prompts {:.3} + vision {:.2} + prefix {:.2} + suffixes {:.2} s; vision {:.1}% of the total",
+                             t.total_s, t.preprocess_s, t.prompts_s, t.vision_s, t.prefix_s, t.suffixes_s, 100.0 * t.vision_share());
+                }
+                println!("sharing            {:.2}x faster; max |Δp| {:.2e} between the two, same pick: {}", r.whole.total_s / r.shared.total_s, r.max_abs_dp, r.same_pick);
+                let fl = &r.flops;
+                let rate = |flop: f64, s: f64| flop / s / 1e9;
+                println!("achieved           vision {:.1} GFLOP/s ({:.2} TFLOP), prefix {:.1}, suffixes {:.1}, whole prompts {:.1} GFLOP/s; gemm peak {:.1} GFLOP/s at the start",
+                         rate(fl.vision, r.shared.vision_s), fl.vision / 1e12, rate(fl.prefix, r.shared.prefix_s), rate(fl.suffixes, r.shared.suffixes_s),
+                         rate(fl.whole, r.whole.suffixes_s), r.gemm_gflops);
+                let extrapolated = (layers != full).then(|| {
+                    let (sh, wh) = (r.shared.with_llm_scaled(scale), r.whole.with_llm_scaled(scale));
+                    println!("at {full} text layers  (text-model times × {full}/{layers}) prefix shared {:.1} s (vision {:.1}%), whole prompts {:.1} s (vision {:.1}%), sharing {:.2}x",
+                             sh.total_s, 100.0 * sh.vision_share(), wh.total_s, 100.0 * wh.vision_share(), wh.total_s / sh.total_s);
+                    serde_json::json!({"layers": full, "factor": scale, "shared": sh, "whole": wh,
+                                       "shared_vision_share": sh.vision_share(), "whole_vision_share": wh.vision_share()})
+                });
+                rows.push(serde_json::json!({
+                    "name": model.name(), "kind": m, "model": r.model,
+                    "vision": {"layers": s.v_layers, "hidden": s.v_hidden, "heads": s.v_heads, "intermediate": s.v_intermediate},
+                    "text": {"layers": layers, "full_layers": full, "hidden": s.hidden, "heads": s.heads, "kv_heads": s.kv_heads, "intermediate": s.intermediate},
+                    "tiles": r.tiles, "image_tokens": r.image_tokens, "prefix_tokens": r.prefix_tokens, "mean_suffix_tokens": r.mean_suffix_tokens, "steps": r.steps,
+                    "shared": r.shared, "whole": r.whole,
+                    "shared_vision_share": r.shared.vision_share(), "whole_vision_share": r.whole.vision_share(),
+                    "max_abs_dp": r.max_abs_dp, "same_pick": r.same_pick, "extrapolated": extrapolated,
+                    "flops": r.flops, "gemm_gflops": r.gemm_gflops,
+                }));
+                if r.max_abs_dp > 1e-4 || !r.same_pick {
+                    anyhow::bail!("{}: shared-prefix and whole-prompt scores differ (max |Δp| {:.2e}, same pick {})", model.name(), r.max_abs_dp, r.same_pick);
+                }
+            }
+            if let Some(path) = figures {
+                medprm::figures::write(&path, &serde_json::json!({
+                    "candidates": candidates, "image_width": image_width, "image_height": image_height, "suffix_tokens": suffix_tokens,
+                    "max_batch_tokens": max_batch_tokens, "dtype": "f32", "peak_rss_mib": medprm::figures::peak_rss_mib(),
+                    "extrapolation": "text-model seconds (prefix and suffixes) × full layers / measured layers; preprocessing, prompts and the vision tower (all 24 InternViT layers) as measured; the embedding lookup and the 2-row head, counted in the measured text-model time, are scaled with it (by their FLOPs, far below 0.1% of one layer's)",
+                    "models": rows,
                 }))?;
             }
         }

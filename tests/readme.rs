@@ -408,6 +408,73 @@ fn retrieval_scale_table() -> String {
     out + &format!("\nFrom `{}` ({}{load}).\n", f.command, f.date)
 }
 
+/// `make bench-visual`: a VisualPRM rank with an image, per model, shared prefix vs whole prompts.
+fn visual_table() -> String {
+    let f = figure("bench-visual");
+    let r = &f.figures;
+    let n = num(&f, "candidates");
+    let secs = |t: &serde_json::Value, k: &str| -> f64 { t[k].as_f64().unwrap_or_else(|| panic!("bench-visual.json: `{k}` missing in {t}")) };
+    let mut out = String::from("| model | Best-of-N | total | preprocess | prompts | vision tower | shared prefix | suffixes (whole prompts) | vision share |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut notes = Vec::new();
+    let models = r["models"].as_array().expect("bench-visual.json: models");
+    for m in models {
+        let text = &m["text"];
+        let (layers, full) = (secs(text, "layers"), secs(text, "full_layers"));
+        let label = if m["kind"] == "8b" {
+            format!("VisualPRM-8B widths, {layers} of {full} text layers")
+        } else {
+            "VisualPRM test model".to_string()
+        };
+        let mut rows = vec![(label.clone(), &m["shared"], &m["whole"], "")];
+        if !m["extrapolated"].is_null() {
+            rows.push((format!("the same, extrapolated to {full} text layers"), &m["extrapolated"]["shared"], &m["extrapolated"]["whole"], "*"));
+        }
+        for (label, shared, whole, mark) in rows {
+            for (run, t, first) in [("prefix shared", shared, true), ("whole prompts", whole, false)] {
+                // Whole prompts have no shared prefix: their text-model time is all in `suffixes`.
+                let prefix = if first { format!("{mark}{:.2} s", secs(t, "prefix_s")) } else { "–".to_string() };
+                out += &format!(
+                    "| {} | {run} | {mark}{:.2} s | {:.3} s | {:.3} s | {:.2} s | {prefix} | {mark}{:.2} s | **{:.1}%** |\n",
+                    if first { label.as_str() } else { "" },
+                    secs(t, "total_s"), secs(t, "preprocess_s"), secs(t, "prompts_s"), secs(t, "vision_s"), secs(t, "suffixes_s"),
+                    100.0 * secs(t, "vision_s") / secs(t, "total_s")
+                );
+            }
+        }
+        let (sh, wh) = (secs(&m["shared"], "total_s"), secs(&m["whole"], "total_s"));
+        let mut note = format!(
+            "{label} (vision {} layers × hidden {}, text hidden {}, MLP {}): shared prefix {} tokens, {} tokens per candidate after it on average, {} steps; sharing {:.2}× faster than whole prompts",
+            m["vision"]["layers"], m["vision"]["hidden"], text["hidden"], text["intermediate"],
+            thousands(secs(m, "prefix_tokens")), thousands(secs(m, "mean_suffix_tokens")), m["steps"], wh / sh
+        );
+        if !m["extrapolated"].is_null() {
+            let e = &m["extrapolated"];
+            note += &format!(" ({:.2}× at {full} layers)", secs(&e["whole"], "total_s") / secs(&e["shared"], "total_s"));
+        }
+        note += &format!(
+            ", max |Δp| {:.1e} between the two runs' step scores, {}.",
+            secs(m, "max_abs_dp"),
+            if m["same_pick"] == true { "the same pick" } else { "**different picks**" }
+        );
+        let fl = &m["flops"];
+        let rate = |flop: &str, t: &serde_json::Value, k: &str| secs(fl, flop) / secs(t, k) / 1e9;
+        note += &format!(
+            " Achieved: vision tower {:.1} GFLOP/s (of {} GFLOP), prefix {:.1}, suffixes {:.1}, whole prompts {:.1} GFLOP/s, against a gemm peak of {:.1} GFLOP/s measured at its start.",
+            rate("vision", &m["shared"], "vision_s"), thousands(secs(fl, "vision") / 1e9), rate("prefix", &m["shared"], "prefix_s"),
+            rate("suffixes", &m["shared"], "suffixes_s"), rate("whole", &m["whole"], "suffixes_s"), secs(m, "gemm_gflops")
+        );
+        notes.push(note);
+    }
+    out += &format!(
+        "\nOne rank of {n} candidates with one {}×{} image ({} tiles of 448 with the thumbnail, {} image tokens), f32 on the CPU; the process peaked at {} MiB resident. {}\n",
+        r["image_width"], r["image_height"], models[0]["tiles"], thousands(secs(&models[0], "image_tokens")), thousands(secs(r, "peak_rss_mib")), notes.join(" ")
+    );
+    if models.iter().any(|m| !m["extrapolated"].is_null()) {
+        out += &format!("\n\\* extrapolated: {}.\n", r["extrapolation"].as_str().expect("bench-visual.json: extrapolation"));
+    }
+    out + &sources(&[("bench-visual", &f)])
+}
+
 #[test]
 fn generated_tables_are_current() {
     let mut text = readme();
@@ -419,6 +486,7 @@ fn generated_tables_are_current() {
         ("figures-engine", engine_table()),
         ("figures-gguf", gguf_table()),
         ("figures-prefix", prefix_table()),
+        ("figures-visual", visual_table()),
         ("figures-vs-llamacpp", vs_llamacpp_table()),
         ("figures-label-adaptive", label_adaptive_table()),
         ("figures-depth-drift", depth_drift_table()),

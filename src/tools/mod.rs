@@ -2,6 +2,7 @@
 //! generator and the deterministic test model.
 
 pub mod bench;
+pub mod bench_visual;
 pub mod gpu_check;
 pub mod loadgen;
 pub mod prm_models;

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
 use super::testmodel::{cached_dir, write_llama3_tokenizer};
@@ -64,17 +64,34 @@ pub fn ensure_qwen() -> Result<PathBuf> {
 pub(crate) struct Gen {
     rng: SplitMix64,
     pub(crate) tensors: HashMap<String, Tensor>,
+    /// How the tensors are stored: f32, or bf16 (each value drawn in f32 and rounded).
+    dtype: DType,
 }
 
 impl Gen {
     pub(crate) fn new(seed: u64) -> Self {
-        Gen { rng: SplitMix64::new(seed), tensors: HashMap::new() }
+        Self::with_dtype(seed, DType::F32)
+    }
+
+    /// A generator storing its tensors as `dtype` (f32 or bf16; bf16 halves a big model's memory
+    /// while it is generated and on disk).
+    pub(crate) fn with_dtype(seed: u64, dtype: DType) -> Self {
+        Gen { rng: SplitMix64::new(seed), tensors: HashMap::new(), dtype }
     }
 
     pub(crate) fn put(&mut self, name: impl Into<String>, shape: &[usize], mean: f32, std: f32) -> Result<()> {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| mean + self.rng.uniform_std(std)).collect();
-        self.tensors.insert(name.into(), Tensor::from_vec(v, shape, &Device::Cpu)?);
+        let t = match self.dtype {
+            DType::BF16 => {
+                let v: Vec<half::bf16> = (0..n).map(|_| half::bf16::from_f32(mean + self.rng.uniform_std(std))).collect();
+                Tensor::from_vec(v, shape, &Device::Cpu)?
+            }
+            _ => {
+                let v: Vec<f32> = (0..n).map(|_| mean + self.rng.uniform_std(std)).collect();
+                Tensor::from_vec(v, shape, &Device::Cpu)?
+            }
+        };
+        self.tensors.insert(name.into(), t);
         Ok(())
     }
 
@@ -170,7 +187,7 @@ fn write_lora(dir: &Path, rng: &mut SplitMix64) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::bad_file(dir, e))?;
     let head_dim = HIDDEN / HEADS;
     let kv = KV_HEADS * head_dim;
-    let mut g = Gen { rng: SplitMix64::new(rng.next_u64()), tensors: HashMap::new() };
+    let mut g = Gen::new(rng.next_u64());
     let targets = [
         ("self_attn.q_proj", HIDDEN, HIDDEN),
         ("self_attn.k_proj", kv, HIDDEN),

@@ -123,62 +123,145 @@ pub fn generate(out: &Path, qwen_tokenizer: &Path, layout: Layout) -> Result<()>
     write_tokenizer(out, qwen_tokenizer)
 }
 
+/// The widths and depths of a generated InternVL checkpoint: the test model's ([`VisualShape::TEST`])
+/// or a bench model's ([`VisualShape::internvl2_5_8b`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisualShape {
+    pub v_hidden: usize,
+    pub v_layers: usize,
+    pub v_heads: usize,
+    pub v_intermediate: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub intermediate: usize,
+    /// `lm_head` shares the embedding (no `lm_head` tensor written).
+    pub tied: bool,
+}
+
+impl VisualShape {
+    /// The test model.
+    pub const TEST: VisualShape = VisualShape {
+        v_hidden: V_HIDDEN,
+        v_layers: V_LAYERS,
+        v_heads: V_HEADS,
+        v_intermediate: V_INTERMEDIATE,
+        hidden: HIDDEN,
+        layers: LAYERS,
+        heads: HEADS,
+        kv_heads: KV_HEADS,
+        intermediate: INTERMEDIATE,
+        tied: false,
+    };
+
+    /// InternVL2.5-8B's (VisualPRM-8B's) widths: InternViT-300M-448px (hidden 1024, 24 layers,
+    /// 16 heads, MLP 4096), the pixel-shuffle projector (4096 → 4096 → 4096) and an
+    /// InternLM2.5-7B-shaped text model (hidden 4096, 32 heads, 8 KV heads, MLP 14336) cut to
+    /// `llm_layers` of its 32 layers; the embedding is tied (only two of its rows are the head).
+    pub fn internvl2_5_8b(llm_layers: usize) -> VisualShape {
+        VisualShape {
+            v_hidden: 1024,
+            v_layers: 24,
+            v_heads: 16,
+            v_intermediate: 4096,
+            hidden: 4096,
+            layers: llm_layers,
+            heads: 32,
+            kv_heads: 8,
+            intermediate: 14336,
+            tied: true,
+        }
+    }
+
+    /// Layers of the full InternLM2.5-7B text model.
+    pub const INTERNLM2_5_7B_LAYERS: usize = 32;
+}
+
 /// The weights under transformers' `InternVLForConditionalGeneration` names. Spreads are chosen
 /// so that image embeddings come out at the size of token embeddings and step scores spread
 /// over (0, 1) and depend on the image.
 pub fn hf_tensors() -> Result<HashMap<String, Tensor>> {
-    let mut g = Gen::new(SEED);
-    let (c, ci) = (V_HIDDEN, V_INTERMEDIATE);
+    hf_tensors_shaped(&VisualShape::TEST, SEED, candle_core::DType::F32)
+}
+
+/// The weights of a model of `shape`, drawn from `seed`, stored as `dtype` (f32 or bf16). A
+/// linear's spread is the test model's scaled by `sqrt(test fan-in / fan-in)`, so that wider
+/// layers keep the test model's activation sizes (the test shape draws exactly its own spreads).
+pub fn hf_tensors_shaped(s: &VisualShape, seed: u64, dtype: candle_core::DType) -> Result<HashMap<String, Tensor>> {
+    let mut g = Gen::with_dtype(seed, dtype);
+    let (c, ci) = (s.v_hidden, s.v_intermediate);
+    // `std` drawn for a fan-in of `test_fan` in the test model, at fan-in `fan` here.
+    let sp = |std: f32, test_fan: usize, fan: usize| if fan == test_fan { std } else { (std as f64 * (test_fan as f64 / fan as f64).sqrt()) as f32 };
     let e = "vision_tower.embeddings";
     g.put(format!("{e}.cls_token"), &[1, 1, c], 0.0, 0.5)?;
     g.put(format!("{e}.patch_embeddings.projection.weight"), &[c, 3, PATCH, PATCH], 0.0, 0.05)?;
     g.put(format!("{e}.patch_embeddings.projection.bias"), &[c], 0.0, 0.1)?;
     g.put(format!("{e}.position_embeddings"), &[1, POSITIONS, c], 0.0, 0.5)?;
-    for l in 0..V_LAYERS {
+    for l in 0..s.v_layers {
         let p = format!("vision_tower.encoder.layer.{l}");
         g.put(format!("{p}.layernorm_before.weight"), &[c], 1.0, 0.1)?;
         g.put(format!("{p}.layernorm_before.bias"), &[c], 0.0, 0.05)?;
         for m in ["q_proj", "k_proj", "v_proj"] {
-            g.put(format!("{p}.attention.{m}.weight"), &[c, c], 0.0, 0.2)?;
+            g.put(format!("{p}.attention.{m}.weight"), &[c, c], 0.0, sp(0.2, V_HIDDEN, c))?;
             g.put(format!("{p}.attention.{m}.bias"), &[c], 0.0, 0.1)?;
         }
-        g.put(format!("{p}.attention.projection_layer.weight"), &[c, c], 0.0, 0.2)?;
+        g.put(format!("{p}.attention.projection_layer.weight"), &[c, c], 0.0, sp(0.2, V_HIDDEN, c))?;
         g.put(format!("{p}.attention.projection_layer.bias"), &[c], 0.0, 0.05)?;
         g.put(format!("{p}.lambda_1"), &[c], 0.4, 0.1)?;
         g.put(format!("{p}.layernorm_after.weight"), &[c], 1.0, 0.1)?;
         g.put(format!("{p}.layernorm_after.bias"), &[c], 0.0, 0.05)?;
-        g.put(format!("{p}.mlp.fc1.weight"), &[ci, c], 0.0, 0.2)?;
+        g.put(format!("{p}.mlp.fc1.weight"), &[ci, c], 0.0, sp(0.2, V_HIDDEN, c))?;
         g.put(format!("{p}.mlp.fc1.bias"), &[ci], 0.0, 0.1)?;
-        g.put(format!("{p}.mlp.fc2.weight"), &[c, ci], 0.0, 0.15)?;
+        g.put(format!("{p}.mlp.fc2.weight"), &[c, ci], 0.0, sp(0.15, V_INTERMEDIATE, ci))?;
         g.put(format!("{p}.mlp.fc2.bias"), &[c], 0.0, 0.05)?;
         g.put(format!("{p}.lambda_2"), &[c], 0.4, 0.1)?;
     }
+    let (h, i) = (s.hidden, s.intermediate);
     let m = "multi_modal_projector";
     g.put(format!("{m}.layer_norm.weight"), &[4 * c], 1.0, 0.1)?;
     g.put(format!("{m}.layer_norm.bias"), &[4 * c], 0.0, 0.05)?;
-    g.put(format!("{m}.linear_1.weight"), &[HIDDEN, 4 * c], 0.0, 0.1)?;
-    g.put(format!("{m}.linear_1.bias"), &[HIDDEN], 0.0, 0.05)?;
-    g.put(format!("{m}.linear_2.weight"), &[HIDDEN, HIDDEN], 0.0, 0.15)?;
-    g.put(format!("{m}.linear_2.bias"), &[HIDDEN], 0.0, 0.05)?;
+    g.put(format!("{m}.linear_1.weight"), &[h, 4 * c], 0.0, sp(0.1, 4 * V_HIDDEN, 4 * c))?;
+    g.put(format!("{m}.linear_1.bias"), &[h], 0.0, 0.05)?;
+    g.put(format!("{m}.linear_2.weight"), &[h, h], 0.0, sp(0.15, HIDDEN, h))?;
+    g.put(format!("{m}.linear_2.bias"), &[h], 0.0, 0.05)?;
 
-    let head_dim = HIDDEN / HEADS;
-    let (h, kv, i) = (HIDDEN, KV_HEADS * head_dim, INTERMEDIATE);
+    let head_dim = h / s.heads;
+    let kv = s.kv_heads * head_dim;
     g.put("language_model.model.embed_tokens.weight", &[VOCAB, h], 0.0, 0.6)?;
-    for l in 0..LAYERS {
+    for l in 0..s.layers {
         let p = format!("language_model.model.layers.{l}");
         g.put(format!("{p}.input_layernorm.weight"), &[h], 1.0, 0.1)?;
-        g.put(format!("{p}.self_attn.q_proj.weight"), &[h, h], 0.0, 0.15)?;
-        g.put(format!("{p}.self_attn.k_proj.weight"), &[kv, h], 0.0, 0.15)?;
-        g.put(format!("{p}.self_attn.v_proj.weight"), &[kv, h], 0.0, 0.125)?;
-        g.put(format!("{p}.self_attn.o_proj.weight"), &[h, h], 0.0, 0.125)?;
+        g.put(format!("{p}.self_attn.q_proj.weight"), &[h, h], 0.0, sp(0.15, HIDDEN, h))?;
+        g.put(format!("{p}.self_attn.k_proj.weight"), &[kv, h], 0.0, sp(0.15, HIDDEN, h))?;
+        g.put(format!("{p}.self_attn.v_proj.weight"), &[kv, h], 0.0, sp(0.125, HIDDEN, h))?;
+        g.put(format!("{p}.self_attn.o_proj.weight"), &[h, h], 0.0, sp(0.125, HIDDEN, h))?;
         g.put(format!("{p}.post_attention_layernorm.weight"), &[h], 1.0, 0.1)?;
-        g.put(format!("{p}.mlp.gate_proj.weight"), &[i, h], 0.0, 0.125)?;
-        g.put(format!("{p}.mlp.up_proj.weight"), &[i, h], 0.0, 0.125)?;
-        g.put(format!("{p}.mlp.down_proj.weight"), &[h, i], 0.0, 0.1)?;
+        g.put(format!("{p}.mlp.gate_proj.weight"), &[i, h], 0.0, sp(0.125, HIDDEN, h))?;
+        g.put(format!("{p}.mlp.up_proj.weight"), &[i, h], 0.0, sp(0.125, HIDDEN, h))?;
+        g.put(format!("{p}.mlp.down_proj.weight"), &[h, i], 0.0, sp(0.1, INTERMEDIATE, i))?;
     }
     g.put("language_model.model.norm.weight", &[h], 1.0, 0.1)?;
-    g.put("language_model.lm_head.weight", &[VOCAB, h], 0.0, 0.35)?;
+    if !s.tied {
+        g.put("language_model.lm_head.weight", &[VOCAB, h], 0.0, sp(0.35, HIDDEN, h))?;
+    }
     Ok(g.tensors)
+}
+
+/// Writes a model of `shape` (transformers layout, weights stored as `dtype`) with the test
+/// model's tokenizer into `out`; `name` goes into config.json.
+pub fn generate_shaped(out: &Path, qwen_tokenizer: &Path, shape: &VisualShape, seed: u64, dtype: candle_core::DType, name: &str) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::bad_file(out, e))?;
+    let tensors = hf_tensors_shaped(shape, seed, dtype)?;
+    candle_core::safetensors::save(&tensors, out.join("model.safetensors"))?;
+    drop(tensors);
+    let mut config = hf_config_shaped(shape, name);
+    config["dtype"] = json!(match dtype {
+        candle_core::DType::BF16 => "bfloat16",
+        _ => "float32",
+    });
+    write_json(&out.join("config.json"), &config)?;
+    write_tokenizer(out, qwen_tokenizer)
 }
 
 /// InternLM2's fused `wqkv` from Llama `q/k/v_proj` weights: for each KV head, its
@@ -256,6 +339,11 @@ pub fn to_internvl_chat(hf: &HashMap<String, Tensor>) -> Result<HashMap<String, 
 /// `scripts/golden/make_golden_visualprm.py`), plus `rope_theta` repeated in `text_config` in the
 /// older flat form that checkpoints saved with transformers 4.x carry.
 fn hf_config() -> serde_json::Value {
+    hf_config_shaped(&VisualShape::TEST, VERSION)
+}
+
+/// [`hf_config`] for a model of `s`, named `name`.
+fn hf_config_shaped(s: &VisualShape, name: &str) -> serde_json::Value {
     json!({
         "architectures": ["InternVLForConditionalGeneration"],
         "model_type": "internvl",
@@ -266,16 +354,16 @@ fn hf_config() -> serde_json::Value {
         "projector_hidden_act": "gelu",
         "vision_feature_layer": -1,
         "vision_feature_select_strategy": "default",
-        "tie_word_embeddings": false,
+        "tie_word_embeddings": s.tied,
         "text_config": {
             "model_type": "llama",
             "architectures": ["LlamaForCausalLM"],
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": LAYERS,
-            "num_attention_heads": HEADS,
-            "num_key_value_heads": KV_HEADS,
-            "head_dim": HIDDEN / HEADS,
+            "hidden_size": s.hidden,
+            "intermediate_size": s.intermediate,
+            "num_hidden_layers": s.layers,
+            "num_attention_heads": s.heads,
+            "num_key_value_heads": s.kv_heads,
+            "head_dim": s.hidden / s.heads,
             "hidden_act": "silu",
             "rms_norm_eps": 1e-5,
             "rope_theta": ROPE_THETA,
@@ -285,7 +373,7 @@ fn hf_config() -> serde_json::Value {
             "attention_bias": false,
             "attention_dropout": 0.0,
             "mlp_bias": false,
-            "tie_word_embeddings": false,
+            "tie_word_embeddings": s.tied,
             "bos_token_id": BOS_ID,
             "eos_token_id": IM_END_ID,
             "pad_token_id": PAD_ID,
@@ -293,10 +381,10 @@ fn hf_config() -> serde_json::Value {
         },
         "vision_config": {
             "model_type": "internvl_vision",
-            "hidden_size": V_HIDDEN,
-            "intermediate_size": V_INTERMEDIATE,
-            "num_hidden_layers": V_LAYERS,
-            "num_attention_heads": V_HEADS,
+            "hidden_size": s.v_hidden,
+            "intermediate_size": s.v_intermediate,
+            "num_hidden_layers": s.v_layers,
+            "num_attention_heads": s.v_heads,
             "image_size": [IMAGE_SIZE, IMAGE_SIZE],
             "patch_size": [PATCH, PATCH],
             "num_channels": 3,
@@ -313,7 +401,7 @@ fn hf_config() -> serde_json::Value {
             "hidden_dropout_prob": 0.0,
             "projection_dropout": 0.0,
         },
-        "_medprm_test_model": VERSION,
+        "_medprm_test_model": name,
     })
 }
 

@@ -332,6 +332,30 @@ fn vs_reference_table() -> String {
     out + &sources(&[("bench-vs-reference", &f)])
 }
 
+/// `make bench-serve`: a running server under rank requests at each concurrency level.
+fn serve_load_table() -> String {
+    let f = figure("bench-serve");
+    let r = &f.figures;
+    let levels = r["levels"].as_array().expect("bench-serve.json: levels");
+    let mut out = String::from("| concurrency | answered (429) | candidates/s | compute tokens/s | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|---|---|\n");
+    let n = |l: &serde_json::Value, k: &str| l[k].as_f64().unwrap_or_else(|| panic!("bench-serve.json: levels[].{k}"));
+    for l in levels {
+        out += &format!(
+            "| {} | {} ({}) | {:.2} | {:.0} | {} | {} | {:.1} |\n",
+            n(l, "concurrency"), n(l, "ok"), n(l, "rejected"), n(l, "candidates_per_s"), n(l, "tokens_per_s"),
+            thousands(n(l, "p50_ms")), thousands(n(l, "p99_ms")), n(l, "mean_batch")
+        );
+    }
+    let s = &r["server"];
+    out += &format!(
+        "\n{} rank requests of {} candidates per level{}; the server ran `{}` ({}, {}, profile {}).\n",
+        r["requests"], r["candidates"], if r["documents"] == true { ", 2 documents each" } else { "" },
+        s["model"].as_str().unwrap_or("?").rsplit('/').next().unwrap_or("?"), s["format"].as_str().unwrap_or("?"), s["device"].as_str().unwrap_or("?"), s["profile"].as_str().unwrap_or("?")
+    );
+    out + &sources(&[("bench-serve", &f)])
+}
+
+
 /// `medprm label --compare-adaptive`: what fixed K and adaptive mode spent, and their agreement
 /// (the file is the label job's own report, not a `figures::FigureFile`).
 fn label_adaptive_table() -> String {
@@ -491,6 +515,7 @@ fn generated_tables_are_current() {
         ("figures-label-adaptive", label_adaptive_table()),
         ("figures-depth-drift", depth_drift_table()),
         ("figures-vs-reference", vs_reference_table()),
+        ("figures-serve", serve_load_table()),
         ("figures-retrieval-scale", retrieval_scale_table()),
     ];
     for (name, want) in tables {

@@ -62,8 +62,18 @@ fn deep_long_prompts_score_within_the_references_own_spread() {
     let bound = (SPREAD_FACTOR * spread).min(TOL);
     eprintln!("parity-depth: transformers sdpa vs eager spread {spread:.2e}");
     let model = medprm::tools::testmodel::ensure_deep().expect("deep test model (needs the assets: make assets)");
-    for (path, extra) in [("shared", &[][..]), ("whole", &["--no-prefix-sharing"][..])] {
-        let got = run_score(&model, cases, extra, path);
+    let mut runs: Vec<(String, Vec<String>)> = vec![("shared".into(), vec![]), ("whole".into(), vec!["--no-prefix-sharing".into()])];
+    // With MKL (make test fetches it), the rotary tables are torch's own too: the same bound.
+    match std::env::var("MEDPRM_TEST_MKL_VML") {
+        Ok(mkl) if !mkl.is_empty() => {
+            runs.push(("shared, --mkl-vml".into(), vec!["--mkl-vml".into(), mkl.clone()]));
+            runs.push(("whole, --mkl-vml".into(), vec!["--no-prefix-sharing".into(), "--mkl-vml".into(), mkl]));
+        }
+        _ => eprintln!("parity-depth: MEDPRM_TEST_MKL_VML is not set: the --mkl-vml runs are skipped (make test sets it)"),
+    }
+    for (path, extra) in &runs {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let got = run_score(&model, cases, &extra, &path.replace([',', ' '], "-"));
         let mut worst = 0f64;
         for (ci, (g, want)) in got.iter().zip(&sdpa).enumerate() {
             assert_eq!(g.len(), want.len(), "{path}: case {ci}: step count");

@@ -419,6 +419,7 @@ def main():
                     help="the pgserver venv's Python (make pg-venv)")
     ap.add_argument("--backends", default="embedded,postgres")
     ap.add_argument("--hnsw-build-memory", default="4GB")
+    ap.add_argument("--recall-queries", type=int, default=50, help="HNSW recall query vectors of each kind (two kinds)")
     ap.add_argument("--pg-shared-buffers", default="1GB")
     ap.add_argument("--pg-parallel-workers", type=int, default=1, help="besides the leader: 1 on a 2-core machine")
     ap.add_argument("--pg-batch", type=int, default=5000)
@@ -449,7 +450,8 @@ def main():
     t = time.perf_counter()
     how = json.loads(subprocess.run([a.vectors_python, str(ROOT / "scripts/retrieval-scale/make_vectors.py"), "--corpus", str(corpus),
                                      "--planted-index", str(planted), "--vectors", str(imp["vectors"]), "--metadata",
-                                     str(imp["metadata"]), "--queries", str(imp["queries"])],
+                                     str(imp["metadata"]), "--queries", str(imp["queries"]),
+                                     "--recall-queries", str(a.recall_queries)],
                                     check=True, stdout=subprocess.PIPE, text=True).stdout)
     how["seconds"] = time.perf_counter() - t
     how["method"] = ("planted chunks: their real embeddings (the embedder's, from the planted index); synthetic chunks: "
@@ -467,10 +469,9 @@ def main():
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         "load_average": loadavg(),
-        "load_average_before": load_before,
-        "figures": {"records": a.chunks, "rows": how["planted_rows"] + how["synthetic_rows"], "vectors": how,
+        "figures": {"memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "load_average_before": load_before,
+                    "records": a.chunks, "rows": how["planted_rows"] + how["synthetic_rows"], "vectors": how,
                     "text_words_mean": words, "wall_s": time.time() - t0, "backends": backends},
     }
     a.figures.parent.mkdir(parents=True, exist_ok=True)

@@ -350,13 +350,19 @@ fn retrieval_scale_table() -> String {
     let mut row = |label: &str, cell: &dyn Fn(&Value) -> String| {
         out += &format!("| {label} | {} |\n", backends.iter().map(cell).collect::<Vec<_>>().join(" | "));
     };
-    row("ingest by `medprm index --import`, chunks/s", &|b| format!("{:.0}", num(&b["ingest_chunks_per_s"], "ingest")));
+    row("ingest by `medprm index --import`, chunks/s (PostgreSQL: the COPY phase)", &|b| format!("{:.0}", num(&b["ingest_chunks_per_s"], "ingest")));
     row("index build in all, s (PostgreSQL: COPY + HNSW build)", &|b| {
         if is(b, "postgres") {
             format!("{:.0} ({:.0} + {:.0})", num(&b["index_build_s"], "build"), num(&b["load_s"], "load"), num(&b["hnsw_build_s"], "hnsw"))
         } else {
             format!("{:.0}", num(&b["index_build_s"], "build"))
         }
+    });
+    row("`medprm index --import` peak RSS, MiB", &|b| {
+        if b["import_peak_rss_bytes"].is_null() {
+            return dash();
+        }
+        mib(&b["import_peak_rss_bytes"], "import rss")
     });
     row("disk, MiB (embedded: vectors / BM25 / chunk text)", &|b| {
         let d = &b["disk"];

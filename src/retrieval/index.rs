@@ -243,7 +243,7 @@ fn write_import(dir: &Path, file: &Path, mut reader: super::import::ImportReader
         doc.add_text(text, &c.text);
         writer.add_document(doc).map_err(|e| tantivy_err(&tdir, e))?;
         n += 1;
-        if n % 1024 == 0 {
+        if n.is_multiple_of(1024) {
             bar.inc(1024);
         }
     }

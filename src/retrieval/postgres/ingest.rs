@@ -77,7 +77,7 @@ pub async fn ingest(opts: &PgOptions, source: &Source, embedder_dir: &Path, batc
             })?;
             (canonical(path), Rows::Corpus(chunks.into_iter()))
         }
-        Source::Import { file, metadata } => (canonical(file), Rows::Import(ImportReader::open(file, metadata.as_deref(), &embedder)?)),
+        Source::Import { file, metadata } => (canonical(file), Rows::Import(Box::new(ImportReader::open(file, metadata.as_deref(), &embedder)?))),
     };
     let total = rows.len();
 
@@ -177,7 +177,7 @@ fn canonical(p: &Path) -> String {
 /// The rows of an ingest: a chunked corpus (embedded batch by batch) or a precomputed import.
 enum Rows {
     Corpus(std::vec::IntoIter<Chunk>),
-    Import(ImportReader),
+    Import(Box<ImportReader>),
 }
 
 impl Rows {

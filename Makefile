@@ -213,12 +213,15 @@ eval-retrieval: index
 eval-retrieval-hard: index
 	$(BIN) eval-retrieval --index $(INDEX) --questions data/retrieval-eval-hard.jsonl --per-question --figures docs/figures/retrieval-eval-hard.json
 
-## Retrieval at scale: a synthetic corpus of CHUNKS records with the guidelines planted in it; ingest
-## rate, disk, RAM, /v1/retrieve p50/p99 at 1 and 8 clients, hard eval (docs/figures/retrieval-scale.json).
+## Retrieval at scale, both backends in one run: a synthetic corpus of CHUNKS records with the
+## guidelines planted in it (their real embeddings from $(INDEX); the filler's vectors drawn from a
+## Gaussian fitted to them), imported into the embedded index and into PostgreSQL + pgvector; ingest,
+## HNSW build, disk, RAM, /v1/retrieve p50/p99 at 1 and 8 clients, HNSW recall@10 vs exact, hard eval
+## (docs/figures/retrieval-scale.json).
 CHUNKS ?= 1000000
 SCALE_WORK ?= $(MEDPRM_HOME)/retrieval-scale
-bench-retrieval-scale: assets build
-	python3 scripts/bench/retrieval_scale.py --medprm $(BIN) --model $(DEMO_MODEL) --guidelines $(ASSETS)/open_medicine/guidelines --chunks $(CHUNKS) --work $(SCALE_WORK) --figures docs/figures/retrieval-scale.json
+bench-retrieval-scale: assets build index pg-venv golden-venv
+	python3 scripts/bench/retrieval_scale.py --medprm $(BIN) --model $(DEMO_MODEL) --guidelines $(ASSETS)/open_medicine/guidelines --planted-index $(INDEX) --vectors-python $(GOLDEN_VENV)/bin/python --pg-python $(PG_VENV)/bin/python --chunks $(CHUNKS) --work $(SCALE_WORK) --figures docs/figures/retrieval-scale.json
 
 ## ---- NVIDIA GPU build (not part of `make test`) ----------------------------------------------
 # The CUDA toolkit (nvcc, headers, cuBLAS, cuRAND, NVRTC, cudart) from pinned PyPI wheels, in a

@@ -378,54 +378,112 @@ fn label_adaptive_table() -> String {
     out + &format!("\nFrom `{}`.\n", r["command"].as_str().unwrap())
 }
 
-/// The retrieval-at-scale table from `make bench-retrieval-scale` (one column per backend run).
+/// The retrieval-at-scale table from `make bench-retrieval-scale` (one column per backend; a
+/// row that does not apply to a backend shows "—").
 fn retrieval_scale_table() -> String {
+    use serde_json::Value;
     let f = figure("retrieval-scale");
     let r = &f.figures;
     let backends = r["backends"].as_array().expect("retrieval-scale.json: backends");
-    let num = |v: &serde_json::Value, what: &str| v.as_f64().unwrap_or_else(|| panic!("retrieval-scale.json: {what}"));
-    let mib = |v: &serde_json::Value, what: &str| format!("{:.1}", num(v, what) / (1u64 << 20) as f64);
+    let num = |v: &Value, what: &str| v.as_f64().unwrap_or_else(|| panic!("retrieval-scale.json: {what}"));
+    let mib = |v: &Value, what: &str| format!("{:.1}", num(v, what) / (1u64 << 20) as f64);
+    let is = |b: &Value, name: &str| b["backend"] == name;
     let mut out = String::from("| | ");
-    out += &backends.iter().map(|b| format!("{} ({} chunks)", b["backend"].as_str().unwrap(), b["chunks"])).collect::<Vec<_>>().join(" | ");
+    out += &backends.iter().map(|b| format!("{} ({} chunks)", b["backend"].as_str().unwrap(), thousands(num(&b["chunks"], "chunks")))).collect::<Vec<_>>().join(" | ");
     out += " |\n|---|";
     out += &"---|".repeat(backends.len());
     out += "\n";
-    let mut row = |label: &str, cell: &dyn Fn(&serde_json::Value) -> String| {
+    let dash = || "—".to_string();
+    let mut row = |label: &str, cell: &dyn Fn(&Value) -> String| {
         out += &format!("| {label} | {} |\n", backends.iter().map(cell).collect::<Vec<_>>().join(" | "));
     };
-    row("ingest (chunk, BM25, embed), chunks/s", &|b| format!("{:.1}", num(&b["ingest_chunks_per_s"], "ingest")));
-    row("index build, s", &|b| format!("{:.0}", num(&b["index_build_s"], "build")));
-    row("disk, MiB (vectors / BM25 / chunk text)", &|b| {
+    row("ingest by `medprm index --import`, chunks/s (PostgreSQL: the COPY phase)", &|b| format!("{:.0}", num(&b["ingest_chunks_per_s"], "ingest")));
+    row("index build in all, s (PostgreSQL: COPY + HNSW build)", &|b| {
+        if is(b, "postgres") {
+            format!("{:.0} ({:.0} + {:.0})", num(&b["index_build_s"], "build"), num(&b["load_s"], "load"), num(&b["hnsw_build_s"], "hnsw"))
+        } else {
+            format!("{:.0}", num(&b["index_build_s"], "build"))
+        }
+    });
+    row("`medprm index --import` peak RSS, MiB", &|b| {
+        if b["import_peak_rss_bytes"].is_null() {
+            return dash();
+        }
+        mib(&b["import_peak_rss_bytes"], "import rss")
+    });
+    row("disk, MiB (embedded: vectors / BM25 / chunk text)", &|b| {
         let d = &b["disk"];
+        if is(b, "postgres") {
+            return dash();
+        }
+        format!("{} ({} / {} / {})", mib(&d["total_bytes"], "disk"), mib(&d["embeddings_bytes"], "vectors"), mib(&d["tantivy_bytes"], "tantivy"), mib(&d["chunks_jsonl_bytes"], "chunks"))
+    });
+    row("disk, MiB (PostgreSQL: table in all / heap / TOAST / HNSW / GIN / primary key)", &|b| {
+        let d = &b["disk"];
+        if !is(b, "postgres") {
+            return dash();
+        }
         format!(
-            "{} ({} / {} / {})",
-            mib(&d["total_bytes"], "disk"),
-            mib(&d["embeddings_bytes"], "vectors"),
-            mib(&d["tantivy_bytes"], "tantivy"),
-            mib(&d["chunks_jsonl_bytes"], "chunks")
+            "{} / {} / {} / {} / {} / {}",
+            mib(&d["table_total_bytes"], "table"),
+            mib(&d["table_heap_bytes"], "heap"),
+            mib(&d["toast_bytes"], "toast"),
+            mib(&d["hnsw_index_bytes"], "hnsw"),
+            mib(&d["gin_index_bytes"], "gin"),
+            mib(&d["pkey_index_bytes"], "pkey")
         )
     });
     row("open + one query (no model): s, peak RSS MiB", &|b| {
+        if is(b, "postgres") {
+            return dash();
+        }
         format!("{:.1} s, {}", num(&b["startup"]["open_and_one_query_s"], "startup"), mib(&b["startup"]["peak_rss_bytes"], "rss"))
     });
-    row("server RSS with the 135M demo model, MiB", &|b| mib(&b["serve"]["rss_bytes"], "serve rss"));
+    row("`medprm serve` ready, s", &|b| format!("{:.1}", num(&b["serve"]["ready_s"], "ready")));
+    row("medprm server RSS with the 135M demo model, MiB", &|b| mib(&b["serve"]["rss_bytes"], "serve rss"));
+    row("PostgreSQL processes: RSS sum / PSS sum, MiB", &|b| {
+        if !is(b, "postgres") {
+            return dash();
+        }
+        format!("{} / {} (shared_buffers {})", mib(&b["server_ram"]["rss_sum_bytes"], "pg rss"), mib(&b["server_ram"]["pss_sum_bytes"], "pg pss"), b["server_ram"]["shared_buffers"].as_str().unwrap())
+    });
     for mode in ["bm25", "dense", "hybrid"] {
         for c in [1, 8] {
-            row(&format!("`/v1/retrieve` {mode} k=10, {c} client(s): p50 / p99 ms (server p50)"), &|b| {
+            row(&format!("`/v1/retrieve` {mode} k=10, {c} client(s): p50 / p99 ms (server p50; requests)"), &|b| {
                 let l = b["serve"]["latency"].as_array().unwrap().iter().find(|l| l["mode"] == mode && l["concurrency"] == c);
                 let l = l.unwrap_or_else(|| panic!("retrieval-scale.json: no {mode} x{c}"));
-                format!("{:.1} / {:.1} ({:.1})", num(&l["client_p50_ms"], "p50"), num(&l["client_p99_ms"], "p99"), num(&l["server_p50_ms"], "server"))
+                let errors = l["errors"].as_object().map(|e| e.iter().map(|(k, v)| format!(", {v} × HTTP {k}")).collect::<String>()).unwrap_or_default();
+                if l["client_p50_ms"].is_null() {
+                    return format!("none answered ({}{errors})", l["requests"]);
+                }
+                format!("{:.1} / {:.1} ({:.1}; {}{errors})", num(&l["client_p50_ms"], "p50"), num(&l["client_p99_ms"], "p99"), num(&l["server_p50_ms"], "server"), l["requests"])
             });
         }
     }
     row("dense recall@10 vs exact", &|b| {
         let d = &b["dense_recall_at_10_vs_exact"];
-        format!("{:.3} ({})", num(&d["value"], "recall"), d["how"].as_str().unwrap_or(""))
+        if !is(b, "postgres") {
+            return format!("{:.3} ({})", num(&d["value"], "recall"), d["how"].as_str().unwrap_or(""));
+        }
+        let q = d["queries"].as_object().unwrap().iter().map(|(k, v)| format!("{v} {}", k.replace('_', " "))).collect::<Vec<_>>().join(" + ");
+        let efs = d["ef_search"].as_object().unwrap();
+        let per = efs
+            .iter()
+            .map(|(ef, e)| {
+                let by = e["recall_at_10"].as_object().unwrap().iter().map(|(k, v)| format!("{} {:.3}", k.replace('_', " "), num(v, "recall"))).collect::<Vec<_>>().join(", ");
+                format!("ef_search {ef}: {:.3} ({by}; {:.1} ms/query)", num(&e["recall_at_10_all"], "recall"), num(&e["s_per_query"], "s") * 1e3)
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        format!("HNSW {per}; exact scan {:.0} ms/query; {q} queries", num(&d["exact_s_per_query"], "exact") * 1e3)
     });
     for mode in ["bm25", "dense", "hybrid"] {
-        row(&format!("hard eval {mode}: recall@1 / MRR"), &|b| {
+        row(&format!("hard eval {mode}: recall@1 / recall@10 / MRR"), &|b| {
             let m = b["hard_eval"]["modes"].as_array().unwrap().iter().find(|m| m["mode"] == mode).expect("hard eval mode");
-            format!("{:.3} / {:.3}", num(&m["recall_at_1"], "r@1"), num(&m["mrr"], "mrr"))
+            let total = b["hard_eval"]["questions"].as_u64().unwrap();
+            let run = m["questions_run"].as_u64().unwrap_or(total);
+            let note = if run < total { format!(" ({run} of {total} questions in the time box)") } else { String::new() };
+            format!("{:.3} / {:.3} / {:.3}{note}", num(&m["recall_at_1"], "r@1"), num(&m["recall_at_10"], "r@10"), num(&m["mrr"], "mrr"))
         });
     }
     let load = f.load_average.map(|l| format!("; load average {:.1} on {} cores at the end", l[0], f.cores)).unwrap_or_default();

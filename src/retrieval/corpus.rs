@@ -52,6 +52,8 @@ impl Chunk {
 pub enum CorpusFormat {
     MarkdownTree,
     Jsonl,
+    /// Precomputed chunks and vectors (`medprm index --import`): nothing to chunk or embed.
+    Import,
 }
 
 /// Counts word pieces with the embedder's tokenizer.
@@ -91,6 +93,7 @@ pub fn load(path: &Path, tokenizer: &Tokenizer, cap: usize) -> Result<(CorpusFor
     let chunks = match format {
         CorpusFormat::MarkdownTree => load_markdown_tree(path, &counter, cap)?,
         CorpusFormat::Jsonl => load_jsonl(path, &counter, cap)?,
+        CorpusFormat::Import => return Err(Error::input("corpus", "precomputed vectors are loaded with --import, not --corpus")),
     };
     if chunks.is_empty() {
         return Err(Error::input("corpus", format!("{}: no documents", path.display())));

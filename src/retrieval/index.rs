@@ -75,18 +75,29 @@ fn tantivy_err(path: &Path, e: tantivy::TantivyError) -> Error {
 /// the index into `out`, which must not exist yet or be an empty directory.
 pub fn build_index(corpus: &Path, out: &Path, embedder_dir: &Path) -> Result<IndexInfo> {
     corpus::detect_format(corpus)?;
-    if out.exists() {
-        let empty = out.is_dir() && std::fs::read_dir(out).map_err(|e| Error::bad_file(out, e))?.next().is_none();
-        if !empty {
-            return Err(Error::input("out", format!("{} already exists and is not an empty directory", out.display())));
-        }
-    }
+    check_out(out)?;
     let embedder = Embedder::load(embedder_dir)?;
     let t = Instant::now();
     let (format, chunks) =
         crate::progress::activity("reading and chunking the corpus", true, || corpus::load(corpus, embedder.tokenizer(), MAX_CHUNK_TOKENS))?;
     tracing::info!(chunks = chunks.len(), secs = t.elapsed().as_secs_f32(), "corpus chunked");
 
+    write_atomically(out, |tmp| write_index(tmp, corpus, format, &chunks, &embedder))
+}
+
+/// Checks that `out` is absent or an empty directory.
+fn check_out(out: &Path) -> Result<()> {
+    if out.exists() {
+        let empty = out.is_dir() && std::fs::read_dir(out).map_err(|e| Error::bad_file(out, e))?.next().is_none();
+        if !empty {
+            return Err(Error::input("out", format!("{} already exists and is not an empty directory", out.display())));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `write` on a temporary sibling of `out` and renames it into place when it succeeds.
+fn write_atomically(out: &Path, write: impl FnOnce(&Path) -> Result<IndexInfo>) -> Result<IndexInfo> {
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -96,7 +107,7 @@ pub fn build_index(corpus: &Path, out: &Path, embedder_dir: &Path) -> Result<Ind
     let tmp = parent.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::bad_file(&tmp, e))?;
-    let info = match write_index(&tmp, corpus, format, &chunks, &embedder) {
+    let info = match write(&tmp) {
         Ok(info) => info,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -161,6 +172,105 @@ fn write_index(dir: &Path, corpus: &Path, format: CorpusFormat, chunks: &[Chunk]
         embedder: embedder.name().to_string(),
         embedder_dir: embedder.dir().canonicalize().unwrap_or_else(|_| embedder.dir().to_path_buf()).display().to_string(),
         dimension: embedder.dimension(),
+        max_chunk_tokens: MAX_CHUNK_TOKENS,
+        analyzer: ANALYZER.to_string(),
+    };
+    let path = dir.join(MANIFEST);
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::bad_file(&path, e))?;
+    std::fs::write(&path, text + "\n").map_err(|e| Error::bad_file(&path, e))?;
+    Ok(info_of(&manifest))
+}
+
+/// Writes an index from precomputed chunks and vectors (`medprm index --import`, see
+/// [`super::import`]) into `out`, which must not exist yet or be an empty directory. One pass
+/// over the import: each row goes to `chunks.jsonl`, the tantivy writer and the embedding file
+/// as it is read, so the vectors are never held in memory (the embedding file is written row by
+/// row: the safetensors layout is an 8-byte header length, a JSON header, then the raw
+/// little-endian matrix). Rows are L2-normalised, as the embedder's own vectors are; a zero
+/// vector is refused. The embedder is only checked (name and dimension), not run.
+pub fn import_index(file: &Path, metadata: Option<&Path>, out: &Path, embedder_dir: &Path) -> Result<IndexInfo> {
+    check_out(out)?;
+    let embedder = Embedder::load(embedder_dir)?;
+    let reader = super::import::ImportReader::open(file, metadata, &embedder)?;
+    if reader.rows() == 0 {
+        return Err(Error::input("import", format!("{}: no rows", file.display())));
+    }
+    write_atomically(out, |tmp| write_import(tmp, file, reader, &embedder))
+}
+
+fn write_import(dir: &Path, file: &Path, mut reader: super::import::ImportReader, embedder: &Embedder) -> Result<IndexInfo> {
+    let rows = reader.rows();
+    let dim = reader.dimension();
+    let cpath = dir.join(CHUNKS);
+    let mut chunks_out = std::io::BufWriter::new(std::fs::File::create(&cpath).map_err(|e| Error::bad_file(&cpath, e))?);
+    let epath = dir.join(EMBEDDINGS);
+    let mut emb = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&epath).map_err(|e| Error::bad_file(&epath, e))?);
+    let header = serde_json::json!({
+        EMBEDDINGS_TENSOR: {"dtype": "F32", "shape": [rows, dim], "data_offsets": [0, rows * dim * 4]}
+    })
+    .to_string();
+    // The data starts 8-byte aligned (the header is padded with spaces, as the format allows).
+    let header = format!("{header:<width$}", width = header.len().div_ceil(8) * 8);
+    emb.write_all(&(header.len() as u64).to_le_bytes()).map_err(|e| Error::bad_file(&epath, e))?;
+    emb.write_all(header.as_bytes()).map_err(|e| Error::bad_file(&epath, e))?;
+
+    let tdir = dir.join(TANTIVY);
+    std::fs::create_dir_all(&tdir).map_err(|e| Error::bad_file(&tdir, e))?;
+    let (schema, text) = schema();
+    let index = tantivy::Index::create_in_dir(&tdir, schema).map_err(|e| tantivy_err(&tdir, e))?;
+    let mut writer: tantivy::IndexWriter =
+        index.writer_with_num_threads(1, 200_000_000).map_err(|e| tantivy_err(&tdir, e))?;
+
+    let mut bar = crate::progress::Bar::new("importing chunks", rows as u64, "chunks");
+    let mut n = 0usize;
+    let mut ids = std::collections::HashSet::new();
+    for row in reader.by_ref() {
+        let (c, mut v) = row?;
+        if !ids.insert(c.id.clone()) {
+            return Err(Error::input("import", format!("row {}: duplicate id `{}`", n + 1, c.id)));
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm == 0.0 {
+            return Err(Error::input("import", format!("row {} ({}): zero vector", n + 1, c.id)));
+        }
+        for x in v.iter_mut() {
+            *x /= norm;
+            emb.write_all(&x.to_le_bytes()).map_err(|e| Error::bad_file(&epath, e))?;
+        }
+        serde_json::to_writer(&mut chunks_out, &c).map_err(|e| Error::bad_file(&cpath, e))?;
+        chunks_out.write_all(b"\n").map_err(|e| Error::bad_file(&cpath, e))?;
+        let mut doc = tantivy::TantivyDocument::default();
+        doc.add_text(text, &c.text);
+        writer.add_document(doc).map_err(|e| tantivy_err(&tdir, e))?;
+        n += 1;
+        if n.is_multiple_of(1024) {
+            bar.inc(1024);
+        }
+    }
+    bar.inc((n % 1024) as u64);
+    bar.finish();
+    if n != rows {
+        return Err(Error::bad_file(file, format!("{n} rows read, {rows} expected")));
+    }
+    chunks_out.flush().map_err(|e| Error::bad_file(&cpath, e))?;
+    emb.flush().map_err(|e| Error::bad_file(&epath, e))?;
+    let t = Instant::now();
+    writer.commit().map_err(|e| tantivy_err(&tdir, e))?;
+    let segments = index.searchable_segment_ids().map_err(|e| tantivy_err(&tdir, e))?;
+    if segments.len() > 1 {
+        writer.merge(&segments).wait().map_err(|e| tantivy_err(&tdir, e))?;
+    }
+    writer.wait_merging_threads().map_err(|e| tantivy_err(&tdir, e))?;
+    tracing::info!(chunks = n, secs = t.elapsed().as_secs_f32(), "BM25 index committed and merged");
+
+    let manifest = Manifest {
+        version: FORMAT_VERSION,
+        corpus: file.canonicalize().unwrap_or_else(|_| file.to_path_buf()).display().to_string(),
+        corpus_format: CorpusFormat::Import,
+        chunks: n,
+        embedder: embedder.name().to_string(),
+        embedder_dir: embedder.dir().canonicalize().unwrap_or_else(|_| embedder.dir().to_path_buf()).display().to_string(),
+        dimension: dim,
         max_chunk_tokens: MAX_CHUNK_TOKENS,
         analyzer: ANALYZER.to_string(),
     };

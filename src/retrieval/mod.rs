@@ -20,6 +20,7 @@ pub mod cli;
 pub mod corpus;
 pub mod embed;
 pub mod eval;
+pub mod import;
 pub mod index;
 pub mod postgres;
 pub mod retriever;
@@ -28,7 +29,7 @@ pub mod search;
 use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
-pub use index::{build_index, Index};
+pub use index::{build_index, import_index, Index};
 pub use retriever::Retriever;
 
 /// Token cap of one chunk (rendered text, word pieces of the embedder's tokenizer, no special

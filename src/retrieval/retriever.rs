@@ -17,6 +17,14 @@ pub enum Retriever {
 }
 
 impl Retriever {
+    /// `embedded` or `postgres`, as `--retrieval-backend` names them.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Retriever::Embedded(_) => "embedded",
+            Retriever::Postgres(_) => "postgres",
+        }
+    }
+
     pub fn info(&self) -> IndexInfo {
         match self {
             Retriever::Embedded(i) => i.info(),

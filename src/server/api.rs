@@ -303,7 +303,10 @@ pub struct InfoResponse {
     pub auth: bool,
     /// Where documents come from: `caller` (supplied in requests only) or `caller+retrieval`.
     pub documents_source: String,
-    /// The guideline index, when the server has one.
+    /// Where retrieval searches: `embedded` (an index directory) or `postgres` (a shared
+    /// database); null when the server retrieves nothing.
+    pub retrieval_backend: Option<String>,
+    /// The guideline index, when the server has one: its chunks, corpus, embedder and dimension.
     pub index: Option<IndexInfo>,
     /// Documents retrieved for requests without `documents` (0: only when a request asks).
     pub default_retrieve_k: usize,

@@ -279,6 +279,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<InfoResponse> {
         },
         auth: c.api_key.is_some(),
         documents_source: if c.retrieval() { "caller+retrieval" } else { "caller" }.into(),
+        retrieval_backend: state.infer.retriever().map(|r| r.backend().to_string()),
         index: state.infer.retriever().map(|i| i.info()),
         default_retrieve_k: c.retrieve_k,
     })

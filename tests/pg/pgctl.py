@@ -4,8 +4,10 @@ Uses the binaries bundled in the `pgserver` wheel (tests/pg/requirements.txt, `m
 its Python server object: the tests need to stop the server mid-request and start it again on the
 same loopback port, which plain `initdb` / `pg_ctl` do.
 
-    pgctl.py start DATADIR PORT   # initdb on first use, then start on 127.0.0.1:PORT (trust auth)
+    pgctl.py start DATADIR PORT [NAME=VALUE ...]  # initdb on first use, then start on 127.0.0.1:PORT
+                                                 # (trust auth; NAME=VALUE: server settings)
     pgctl.py stop DATADIR         # immediate shutdown (as if the machine went away)
+    pgctl.py bin                  # prints the directory of the bundled binaries (psql, ...)
 
 Run as root (CI here), initdb refuses to work, so the server runs as a system user `pgserver`
 (created once, as the wheel's own helper does); the data directory's parents get o+x and the
@@ -69,7 +71,7 @@ def run(cmd, user, **kw):
     return subprocess.run(cmd, preexec_fn=demote, check=True, **kw)
 
 
-def start(data: Path, port: int):
+def start(data: Path, port: int, settings=()):
     user = as_user()
     data = data.resolve()
     data.mkdir(parents=True, exist_ok=True)
@@ -84,6 +86,11 @@ def start(data: Path, port: int):
              "--locale=C"], user, stdout=subprocess.DEVNULL)
     # fsync off: a scratch server; the data of a killed test server need not survive.
     opts = f"-h 127.0.0.1 -p {port} -k '' -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    for s in settings:
+        name, _, value = s.partition("=")
+        if not name or not value or not all(c.isalnum() or c in "._" for c in name + value):
+            sys.exit(f"pgctl.py: setting {s!r}: expected NAME=VALUE (letters, digits, . and _)")
+        opts += f" -c {name}={value}"
     run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-w", "-t", "60",
          "-o", opts, "start"], user, stdout=subprocess.DEVNULL)
 
@@ -97,8 +104,10 @@ def stop(data: Path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "start":
-        start(Path(sys.argv[2]), int(sys.argv[3]))
+    if len(sys.argv) >= 4 and sys.argv[1] == "start":
+        start(Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:])
+    elif len(sys.argv) == 2 and sys.argv[1] == "bin":
+        print(POSTGRES_BIN_PATH)
     elif len(sys.argv) == 3 and sys.argv[1] == "stop":
         stop(Path(sys.argv[2]))
     else:

@@ -8,21 +8,14 @@
 //!
 //! Sources:
 //! * a corpus (markdown tree or JSONL, as `medprm index` reads it): chunked and embedded here;
-//! * `--import DIR`: an index built by `medprm index` (its chunks and vectors, nothing embedded);
-//! * `--import FILE.jsonl`: precomputed vectors, one record a line:
-//!   `{"id", "title", "section"?, "text", "vector": [...], "guideline"?, "source"?, ...}`;
-//! * `--import FILE.npy --metadata FILE.jsonl`: an f32 `[n, dim]` matrix, and the same records
-//!   without `vector`, line i for row i.
-//!
-//! Imported rows are rendered as the corpus reader renders chunks (`"<title> -- <section>. <text>"`).
+//! * `--import`: precomputed vectors ([`crate::retrieval::import`]: an index directory, JSONL, or
+//!   NPY + JSONL metadata), streamed batch by batch, nothing embedded.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::time::Instant;
 
 use pgvector::Vector;
-use serde::Deserialize;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
@@ -32,7 +25,8 @@ use super::{db_error, PgOptions};
 use crate::error::{Error, Result};
 use crate::retrieval::corpus::{self, Chunk};
 use crate::retrieval::embed::Embedder;
-use crate::retrieval::{Index, MAX_CHUNK_TOKENS};
+use crate::retrieval::import::ImportReader;
+use crate::retrieval::MAX_CHUNK_TOKENS;
 
 const COLUMNS: &str = "id, ord, guideline, title, section, section_key, source, organisation, year, doi, text, embedding";
 
@@ -55,51 +49,12 @@ pub enum Source {
     Import { file: PathBuf, metadata: Option<PathBuf> },
 }
 
-/// One record of an import file.
-#[derive(Deserialize)]
-struct Record {
-    id: String,
-    title: String,
-    #[serde(default)]
-    section: String,
-    text: String,
-    #[serde(default)]
-    vector: Option<Vec<f32>>,
-    #[serde(default)]
-    guideline: Option<String>,
-    #[serde(default)]
-    source: Option<String>,
-    #[serde(default)]
-    organisation: Option<String>,
-    #[serde(default)]
-    year: Option<i32>,
-    #[serde(default)]
-    doi: Option<String>,
-}
-
-impl Record {
-    fn chunk(self) -> (Chunk, Option<Vec<f32>>) {
-        let text = format!("{}{}", corpus::render_prefix(&self.title, &self.section), self.text.trim());
-        let guideline = self.guideline.unwrap_or_else(|| self.id.rsplit_once('#').map(|(s, _)| s).unwrap_or(&self.id).to_string());
-        let c = Chunk {
-            source: self.source.unwrap_or_else(|| self.id.clone()),
-            id: self.id,
-            guideline,
-            section: self.section,
-            title: self.title,
-            organisation: self.organisation,
-            year: self.year,
-            doi: self.doi,
-            text,
-            tokens: 0,
-        };
-        (c, self.vector)
-    }
-}
-
 /// Loads `source` into the database at `opts.url`, `batch` rows per transaction.
-pub async fn ingest(opts: &PgOptions, source: &Source, embedder_dir: &Path, batch: usize) -> Result<IngestReport> {
+///
+/// `hnsw_memory` is the `maintenance_work_mem` of the HNSW build ([`schema::create_vector_index`]).
+pub async fn ingest(opts: &PgOptions, source: &Source, embedder_dir: &Path, batch: usize, hnsw_memory: &str) -> Result<IngestReport> {
     let batch = batch.max(1);
+    schema::check_memory(hnsw_memory)?;
     let config = opts.config()?;
     let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
         Error::input("database-url", format!("cannot connect: {}", super::describe(&e)))
@@ -114,23 +69,17 @@ pub async fn ingest(opts: &PgOptions, source: &Source, embedder_dir: &Path, batc
     let embedder = Embedder::load(embedder_dir)?;
     let dim = embedder.dimension();
 
-    // The rows: (chunk, vector if precomputed), in corpus order.
-    let (corpus_name, rows): (String, Vec<(Chunk, Option<Vec<f32>>)>) = match source {
+    // The rows: (chunk, vector if precomputed), in corpus order; an import is read as a stream.
+    let (corpus_name, mut rows) = match source {
         Source::Corpus(path) => {
             let (_, chunks) = crate::progress::activity("reading and chunking the corpus", true, || {
                 corpus::load(path, embedder.tokenizer(), MAX_CHUNK_TOKENS)
             })?;
-            (canonical(path), chunks.into_iter().map(|c| (c, None)).collect())
+            (canonical(path), Rows::Corpus(chunks.into_iter()))
         }
-        Source::Import { file, metadata } => (canonical(file), read_import(file, metadata.as_deref(), &embedder)?),
+        Source::Import { file, metadata } => (canonical(file), Rows::Import(Box::new(ImportReader::open(file, metadata.as_deref(), &embedder)?))),
     };
-    for (i, (c, v)) in rows.iter().enumerate() {
-        if let Some(v) = v {
-            if v.len() != dim {
-                return Err(Error::input("import", format!("row {} ({}): {}-d vector, the embedder `{}` is {dim}-d", i + 1, c.id, v.len(), embedder.name())));
-            }
-        }
-    }
+    let total = rows.len();
 
     schema::create(&client, dim).await?;
     schema::write_meta(&client, &CorpusMeta { embedder: embedder.name().into(), dimension: dim, corpus: corpus_name }).await?;
@@ -148,9 +97,14 @@ pub async fn ingest(opts: &PgOptions, source: &Source, embedder_dir: &Path, batc
     ];
 
     let t = Instant::now();
-    let mut report = IngestReport { rows: rows.len(), inserted: 0, skipped: 0, load_seconds: 0.0, index_seconds: 0.0 };
-    let mut bar = crate::progress::Bar::new("loading chunks into PostgreSQL", rows.len() as u64, "chunks");
-    for (b, part) in rows.chunks(batch).enumerate() {
+    let mut report = IngestReport { rows: total, inserted: 0, skipped: 0, load_seconds: 0.0, index_seconds: 0.0 };
+    let mut bar = crate::progress::Bar::new("loading chunks into PostgreSQL", total as u64, "chunks");
+    let mut first = 0;
+    loop {
+        let part = rows.next_batch(batch)?;
+        if part.is_empty() {
+            break;
+        }
         let ids: Vec<&str> = part.iter().map(|(c, _)| c.id.as_str()).collect();
         let present: std::collections::HashSet<String> = client
             .query("SELECT id FROM medprm_chunks WHERE id = ANY($1)", &[&ids])
@@ -163,7 +117,7 @@ pub async fn ingest(opts: &PgOptions, source: &Source, embedder_dir: &Path, batc
             .iter()
             .enumerate()
             .filter(|(_, (c, _))| !present.contains(&c.id))
-            .map(|(i, (c, v))| (b * batch + i, c, v.as_ref()))
+            .map(|(i, (c, v))| (first + i, c, v.as_ref()))
             .collect();
         report.skipped += part.len() - todo.len();
         if !todo.is_empty() {
@@ -173,6 +127,7 @@ pub async fn ingest(opts: &PgOptions, source: &Source, embedder_dir: &Path, batc
                 todo.iter().map(|t| t.2.cloned().unwrap_or_else(|| embedded.next().expect("one vector per text"))).collect();
             report.inserted += write_batch(&client, &types, &todo, vectors).await?;
         }
+        first += part.len();
         bar.inc(part.len() as u64);
     }
     bar.finish();
@@ -180,7 +135,7 @@ pub async fn ingest(opts: &PgOptions, source: &Source, embedder_dir: &Path, batc
 
     let t = Instant::now();
     eprintln!("building the HNSW index (vector_cosine_ops) ...");
-    schema::create_vector_index(&client).await?;
+    schema::create_vector_index(&client, hnsw_memory).await?;
     client.batch_execute("ANALYZE medprm_chunks").await.map_err(db_error)?;
     report.index_seconds = t.elapsed().as_secs_f64();
     Ok(report)
@@ -219,61 +174,24 @@ fn canonical(p: &Path) -> String {
     p.canonicalize().unwrap_or_else(|_| p.to_path_buf()).display().to_string()
 }
 
-fn read_import(file: &Path, metadata: Option<&Path>, embedder: &Embedder) -> Result<Vec<(Chunk, Option<Vec<f32>>)>> {
-    if file.is_dir() {
-        // An index built by `medprm index`: its chunks and vectors as they are.
-        let index = Index::open_with_embedder(file, Some(embedder.dir()))?;
-        let m = index.embeddings.to_vec2::<f32>()?;
-        return Ok(index.chunks().iter().cloned().zip(m.into_iter().map(Some)).collect());
-    }
-    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
-    match (ext, metadata) {
-        ("npy", Some(meta)) => {
-            let records = read_jsonl(meta)?;
-            let bytes = std::fs::read(file).map_err(|e| Error::bad_file(file, e))?;
-            let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| Error::bad_file(file, e))?;
-            let shape = npy.shape().to_vec();
-            if shape.len() != 2 || shape[0] as usize != records.len() {
-                return Err(Error::bad_file(file, format!("shape {shape:?}, expected [{}, dim] (one row per metadata line)", records.len())));
-            }
-            let dim = shape[1] as usize;
-            let flat: Vec<f32> = npy.into_vec().map_err(|e| Error::bad_file(file, format!("not an f32 matrix: {e}")))?;
-            Ok(records
-                .into_iter()
-                .zip(flat.chunks(dim.max(1)))
-                .map(|(r, v)| {
-                    let (c, _) = r.chunk();
-                    (c, Some(v.to_vec()))
-                })
-                .collect())
-        }
-        ("npy", None) => Err(Error::input("metadata", "an .npy import needs --metadata FILE.jsonl (id, title, section, text per row)")),
-        _ => {
-            let records = read_jsonl(file)?;
-            records
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let (c, v) = r.chunk();
-                    match v {
-                        Some(v) => Ok((c, Some(v))),
-                        None => Err(Error::bad_file(file, format!("line {}: no `vector`", i + 1))),
-                    }
-                })
-                .collect()
-        }
-    }
+/// The rows of an ingest: a chunked corpus (embedded batch by batch) or a precomputed import.
+enum Rows {
+    Corpus(std::vec::IntoIter<Chunk>),
+    Import(Box<ImportReader>),
 }
 
-fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
-    let f = std::fs::File::open(path).map_err(|e| Error::bad_file(path, e))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| Error::bad_file(path, e))?;
-        if line.trim().is_empty() {
-            continue;
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Corpus(c) => c.len(),
+            Rows::Import(r) => r.rows(),
         }
-        out.push(serde_json::from_str(&line).map_err(|e| Error::bad_file(path, format!("line {}: {e}", i + 1)))?);
     }
-    Ok(out)
+
+    fn next_batch(&mut self, n: usize) -> Result<Vec<(Chunk, Option<Vec<f32>>)>> {
+        match self {
+            Rows::Corpus(c) => Ok(c.by_ref().take(n).map(|c| (c, None)).collect()),
+            Rows::Import(r) => Ok(r.next_batch(n)?.into_iter().map(|(c, v)| (c, Some(v))).collect()),
+        }
+    }
 }

@@ -56,15 +56,28 @@ pub async fn create(client: &Client, dimension: usize) -> Result<()> {
 }
 
 /// The HNSW cosine index on the vectors (idempotent). Built once after a bulk load: building it
-/// over loaded rows is much faster than maintaining it row by row during the load.
-pub async fn create_vector_index(client: &Client) -> Result<()> {
+/// over loaded rows is much faster than maintaining it row by row during the load. `memory` is
+/// the build's `maintenance_work_mem` (e.g. `1GB`): a graph that outgrows it is finished far more
+/// slowly, so a large corpus wants about rows x (4 x dimension + 200) bytes.
+pub async fn create_vector_index(client: &Client, memory: &str) -> Result<()> {
+    check_memory(memory)?;
     client
         .batch_execute(&format!(
-            "SET maintenance_work_mem = '512MB';
+            "SET maintenance_work_mem = '{memory}';
              CREATE INDEX IF NOT EXISTS {VECTOR_INDEX} ON medprm_chunks USING hnsw (embedding vector_cosine_ops);"
         ))
         .await
         .map_err(db_error)
+}
+
+/// A PostgreSQL memory size: digits and a unit (kB, MB, GB).
+pub fn check_memory(memory: &str) -> Result<()> {
+    let unit = memory.trim_start_matches(|c: char| c.is_ascii_digit());
+    let digits = &memory[..memory.len() - unit.len()];
+    if digits.is_empty() || !matches!(unit, "kB" | "MB" | "GB") {
+        return Err(Error::input("hnsw-build-memory", format!("`{memory}`: expected a size such as 512MB or 4GB")));
+    }
+    Ok(())
 }
 
 /// The corpus row, `None` when the tables are missing or empty.
@@ -124,5 +137,16 @@ mod tests {
         let e = check_embedder(&m, "b", 384).unwrap_err().to_string();
         assert!(e.contains("`a` (384-d)") && e.contains("`b` (384-d)"), "{e}");
         assert!(check_embedder(&m, "a", 768).is_err());
+    }
+
+    #[test]
+    fn memory_sizes() {
+        for ok in ["512MB", "4GB", "65536kB"] {
+            assert!(check_memory(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "GB", "4", "4 GB", "4gb", "1GB'; DROP TABLE x; --"] {
+            let e = check_memory(bad).unwrap_err().to_string();
+            assert!(e.contains("hnsw-build-memory"), "{bad}: {e}");
+        }
     }
 }

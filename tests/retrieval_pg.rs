@@ -1,7 +1,8 @@
 //! Retrieval on a real PostgreSQL 16 + pgvector (the `pgserver` wheel's binaries, started by
 //! tests/pg/pgctl.py in a scratch directory on a loopback port; `make pg-venv` installs it):
 //! the same searches as the embedded index, ingest that resumes after a kill, 503 + Retry-After
-//! while the database is down and recovery when it is back, and refusals at start.
+//! while the database is down, frozen or killed mid-request, recovery when it is back, and refusals
+//! at start.
 
 mod common;
 
@@ -73,8 +74,54 @@ impl Pg {
     }
 }
 
+impl Pg {
+    /// The server's processes: the postmaster (first line of `postmaster.pid`) and its children.
+    fn pids(&self) -> Vec<u32> {
+        let Ok(pidfile) = std::fs::read_to_string(self.data().join("postmaster.pid")) else { return vec![] };
+        let Some(master) = pidfile.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else { return vec![] };
+        let mut pids = vec![master];
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so read after ')'.
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(master) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// After SIGKILL: waits for the processes to die, then removes the dead postmaster's lock
+    /// file. Where PID 1 does not reap orphans (this sandbox), the killed postmaster stays a
+    /// zombie whose PID PostgreSQL takes for a live server; a restarted container or host starts
+    /// without it.
+    fn clear_after_kill(&self) {
+        let dead = |pid: u32| match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("Z"),
+            Err(_) => true,
+        };
+        let pids = self.pids();
+        let t = Instant::now();
+        while !pids.iter().all(|&p| dead(p)) {
+            assert!(t.elapsed() < Duration::from_secs(10), "killed PostgreSQL processes still running: {pids:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::fs::remove_file(self.data().join("postmaster.pid")).unwrap();
+    }
+
+    /// Sends `signal` to every process of the server.
+    fn signal(&self, signal: libc::c_int) {
+        for pid in self.pids() {
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    }
+}
+
 impl Drop for Pg {
     fn drop(&mut self) {
+        // A test that failed while the server was stopped (SIGSTOP) must not leave it frozen.
+        self.signal(libc::SIGCONT);
         self.down();
     }
 }
@@ -287,6 +334,65 @@ async fn database_down_gives_503_with_retry_after_and_recovers() {
     pg.up();
     s.wait_ready().await;
     let (st, _, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": "hypertension target", "k": 2})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["documents"].as_array().unwrap().len(), 2);
+}
+
+/// A database that stops answering in the middle of requests: its processes frozen (SIGSTOP:
+/// the server's statement timeout cannot fire, as when the network drops packets), then killed
+/// with a request waiting on it. Each request ends in a 503 with Retry-After within the client's
+/// own deadline (2 × the 2 s statement timeout + 1 s), never a hang; thawed or restarted, the
+/// server answers again.
+#[tokio::test]
+async fn database_hanging_or_killed_mid_request_gives_503_and_recovers() {
+    let pg = Pg::start();
+    import_index(&pg);
+    let s = pg_server(&pg, &[]);
+    s.wait_ready().await;
+    let c = reqwest::Client::new();
+    let (st, _, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": "gout flare", "k": 2})).await;
+    assert_eq!(st, 200, "{v}");
+
+    // Frozen: requests in flight wait on a database that never answers.
+    pg.signal(libc::SIGSTOP);
+    let t = Instant::now();
+    let pending: Vec<_> = ["hypertension target", "anticoagulant atrial fibrillation", "metformin first line"]
+        .into_iter()
+        .map(|q| {
+            let (c, url) = (c.clone(), s.url("/v1/retrieve"));
+            tokio::spawn(async move { post(&c, url, &json!({"query": q, "k": 3, "mode": "hybrid"})).await })
+        })
+        .collect();
+    for p in pending {
+        let (st, h, v) = tokio::time::timeout(Duration::from_secs(20), p).await.expect("a request hung on the frozen database").unwrap();
+        assert_eq!((st, v["error_type"].as_str()), (503, Some("unavailable")), "{v}");
+        assert!(h.contains_key("retry-after"), "{h:?}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(15), "frozen database answered in {:?}", t.elapsed());
+    let r = c.get(s.url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    pg.signal(libc::SIGCONT);
+    s.wait_ready().await;
+    let (st, _, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": "hypertension target", "k": 2})).await;
+    assert_eq!(st, 200, "{v}");
+
+    // Killed while a request waits on it: the connection breaks under the query.
+    pg.signal(libc::SIGSTOP);
+    let t = Instant::now();
+    let pending = {
+        let (c, url) = (c.clone(), s.url("/v1/retrieve"));
+        tokio::spawn(async move { post(&c, url, &json!({"query": "colchicine dose", "k": 2})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.signal(libc::SIGKILL);
+    let (st, h, v) = tokio::time::timeout(Duration::from_secs(20), pending).await.expect("a request hung on the killed database").unwrap();
+    assert_eq!((st, v["error_type"].as_str()), (503, Some("unavailable")), "{v}");
+    assert!(h.contains_key("retry-after"), "{h:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "answered in {:?}", t.elapsed());
+    pg.clear_after_kill();
+    pg.up();
+    s.wait_ready().await;
+    let (st, _, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": "colchicine dose", "k": 2})).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["documents"].as_array().unwrap().len(), 2);
 }

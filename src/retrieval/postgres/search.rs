@@ -11,6 +11,7 @@
 //!   function, keyed by the chunks' corpus position (`ord`) so ties break the same way.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use pgvector::Vector;
 use tokio_postgres::Row;
@@ -62,7 +63,7 @@ impl Postgres {
     pub async fn search(&self, query: &str, vector: Option<Vec<f32>>, k: usize, mode: Mode) -> Result<Vec<Hit>> {
         crate::retrieval::check_k(k, "k")?;
         let need = || vector.clone().ok_or_else(|| Error::Backend("dense search without a query vector".into()));
-        let ranked = match mode {
+        let work = async { Ok::<_, Error>(match mode {
             Mode::Bm25 => self.lexical(query, k).await?,
             Mode::Dense => self.dense(need()?, k).await?,
             Mode::Hybrid => {
@@ -88,7 +89,14 @@ impl Postgres {
                     })
                     .collect()
             }
-        };
+        }) };
+        // The statement timeout is enforced by the server; a server that stops answering (a
+        // stopped process, a network that drops packets) never ends the statement, so the client
+        // keeps its own deadline: a pool wait and a statement, plus a second's grace.
+        let deadline = self.timeout * 2 + Duration::from_secs(1);
+        let ranked = tokio::time::timeout(deadline, work).await.map_err(|_| {
+            Error::Unavailable(format!("retrieval database: no answer within {} ms", deadline.as_millis()))
+        })??;
         Ok(ranked
             .into_iter()
             .enumerate()

@@ -307,8 +307,8 @@ async fn ingest_resumes_after_a_kill_without_duplicates() {
     assert!(ok && out.contains("loaded 0 of 8 chunks into PostgreSQL (8 already there)"), "{out}");
 }
 
-#[tokio::test]
-async fn database_down_gives_503_with_retry_after_and_recovers() {
+/// A database with the fixture corpus and a server on it that has answered one search.
+async fn serving() -> (Pg, Server, reqwest::Client) {
     let pg = Pg::start();
     import_index(&pg);
     let s = pg_server(&pg, &[]);
@@ -316,6 +316,12 @@ async fn database_down_gives_503_with_retry_after_and_recovers() {
     let c = reqwest::Client::new();
     let (st, _, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": "gout flare", "k": 2})).await;
     assert_eq!(st, 200, "{v}");
+    (pg, s, c)
+}
+
+#[tokio::test]
+async fn database_down_gives_503_with_retry_after_and_recovers() {
+    let (pg, s, c) = serving().await;
 
     pg.down();
     let t = Instant::now();
@@ -345,13 +351,7 @@ async fn database_down_gives_503_with_retry_after_and_recovers() {
 /// server answers again.
 #[tokio::test]
 async fn database_hanging_or_killed_mid_request_gives_503_and_recovers() {
-    let pg = Pg::start();
-    import_index(&pg);
-    let s = pg_server(&pg, &[]);
-    s.wait_ready().await;
-    let c = reqwest::Client::new();
-    let (st, _, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": "gout flare", "k": 2})).await;
-    assert_eq!(st, 200, "{v}");
+    let (pg, s, c) = serving().await;
 
     // Frozen: requests in flight wait on a database that never answers.
     pg.signal(libc::SIGSTOP);

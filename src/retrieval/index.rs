@@ -175,10 +175,7 @@ fn write_index(dir: &Path, corpus: &Path, format: CorpusFormat, chunks: &[Chunk]
         max_chunk_tokens: MAX_CHUNK_TOKENS,
         analyzer: ANALYZER.to_string(),
     };
-    let path = dir.join(MANIFEST);
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::bad_file(&path, e))?;
-    std::fs::write(&path, text + "\n").map_err(|e| Error::bad_file(&path, e))?;
-    Ok(info_of(&manifest))
+    write_manifest(dir, &manifest)
 }
 
 /// Writes an index from precomputed chunks and vectors (`medprm index --import`, see
@@ -274,10 +271,15 @@ fn write_import(dir: &Path, file: &Path, mut reader: super::import::ImportReader
         max_chunk_tokens: MAX_CHUNK_TOKENS,
         analyzer: ANALYZER.to_string(),
     };
+    write_manifest(dir, &manifest)
+}
+
+/// Writes the index's manifest (the last file an index build writes) and returns what it describes.
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<IndexInfo> {
     let path = dir.join(MANIFEST);
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::bad_file(&path, e))?;
+    let text = serde_json::to_string_pretty(manifest).map_err(|e| Error::bad_file(&path, e))?;
     std::fs::write(&path, text + "\n").map_err(|e| Error::bad_file(&path, e))?;
-    Ok(info_of(&manifest))
+    Ok(info_of(manifest))
 }
 
 fn info_of(m: &Manifest) -> IndexInfo {

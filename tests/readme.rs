@@ -316,6 +316,28 @@ fn depth_drift_table() -> String {
     out + &format!("\nFrom `{}` (torch {}, transformers {}, `docs/figures/depth-drift.json`).\n", r["command"].as_str().unwrap(), r["torch"].as_str().unwrap(), r["transformers"].as_str().unwrap())
 }
 
+/// `make bench-numerics-cost`: `bench engine` of the build before issue 24's numerics and of this
+/// one, alternated round by round.
+fn numerics_cost_table() -> String {
+    let f = figure("numerics-cost");
+    let r = &f.figures;
+    let (a, b) = (r["a"]["label"].as_str().unwrap(), r["b"]["label"].as_str().unwrap());
+    let n = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("numerics-cost.json: {v} is not a number"));
+    let mut out = format!("| round | {a}: tokens/s (gemm peak) | {b}: tokens/s (gemm peak) | {b}/{a} |\n|---|---|---|---|\n");
+    let rounds = r["rounds"].as_array().expect("numerics-cost.json: rounds");
+    for row in rounds {
+        out += &format!(
+            "| {} | {:.0} ({:.0} GFLOP/s) | {:.0} ({:.0} GFLOP/s) | {:.2} |\n",
+            row["round"], n(&row[a]["tokens_per_s"]), n(&row[a]["gemm_gflops"]), n(&row[b]["tokens_per_s"]), n(&row[b]["gemm_gflops"]), n(&row["ratio"])
+        );
+    }
+    out += &format!(
+        "\nMedian {b}/{a}: **{:.2}** (rounds {:.2}–{:.2}); {} prompt tokens, {} iterations per run.\n",
+        n(&r["median_ratio"]), n(&r["min_ratio"]), n(&r["max_ratio"]), thousands(n(&rounds[0][a]["prompt_tokens"])), r["iters"]
+    );
+    out + &sources(&[("numerics-cost", &f)])
+}
+
 /// `make bench-vs-reference`: the reference scoring path and medprm on one Best-of-N request.
 fn vs_reference_table() -> String {
     let f = figure("bench-vs-reference");
@@ -572,6 +594,7 @@ fn generated_tables_are_current() {
         ("figures-vs-llamacpp", vs_llamacpp_table()),
         ("figures-label-adaptive", label_adaptive_table()),
         ("figures-depth-drift", depth_drift_table()),
+        ("figures-numerics-cost", numerics_cost_table()),
         ("figures-vs-reference", vs_reference_table()),
         ("figures-serve", serve_load_table()),
         ("figures-retrieval-scale", retrieval_scale_table()),

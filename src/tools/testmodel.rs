@@ -124,6 +124,13 @@ pub fn generate(out: &Path, llama3_tokenizer: &Path) -> Result<()> {
 /// with the width (as 1/√hidden, exactly the test model's at hidden 64) so that activations stay
 /// in range at any size. `name` goes into config.json.
 pub fn generate_shaped(out: &Path, llama3_tokenizer: &Path, shape: Shape, seed: u64, name: &str) -> Result<()> {
+    generate_shaped_with_head(out, llama3_tokenizer, shape, seed, name, 1.0)
+}
+
+/// [`generate_shaped`] with the output head's spread multiplied by `head_scale` (the other
+/// tensors, drawn from the same stream, are unchanged): smaller label logits keep the step
+/// probabilities away from 0 and 1.
+pub fn generate_shaped_with_head(out: &Path, llama3_tokenizer: &Path, shape: Shape, seed: u64, name: &str, head_scale: f32) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::bad_file(out, e))?;
     let head_dim = shape.head_dim();
     let width = (64.0 / shape.hidden as f32).sqrt();
@@ -152,7 +159,7 @@ pub fn generate_shaped(out: &Path, llama3_tokenizer: &Path, shape: Shape, seed: 
         put(format!("{p}.mlp.down_proj.weight"), &[h, i], 0.0, 0.08, &mut rng)?;
     }
     put("model.norm.weight".into(), &[h], 1.0, 0.1, &mut rng)?;
-    put("lm_head.weight".into(), &[VOCAB, h], 0.0, 0.35, &mut rng)?;
+    put("lm_head.weight".into(), &[VOCAB, h], 0.0, 0.35 * head_scale, &mut rng)?;
     candle_core::safetensors::save(&tensors, out.join("model.safetensors"))?;
     write_config_and_tokenizer(out, llama3_tokenizer, shape, name, false)
 }

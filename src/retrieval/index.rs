@@ -71,6 +71,44 @@ fn tantivy_err(path: &Path, e: tantivy::TantivyError) -> Error {
     Error::bad_file(path, format!("tantivy: {e}"))
 }
 
+/// The BM25 half of an index being written: one thread, one commit, merged to one segment if the
+/// memory budget ever split it.
+struct Bm25Writer {
+    dir: PathBuf,
+    index: tantivy::Index,
+    writer: tantivy::IndexWriter,
+    text: tantivy::schema::Field,
+}
+
+impl Bm25Writer {
+    fn create(index_dir: &Path) -> Result<Bm25Writer> {
+        let dir = index_dir.join(TANTIVY);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::bad_file(&dir, e))?;
+        let (schema, text) = schema();
+        let index = tantivy::Index::create_in_dir(&dir, schema).map_err(|e| tantivy_err(&dir, e))?;
+        let writer = index.writer_with_num_threads(1, 200_000_000).map_err(|e| tantivy_err(&dir, e))?;
+        Ok(Bm25Writer { dir, index, writer, text })
+    }
+
+    fn add(&mut self, chunk_text: &str) -> Result<()> {
+        let mut doc = tantivy::TantivyDocument::default();
+        doc.add_text(self.text, chunk_text);
+        self.writer.add_document(doc).map_err(|e| tantivy_err(&self.dir, e))?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        let dir = &self.dir;
+        self.writer.commit().map_err(|e| tantivy_err(dir, e))?;
+        let segments = self.index.searchable_segment_ids().map_err(|e| tantivy_err(dir, e))?;
+        if segments.len() > 1 {
+            self.writer.merge(&segments).wait().map_err(|e| tantivy_err(dir, e))?;
+        }
+        self.writer.wait_merging_threads().map_err(|e| tantivy_err(dir, e))?;
+        Ok(())
+    }
+}
+
 /// Reads and chunks `corpus`, embeds every chunk with the embedder in `embedder_dir` and writes
 /// the index into `out`, which must not exist yet or be an empty directory.
 pub fn build_index(corpus: &Path, out: &Path, embedder_dir: &Path) -> Result<IndexInfo> {
@@ -131,24 +169,11 @@ fn write_index(dir: &Path, corpus: &Path, format: CorpusFormat, chunks: &[Chunk]
     }
     w.flush().map_err(|e| Error::bad_file(&path, e))?;
 
-    // BM25: one thread, one commit, merged to one segment if the memory budget ever split it.
-    let tdir = dir.join(TANTIVY);
-    std::fs::create_dir_all(&tdir).map_err(|e| Error::bad_file(&tdir, e))?;
-    let (schema, text) = schema();
-    let index = tantivy::Index::create_in_dir(&tdir, schema).map_err(|e| tantivy_err(&tdir, e))?;
-    let mut writer: tantivy::IndexWriter =
-        index.writer_with_num_threads(1, 200_000_000).map_err(|e| tantivy_err(&tdir, e))?;
+    let mut bm25 = Bm25Writer::create(dir)?;
     for c in chunks {
-        let mut doc = tantivy::TantivyDocument::default();
-        doc.add_text(text, &c.text);
-        writer.add_document(doc).map_err(|e| tantivy_err(&tdir, e))?;
+        bm25.add(&c.text)?;
     }
-    writer.commit().map_err(|e| tantivy_err(&tdir, e))?;
-    let segments = index.searchable_segment_ids().map_err(|e| tantivy_err(&tdir, e))?;
-    if segments.len() > 1 {
-        writer.merge(&segments).wait().map_err(|e| tantivy_err(&tdir, e))?;
-    }
-    writer.wait_merging_threads().map_err(|e| tantivy_err(&tdir, e))?;
+    bm25.finish()?;
 
     // Dense.
     let t = Instant::now();
@@ -211,12 +236,7 @@ fn write_import(dir: &Path, file: &Path, mut reader: super::import::ImportReader
     emb.write_all(&(header.len() as u64).to_le_bytes()).map_err(|e| Error::bad_file(&epath, e))?;
     emb.write_all(header.as_bytes()).map_err(|e| Error::bad_file(&epath, e))?;
 
-    let tdir = dir.join(TANTIVY);
-    std::fs::create_dir_all(&tdir).map_err(|e| Error::bad_file(&tdir, e))?;
-    let (schema, text) = schema();
-    let index = tantivy::Index::create_in_dir(&tdir, schema).map_err(|e| tantivy_err(&tdir, e))?;
-    let mut writer: tantivy::IndexWriter =
-        index.writer_with_num_threads(1, 200_000_000).map_err(|e| tantivy_err(&tdir, e))?;
+    let mut bm25 = Bm25Writer::create(dir)?;
 
     let mut bar = crate::progress::Bar::new("importing chunks", rows as u64, "chunks");
     let mut n = 0usize;
@@ -236,9 +256,7 @@ fn write_import(dir: &Path, file: &Path, mut reader: super::import::ImportReader
         }
         serde_json::to_writer(&mut chunks_out, &c).map_err(|e| Error::bad_file(&cpath, e))?;
         chunks_out.write_all(b"\n").map_err(|e| Error::bad_file(&cpath, e))?;
-        let mut doc = tantivy::TantivyDocument::default();
-        doc.add_text(text, &c.text);
-        writer.add_document(doc).map_err(|e| tantivy_err(&tdir, e))?;
+        bm25.add(&c.text)?;
         n += 1;
         if n.is_multiple_of(1024) {
             bar.inc(1024);
@@ -252,12 +270,7 @@ fn write_import(dir: &Path, file: &Path, mut reader: super::import::ImportReader
     chunks_out.flush().map_err(|e| Error::bad_file(&cpath, e))?;
     emb.flush().map_err(|e| Error::bad_file(&epath, e))?;
     let t = Instant::now();
-    writer.commit().map_err(|e| tantivy_err(&tdir, e))?;
-    let segments = index.searchable_segment_ids().map_err(|e| tantivy_err(&tdir, e))?;
-    if segments.len() > 1 {
-        writer.merge(&segments).wait().map_err(|e| tantivy_err(&tdir, e))?;
-    }
-    writer.wait_merging_threads().map_err(|e| tantivy_err(&tdir, e))?;
+    bm25.finish()?;
     tracing::info!(chunks = n, secs = t.elapsed().as_secs_f32(), "BM25 index committed and merged");
 
     let manifest = Manifest {

@@ -357,11 +357,6 @@ impl Llama {
         self.mkl_vml = vml;
     }
 
-    /// The MKL library the rotary tables come from, if any.
-    pub fn mkl_vml(&self) -> Option<&super::mkl_vml::MklVml> {
-        self.mkl_vml.as_deref()
-    }
-
     /// Rotary angles of `positions`.
     fn rope_table(&self, positions: &[usize]) -> Result<RopeTable> {
         let half = self.inv_freq.len();
@@ -369,29 +364,21 @@ impl Llama {
             RopeScaling::Linear { factor } => 1.0 / factor,
             _ => 1.0,
         };
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        let given = debug_rope_table(half);
+        let mut angles = Vec::with_capacity(positions.len() * half);
         for &p in positions {
-            if let Some((c, s)) = given.as_ref().filter(|(c, _)| (p + 1) * half <= c.len()) {
-                cos.extend_from_slice(&c[p * half..][..half]);
-                sin.extend_from_slice(&s[p * half..][..half]);
-                continue;
-            }
             let p = p as f32 * scale;
-            match &self.mkl_vml {
-                Some(vml) => {
-                    let angles: Vec<f32> = self.inv_freq.iter().map(|&f| f * p).collect();
-                    let (c, s) = vml.cos_sin(&angles);
-                    cos.extend(c);
-                    sin.extend(s);
-                }
-                None => {
-                    for &f in &self.inv_freq {
-                        let a = f * p;
-                        cos.push(a.cos());
-                        sin.push(a.sin());
-                    }
+            angles.extend(self.inv_freq.iter().map(|&f| f * p));
+        }
+        // One call for the whole table: MKL's vector math (as torch), else the C library's.
+        let (mut cos, mut sin): (Vec<f32>, Vec<f32>) = match &self.mkl_vml {
+            Some(vml) => vml.cos_sin(&angles),
+            None => (angles.iter().map(|a| a.cos()).collect(), angles.iter().map(|a| a.sin()).collect()),
+        };
+        if let Some((c, s)) = debug_rope_table(half) {
+            for (i, &p) in positions.iter().enumerate() {
+                if (p + 1) * half <= c.len() {
+                    cos[i * half..][..half].copy_from_slice(&c[p * half..][..half]);
+                    sin[i * half..][..half].copy_from_slice(&s[p * half..][..half]);
                 }
             }
         }

@@ -358,15 +358,17 @@ def postgres(a, work, imp):
                               a.hnsw_build_memory], check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
         total_s = time.perf_counter() - t
         log("postgres:", out)
-        m = re.search(r"loaded (\d+) of (\d+) chunks .* in ([\d.]+) s \(([\d.]+) chunks/s\); HNSW index and ANALYZE in ([\d.]+) s", out)
+        m = re.search(r"loaded (\d+) of (\d+) chunks .* in ([\d.]+) s \(([\d.]+) chunks/s\); HNSW index and ANALYZE in ([\d.]+) s; "
+                      r"BM25 statistics in ([\d.]+) s", out)
         if not m:
             sys.exit(f"unexpected `medprm index` output: {out}")
-        loaded, rows, load_s, rate, hnsw_s = int(m[1]), int(m[2]), float(m[3]), float(m[4]), float(m[5])
+        loaded, rows, load_s, rate, hnsw_s, stats_s = int(m[1]), int(m[2]), float(m[3]), float(m[4]), float(m[5]), float(m[6])
         sizes = dict(zip(
-            ["table_total_bytes", "table_heap_bytes", "toast_bytes", "hnsw_index_bytes", "gin_index_bytes", "pkey_index_bytes", "database_bytes"],
+            ["table_total_bytes", "table_heap_bytes", "toast_bytes", "hnsw_index_bytes", "gin_index_bytes", "pkey_index_bytes", "bm25_terms_bytes",
+             "database_bytes"],
             map(int, psql("""SELECT pg_total_relation_size('medprm_chunks'), pg_relation_size('medprm_chunks'),
                    COALESCE(pg_total_relation_size(NULLIF(reltoastrelid, 0)), 0), pg_relation_size('medprm_chunks_embedding_hnsw'),
-                   pg_relation_size('medprm_chunks_tsv_gin'), pg_relation_size('medprm_chunks_pkey'),
+                   pg_relation_size('medprm_chunks_tsv_gin'), pg_relation_size('medprm_chunks_pkey'), pg_total_relation_size('medprm_terms'),
                    pg_database_size(current_database()) FROM pg_class WHERE relname = 'medprm_chunks';""").strip().split("|"))))
         log("postgres:", json.dumps(sizes))
         log("postgres: HNSW recall@10 against exact search")
@@ -393,6 +395,7 @@ def postgres(a, work, imp):
         "ingest_chunks_per_s": rate,
         "load_s": load_s,
         "hnsw_build_s": hnsw_s,
+        "bm25_statistics_s": stats_s,
         "index_build_s": total_s,
         "index_stdout": out,
         "disk": sizes,

@@ -54,7 +54,15 @@ impl Infer {
                         Some(self.workers.run(move || p.embedder().embed(&q)).await.ok_or_else(stopped)??)
                     }
                 };
-                pg.search(&q, vector, k, mode).await?
+                let found = pg.search(&q, vector, k, mode).await?;
+                if let Some(w) = found.bm25 {
+                    metrics.retrieval_bm25_rounds.observe(w.rounds as f64);
+                    metrics.retrieval_bm25_chunks_scored.observe(w.chunks_scored as f64);
+                    if !w.proven {
+                        metrics.retrieval_bm25_unproven.inc();
+                    }
+                }
+                found.hits
             }
         };
         metrics.retrieval_duration.observe(t.elapsed().as_secs_f64());

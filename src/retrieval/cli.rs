@@ -144,6 +144,7 @@ fn run_index_postgres(a: &IndexArgs, embedder: &std::path::Path) -> Result<()> {
         url: a.database_url.clone().unwrap_or_default(),
         pool_size: 1,
         statement_timeout: std::time::Duration::from_secs(60),
+        bm25_budget: super::postgres::DEFAULT_BM25_BUDGET,
     };
     let source = match (&a.import, &a.corpus) {
         (Some(file), _) => ingest::Source::Import { file: file.clone(), metadata: a.metadata.clone() },
@@ -156,13 +157,14 @@ fn run_index_postgres(a: &IndexArgs, embedder: &std::path::Path) -> Result<()> {
         .map_err(|e| crate::error::Error::Backend(format!("tokio runtime: {e}")))?;
     let r = rt.block_on(ingest::ingest(&opts, &source, embedder, a.batch, &a.hnsw_build_memory))?;
     println!(
-        "loaded {} of {} chunks into PostgreSQL ({} already there) in {:.1} s ({:.0} chunks/s); HNSW index and ANALYZE in {:.1} s",
+        "loaded {} of {} chunks into PostgreSQL ({} already there) in {:.1} s ({:.0} chunks/s); HNSW index and ANALYZE in {:.1} s; BM25 statistics in {:.1} s",
         r.inserted,
         r.rows,
         r.skipped,
         r.load_seconds,
         r.inserted as f64 / r.load_seconds.max(1e-9),
-        r.index_seconds
+        r.index_seconds,
+        r.stats_seconds
     );
     Ok(())
 }

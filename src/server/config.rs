@@ -80,6 +80,13 @@ pub struct ServeConfig {
     /// database connection (ms); then the request gets 503 with Retry-After.
     #[arg(long, env = "MEDPRM_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
     pub db_statement_timeout_ms: u64,
+    /// BM25 on the retrieval database scores the chunks holding one of the query's rarest terms
+    /// (and those holding two or three of its rarest terms together), smallest first, while the
+    /// chunks expected add up to at most this many. A query whose terms all fit is ranked
+    /// exactly; a larger budget is closer to exact and slower (each chunk scored costs tens of
+    /// microseconds of database time; a search reads at most twice the budget).
+    #[arg(long, env = "MEDPRM_DB_BM25_BUDGET", default_value_t = crate::retrieval::postgres::DEFAULT_BM25_BUDGET)]
+    pub db_bm25_budget: u64,
     /// Sentence embedder for the queries of --retrieval-backend postgres: the model the database
     /// corpus was embedded with (checked at start); unset: the fetched all-MiniLM-L6-v2.
     #[arg(long, env = "MEDPRM_EMBEDDER")]
@@ -154,6 +161,7 @@ impl ServeConfig {
             url: self.database_url.clone().unwrap_or_default(),
             pool_size: self.db_pool_size,
             statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
+            bm25_budget: self.db_bm25_budget,
         })
     }
 

@@ -4,7 +4,8 @@
 //! `INSERT ... ON CONFLICT (id) DO NOTHING` in the same transaction: a batch is all in or all out,
 //! and a run that was killed is resumed by running it again (ids already present are skipped; for
 //! a corpus that is embedded here, before embedding them). The HNSW index is built once, after the
-//! load (a resumed load into a table that already has it maintains it row by row).
+//! load (a resumed load into a table that already has it maintains it row by row); the BM25
+//! statistics are rewritten at the end of every run.
 //!
 //! Sources:
 //! * a corpus (markdown tree or JSONL, as `medprm index` reads it): chunked and embedded here;
@@ -41,6 +42,8 @@ pub struct IngestReport {
     pub skipped: usize,
     pub load_seconds: f64,
     pub index_seconds: f64,
+    /// Writing the BM25 statistics ([`schema::build_term_stats`]).
+    pub stats_seconds: f64,
 }
 
 /// Where the rows come from.
@@ -97,7 +100,7 @@ pub async fn ingest(opts: &PgOptions, source: &Source, embedder_dir: &Path, batc
     ];
 
     let t = Instant::now();
-    let mut report = IngestReport { rows: total, inserted: 0, skipped: 0, load_seconds: 0.0, index_seconds: 0.0 };
+    let mut report = IngestReport { rows: total, inserted: 0, skipped: 0, load_seconds: 0.0, index_seconds: 0.0, stats_seconds: 0.0 };
     let mut bar = crate::progress::Bar::new("loading chunks into PostgreSQL", total as u64, "chunks");
     let mut first = 0;
     loop {
@@ -138,6 +141,12 @@ pub async fn ingest(opts: &PgOptions, source: &Source, embedder_dir: &Path, batc
     schema::create_vector_index(&client, hnsw_memory).await?;
     client.batch_execute("ANALYZE medprm_chunks").await.map_err(db_error)?;
     report.index_seconds = t.elapsed().as_secs_f64();
+
+    // Every run rewrites them, so a resumed or extended load ends with statistics of all rows.
+    let t = Instant::now();
+    eprintln!("writing the BM25 statistics (document frequencies) ...");
+    schema::build_term_stats(&client).await?;
+    report.stats_seconds = t.elapsed().as_secs_f64();
     Ok(report)
 }
 

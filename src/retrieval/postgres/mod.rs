@@ -3,8 +3,8 @@
 //!
 //! * [`schema`]: the tables (`medprm_chunks`, `medprm_corpus`), their indexes, and the check that
 //!   the corpus was embedded by the embedder this process loads.
-//! * [`search`]: dense by pgvector's cosine distance (HNSW), lexical by PostgreSQL full-text search
-//!   ranked with `ts_rank_cd`, hybrid by the embedded backend's section-level RRF.
+//! * [`search`]: dense by pgvector's cosine distance (HNSW), lexical by BM25 computed in SQL over
+//!   PostgreSQL's full-text analysis, hybrid by the embedded backend's section-level RRF.
 //! * [`ingest`]: `medprm index --backend postgres`: batches of chunks and vectors by binary COPY,
 //!   resumable by chunk id; `--import` reads precomputed vectors (JSONL, or NPY + JSONL).
 //!
@@ -36,7 +36,12 @@ pub struct PgOptions {
     pub pool_size: usize,
     /// Longest a statement may run on the server, and longest a request waits for a connection.
     pub statement_timeout: Duration,
+    /// Chunks BM25 scores for the query's rarest terms alone ([`search::Bm25Terms`]).
+    pub bm25_budget: u64,
 }
+
+/// The default of `--db-bm25-budget`.
+pub const DEFAULT_BM25_BUDGET: u64 = 4096;
 
 impl PgOptions {
     /// The parsed connection string, with the timeouts every connection gets.
@@ -107,6 +112,7 @@ pub struct Postgres {
     pub(crate) embedder: Embedder,
     info: IndexInfo,
     timeout: Duration,
+    bm25_budget: u64,
 }
 
 impl Postgres {
@@ -122,8 +128,24 @@ impl Postgres {
         schema::check_embedder(&meta, embedder.name(), embedder.dimension())?;
         let row = client.query_one("SELECT count(*) FROM medprm_chunks", &[]).await.map_err(db_error)?;
         let chunks: i64 = row.get(0);
+        match schema::read_lexical(&client).await? {
+            None => {
+                return Err(Error::input(
+                    "database-url",
+                    "the corpus has no BM25 statistics (an ingest that did not finish, or one by an older medprm): \
+                     run `medprm index --backend postgres` again with the same source; it skips the chunks already there and writes them",
+                ))
+            }
+            Some(n) if n != chunks => tracing::warn!(
+                statistics = n,
+                chunks,
+                "the BM25 statistics were built over another number of chunks (rows changed since the last ingest): \
+                 lexical scores are approximate until `medprm index --backend postgres` runs again"
+            ),
+            Some(_) => {}
+        }
         let info = IndexInfo { chunks: chunks as usize, corpus: meta.corpus, embedder: meta.embedder, dimension: meta.dimension };
-        Ok(Postgres { pool, embedder, info, timeout: opts.statement_timeout })
+        Ok(Postgres { pool, embedder, info, timeout: opts.statement_timeout, bm25_budget: opts.bm25_budget })
     }
 
     pub fn info(&self) -> IndexInfo {

@@ -7,6 +7,9 @@
 //!   hybrid fusion groups by), `tsv` (a generated `to_tsvector('english', text)` column with a
 //!   GIN index) and `embedding vector(dim)` (unit rows; an HNSW `vector_cosine_ops` index built
 //!   after the bulk load, see [`create_vector_index`]).
+//! * `medprm_terms` and `medprm_lexical`: the lexical half's statistics (each lexeme's document
+//!   frequency; the corpus's chunk and token counts), which BM25 needs and PostgreSQL's full-text
+//!   search does not keep. Written by [`build_term_stats`] at the end of every ingest.
 
 use tokio_postgres::Client;
 
@@ -50,7 +53,13 @@ pub async fn create(client: &Client, dimension: usize) -> Result<()> {
              text text NOT NULL,
              tsv tsvector GENERATED ALWAYS AS (to_tsvector('{TS_CONFIG}', text)) STORED,
              embedding vector({dimension}) NOT NULL);
-         CREATE INDEX IF NOT EXISTS medprm_chunks_tsv_gin ON medprm_chunks USING gin (tsv);"
+         CREATE INDEX IF NOT EXISTS medprm_chunks_tsv_gin ON medprm_chunks USING gin (tsv);
+         CREATE TABLE IF NOT EXISTS medprm_terms (lexeme text PRIMARY KEY, docs integer NOT NULL);
+         CREATE TABLE IF NOT EXISTS medprm_lexical (
+             singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+             docs bigint NOT NULL,
+             tokens bigint NOT NULL,
+             built timestamptz NOT NULL DEFAULT now());"
     );
     client.batch_execute(&sql).await.map_err(db_error)
 }
@@ -66,6 +75,28 @@ pub async fn create_vector_index(client: &Client, memory: &str) -> Result<()> {
             "SET maintenance_work_mem = '{memory}';
              CREATE INDEX IF NOT EXISTS {VECTOR_INDEX} ON medprm_chunks USING hnsw (embedding vector_cosine_ops);"
         ))
+        .await
+        .map_err(db_error)
+}
+
+/// Rewrites the BM25 statistics from the chunks, in one transaction (searches running meanwhile
+/// see the old or the new statistics, never a mix): every lexeme's document frequency
+/// (`ts_stat`'s `ndoc`), the number of chunks, and the number of indexed tokens (`ts_stat`'s
+/// `nentry` summed: positions, so a word repeated in a chunk counts each time; PostgreSQL keeps at
+/// most 256 positions of a lexeme per chunk, and the searches count the same way).
+pub async fn build_term_stats(client: &Client) -> Result<()> {
+    client
+        .batch_execute(
+            "BEGIN;
+             DELETE FROM medprm_terms;
+             DELETE FROM medprm_lexical;
+             WITH s AS (SELECT word, ndoc, nentry FROM ts_stat('SELECT tsv FROM medprm_chunks')),
+                  t AS (INSERT INTO medprm_terms (lexeme, docs) SELECT word, ndoc FROM s)
+             INSERT INTO medprm_lexical (docs, tokens)
+                 SELECT (SELECT count(*) FROM medprm_chunks), coalesce(sum(nentry), 0) FROM s;
+             COMMIT;
+             ANALYZE medprm_terms;",
+        )
         .await
         .map_err(db_error)
 }
@@ -92,6 +123,18 @@ pub async fn read_meta(client: &Client) -> Result<Option<CorpusMeta>> {
     }
     let row = client.query_opt("SELECT embedder, dimension, corpus FROM medprm_corpus", &[]).await.map_err(db_error)?;
     Ok(row.map(|r| CorpusMeta { embedder: r.get(0), dimension: r.get::<_, i32>(1) as usize, corpus: r.get(2) }))
+}
+
+/// The chunk count the BM25 statistics were built over; `None` when they were never built (an
+/// ingest that did not finish, or a database loaded by a medprm without them).
+pub async fn read_lexical(client: &Client) -> Result<Option<i64>> {
+    let exists: bool =
+        client.query_one("SELECT to_regclass('medprm_lexical') IS NOT NULL", &[]).await.map_err(db_error)?.get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client.query_opt("SELECT docs FROM medprm_lexical", &[]).await.map_err(db_error)?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// Records the corpus row, or checks it against an existing one.

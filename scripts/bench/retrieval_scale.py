@@ -218,6 +218,13 @@ def serve_and_measure(a, work, name, args):
                 runs.append(row)
         serve = {"ready_s": ready_s, "rss_bytes": rss_bytes(srv.pid), "model": Path(a.model).name, "latency": runs,
                  "load_average_after": loadavg()}
+        # The database backend's BM25 work over the whole run (eval and latency levels).
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+            lines = r.read().decode().splitlines()
+        bm25 = {l.split()[0]: float(l.split()[1]) for l in lines
+                if l.startswith("medprm_retrieval_bm25_") and (l.split()[0].endswith(("_sum", "_count", "_total")))}
+        if bm25:
+            serve["bm25_work"] = bm25
     finally:
         srv.terminate()
         srv.wait(timeout=30)

@@ -1,8 +1,8 @@
 //! Retrieval on a real PostgreSQL 16 + pgvector (the `pgserver` wheel's binaries, started by
 //! tests/pg/pgctl.py in a scratch directory on a loopback port; `make pg-venv` installs it):
-//! the same searches as the embedded index, ingest that resumes after a kill, 503 + Retry-After
-//! while the database is down, frozen or killed mid-request, recovery when it is back, and refusals
-//! at start.
+//! the same searches as the embedded index, BM25 against a ranking computed here, ingest that
+//! resumes after a kill, 503 + Retry-After while the database is down, frozen or killed
+//! mid-request, recovery when it is back, and refusals at start.
 
 mod common;
 
@@ -213,10 +213,10 @@ async fn same_searches_as_the_embedded_index_and_scoring_retrieves_from_postgres
                 assert_eq!(d["guideline"].as_str().unwrap(), h.guideline);
             }
         }
-        // Lexical: ts_rank_cd (no idf) instead of BM25, and PostgreSQL's English configuration
-        // drops stop words that tantivy's analyzer keeps ("for", "with", "of" match every chunk
-        // there): the order can differ, and PostgreSQL finds a subset, the chunks sharing a
-        // content word with the query.
+        // Lexical: BM25 on both, but PostgreSQL's English configuration drops stop words that
+        // tantivy's analyzer keeps ("for", "with", "of" match every chunk there) and counts chunk
+        // lengths exactly where tantivy buckets them: the order can differ, and PostgreSQL finds
+        // a subset, the chunks sharing a content word with the query.
         let (st, _, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": q, "k": 8, "mode": "bm25"})).await;
         assert_eq!(st, 200, "{v}");
         let mut got = ids(&v);
@@ -302,6 +302,9 @@ async fn ingest_resumes_after_a_kill_without_duplicates() {
         .unwrap()
         .get(0);
     assert_eq!(hnsw, 1);
+    // The BM25 statistics are of every chunk, the resumed run's and the killed run's.
+    let docs: i64 = db.query_one("SELECT docs FROM medprm_lexical", &[]).await.unwrap().get(0);
+    assert_eq!(docs, 8);
     // Importing precomputed vectors of the same corpus adds nothing.
     let (ok, out) = index_cmd(&pg.url(), &["--import", index_dir().to_str().unwrap()]);
     assert!(ok && out.contains("loaded 0 of 8 chunks into PostgreSQL (8 already there)"), "{out}");
@@ -440,6 +443,12 @@ async fn bad_database_url_unreachable_database_and_embedder_mismatch_fail_at_sta
     let e = serve_fails(&["--database-url", &pg.url()]);
     assert!(e.contains("holds no medprm corpus"), "{e}");
     import_index(&pg);
+    // Chunks without BM25 statistics (an ingest killed before its end) are refused with the way out.
+    pg.client().await.execute("DELETE FROM medprm_lexical", &[]).await.unwrap();
+    let e = serve_fails(&["--database-url", &pg.url()]);
+    assert!(e.contains("no BM25 statistics") && e.contains("medprm index --backend postgres"), "{e}");
+    let (ok, out) = index_cmd(&pg.url(), &["--import", index_dir().to_str().unwrap()]);
+    assert!(ok && out.contains("loaded 0 of 8 chunks"), "{out}");
     pg.client().await.execute("UPDATE medprm_corpus SET embedder = 'other-embedder'", &[]).await.unwrap();
     let e = serve_fails(&["--database-url", &pg.url()]);
     assert!(e.contains("embedded with `other-embedder` (384-d)") && e.contains("all_minilm"), "{e}");
@@ -504,4 +513,206 @@ async fn imports_precomputed_vectors_from_jsonl_and_npy() {
     std::fs::write(&bad, r#"{"id": "x", "title": "T", "text": "t", "vector": [0.1, 0.2]}"#).unwrap();
     let (ok, out) = index_cmd(&url("from_jsonl"), &["--import", bad.to_str().unwrap()]);
     assert!(!ok && out.contains("row 1 (x): 2-d vector"), "{out}");
+}
+
+/// A deterministic generator for the synthetic corpus below (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// A word rank drawn from a Zipf-like law over `n` ranks (rank r with weight 1 / (r + 1)).
+    fn zipf(&mut self, n: usize) -> usize {
+        let total: f64 = (1..=n).map(|r| 1.0 / r as f64).sum();
+        let mut x = (self.next() >> 11) as f64 / (1u64 << 53) as f64 * total;
+        for r in 0..n {
+            x -= 1.0 / (r + 1) as f64;
+            if x <= 0.0 {
+                return r;
+            }
+        }
+        n - 1
+    }
+}
+
+/// BM25 over every chunk, computed here from the chunks' `tsv` (PostgreSQL's analysis is the
+/// given): chunk id -> score for `query`'s lexemes, by the formula medprm states (Lucene idf,
+/// k1 = 1.2, b = 0.75, length = positions).
+struct Reference {
+    /// (id, ord, lexeme -> positions)
+    chunks: Vec<(String, i64, std::collections::HashMap<String, f64>)>,
+    df: std::collections::HashMap<String, i64>,
+    mean_len: f64,
+}
+
+impl Reference {
+    async fn read(db: &tokio_postgres::Client) -> Reference {
+        let rows = db
+            .query(
+                "SELECT c.id, c.ord, u.lexeme, coalesce(array_length(u.positions, 1), 1)::int8
+                 FROM medprm_chunks c LEFT JOIN LATERAL unnest(c.tsv) u ON true ORDER BY c.ord",
+                &[],
+            )
+            .await
+            .unwrap();
+        let mut chunks: Vec<(String, i64, std::collections::HashMap<String, f64>)> = Vec::new();
+        let mut df = std::collections::HashMap::new();
+        let mut tokens = 0i64;
+        for r in &rows {
+            let (id, ord): (String, i64) = (r.get(0), r.get(1));
+            if chunks.last().map(|c| c.1) != Some(ord) {
+                chunks.push((id, ord, Default::default()));
+            }
+            if let Some(lexeme) = r.get::<_, Option<String>>(2) {
+                let n: i64 = r.get(3);
+                tokens += n;
+                *df.entry(lexeme.clone()).or_insert(0) += 1;
+                chunks.last_mut().unwrap().2.insert(lexeme, n as f64);
+            }
+        }
+        let mean_len = tokens as f64 / chunks.len() as f64;
+        // The statistics the ingest wrote are these.
+        let r = db.query_one("SELECT docs, tokens FROM medprm_lexical", &[]).await.unwrap();
+        assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (chunks.len() as i64, tokens));
+        let stored: std::collections::HashMap<String, i64> = db
+            .query("SELECT lexeme, docs FROM medprm_terms", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i32>(1) as i64))
+            .collect();
+        assert_eq!(stored, df);
+        Reference { chunks, df, mean_len }
+    }
+
+    /// Every chunk holding a query term, best first (ties by corpus order).
+    fn rank(&self, lexemes: &[String]) -> Vec<(String, f64)> {
+        let n = self.chunks.len() as f64;
+        let mut out: Vec<(String, i64, f64)> = Vec::new();
+        for (id, ord, tf) in &self.chunks {
+            let len: f64 = tf.values().sum();
+            let mut score = 0.0;
+            let mut any = false;
+            for l in lexemes {
+                if let Some(&f) = tf.get(l) {
+                    let d = self.df[l] as f64;
+                    let idf = (1.0 + (n - d + 0.5) / (d + 0.5)).ln();
+                    score += idf * f * 2.2 / (f + 1.2 * (0.25 + 0.75 * len / self.mean_len));
+                    any = true;
+                }
+            }
+            if any {
+                out.push((id.clone(), *ord, score));
+            }
+        }
+        out.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.1.cmp(&b.1)));
+        out.into_iter().map(|(id, _, s)| (id, s)).collect()
+    }
+}
+
+#[tokio::test]
+async fn bm25_on_postgres_is_bm25_exact_within_the_budget_and_when_proven() {
+    let pg = Pg::start();
+    // 3,000 chunks of words from a 600-word vocabulary at Zipf frequencies: common words are in
+    // most chunks, rare ones in a few, as in a real corpus.
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let vocab: Vec<String> = (0..600).map(|i| format!("w{i}x")).collect();
+    let scratch = tempfile::tempdir().unwrap();
+    let jsonl = scratch.path().join("synthetic.jsonl");
+    let mut rows = String::new();
+    for i in 0..3000 {
+        let words: Vec<&str> = (0..20 + rng.below(100)).map(|_| vocab[rng.zipf(vocab.len())].as_str()).collect();
+        let vector: Vec<f32> = (0..384).map(|j| ((i * 31 + j * 17) % 97) as f32 + 1.0).collect();
+        rows.push_str(&format!("{}\n", json!({"id": format!("c{i}"), "title": "Synthetic", "text": words.join(" "), "vector": vector})));
+    }
+    std::fs::write(&jsonl, rows).unwrap();
+    let (ok, out) = index_cmd(&pg.url(), &["--import", jsonl.to_str().unwrap()]);
+    assert!(ok && out.contains("loaded 3000 of 3000 chunks") && out.contains("BM25 statistics in"), "{out}");
+    let db = pg.client().await;
+    let reference = Reference::read(&db).await;
+
+    // Queries mixing common and rare words; PostgreSQL analyses them (lower case, no stemming
+    // for these word-with-digit tokens).
+    let queries: Vec<String> = (0..16)
+        .map(|q| {
+            let n = 2 + q % 6;
+            (0..n).map(|i| vocab[if i % 2 == 0 { rng.below(40) } else { 40 + rng.below(560) }].clone()).collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    // No retrieval cache: every search reaches the database and moves the metrics.
+    let exact = pg_server(&pg, &["--db-bm25-budget", "100000000", "--retrieve-cache", "0"]);
+    // A tight budget (pairs of rare and common words: nothing provable) and a wider one (the
+    // rare words' chunks whole: the common words' bound is often below the 10th score).
+    let pruned = [pg_server(&pg, &["--db-bm25-budget", "60", "--retrieve-cache", "0"]), pg_server(&pg, &["--db-bm25-budget", "1000", "--retrieve-cache", "0"])];
+    exact.wait_ready().await;
+    for s in &pruned {
+        s.wait_ready().await;
+    }
+    let c = reqwest::Client::new();
+    let metrics = |s: &Server| {
+        let (c, url) = (c.clone(), s.url("/metrics"));
+        async move { c.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let scored = |m: &str| common::metric(m, "medprm_retrieval_bm25_chunks_scored_sum");
+    let (mut proven, mut unproven) = (0, 0);
+    for q in &queries {
+        // A repeated word is one lexeme to PostgreSQL (and to tantivy's query).
+        let mut lexemes: Vec<String> = q.split(' ').map(str::to_string).collect();
+        lexemes.sort();
+        lexemes.dedup();
+        let want = reference.rank(&lexemes);
+        let score_of: std::collections::HashMap<&str, f64> = want.iter().map(|(id, s)| (id.as_str(), *s)).collect();
+        let k = 10.min(want.len());
+        // Scores as the reference has them, and the reference's order.
+        let check = |v: &Value, exact: bool| {
+            let got: Vec<(String, f64)> =
+                v["documents"].as_array().unwrap().iter().map(|d| (d["id"].as_str().unwrap().to_string(), d["score"].as_f64().unwrap())).collect();
+            assert_eq!(got.len(), k, "{q}: {v}");
+            for (i, (id, s)) in got.iter().enumerate() {
+                let r = score_of[id.as_str()];
+                assert!((s - r).abs() <= 1e-4 * r.abs().max(1.0), "{q}: {id} scored {s}, BM25 {r}");
+                if i > 0 {
+                    assert!(score_of[got[i - 1].0.as_str()] >= r - 1e-9, "{q}: not in BM25 order: {got:?}");
+                }
+                if exact {
+                    // Same score at every rank: the same chunks, up to exact ties.
+                    assert!((r - want[i].1).abs() <= 1e-9 * r.abs().max(1.0), "{q}: rank {i}: {id} ({r}) where BM25 has {:?}", want[i]);
+                }
+            }
+        };
+        let (st, _, v) = post(&c, exact.url("/v1/retrieve"), &json!({"query": q, "k": 10, "mode": "bm25"})).await;
+        assert_eq!(st, 200, "{v}");
+        check(&v, true);
+        for s in &pruned {
+            let before = common::metric(&metrics(s).await, "medprm_retrieval_bm25_unproven_total");
+            let (st, _, v) = post(&c, s.url("/v1/retrieve"), &json!({"query": q, "k": 10, "mode": "bm25"})).await;
+            assert_eq!(st, 200, "{v}");
+            let was_proven = common::metric(&metrics(s).await, "medprm_retrieval_bm25_unproven_total") == before;
+            // A search the bound proves is BM25's top k over the whole corpus.
+            check(&v, was_proven);
+            if was_proven {
+                proven += 1;
+            } else {
+                unproven += 1;
+            }
+        }
+    }
+    let (all, few) = (scored(&metrics(&exact).await), scored(&metrics(&pruned[0]).await));
+    eprintln!(
+        "chunks scored: exact {all}, budget 60: {few}, budget 1000: {}; pruned searches proven {proven}, not proven {unproven}",
+        scored(&metrics(&pruned[1]).await)
+    );
+    assert!(few < all / 2.0, "the budget should score far fewer chunks: {few} vs {all}");
+    // Both kinds of pruned search occurred, so both checks above ran.
+    assert!(proven > 0 && unproven > 0, "proven {proven}, not proven {unproven}");
+    assert_eq!(common::metric(&metrics(&exact).await, "medprm_retrieval_bm25_unproven_total"), 0.0);
 }

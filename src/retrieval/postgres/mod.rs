@@ -57,7 +57,12 @@ impl PgOptions {
         c.application_name("medprm");
         // hnsw.ef_search: candidates an HNSW scan keeps; above the hybrid fusion depth and MAX_K
         // so that a LIMIT of up to 100 rows is filled from a wide enough beam.
-        c.options(format!("-c statement_timeout={} -c hnsw.ef_search=200", self.statement_timeout.as_millis().max(1)));
+        // plan_cache_mode: the BM25 statement's plan depends on its parameters (which of its
+        // GIN clauses are NULL, the LIMIT); a generic plan of a cached statement cannot see them.
+        c.options(format!(
+            "-c statement_timeout={} -c hnsw.ef_search=200 -c plan_cache_mode=force_custom_plan",
+            self.statement_timeout.as_millis().max(1)
+        ));
         Ok(c)
     }
 

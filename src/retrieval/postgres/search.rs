@@ -200,8 +200,9 @@ impl Postgres {
             .await
             .map_err(db_error)?;
         let (lexemes, idfs) = terms.arrays();
-        let cap = self.bm25_budget.saturating_mul(CAP_FACTOR).max(n as u64);
+        let cap = self.bm25_budget.saturating_mul(CAP_FACTOR).clamp(n as u64, i64::MAX as u64);
         let mut plan = terms.plan(self.bm25_budget);
+        let mut earlier: Vec<Scored> = Vec::new();
         loop {
             let clauses = plan.clauses(&terms);
             let rows = client
@@ -211,11 +212,22 @@ impl Postgres {
             work.rounds += 1;
             let scored_now = rows.first().map_or(0, |r| r.get::<_, i64>(12) as u64);
             work.chunks_scored += scored_now;
-            let ranked: Vec<Scored> = rows.iter().map(scored).collect();
+            let mut ranked: Vec<Scored> = rows.iter().map(scored).collect();
             if ranked.len() < n && !plan.all {
                 // Fewer chunks hold the rare combinations than asked for: any term will do.
                 plan = Plan::all(&terms);
+                earlier = ranked;
                 continue;
+            }
+            // A second round cut at the cap may have missed chunks the first one found.
+            if !earlier.is_empty() {
+                for s in earlier.drain(..) {
+                    if !ranked.iter().any(|r| r.ord == s.ord) {
+                        ranked.push(s);
+                    }
+                }
+                sort(&mut ranked);
+                ranked.truncate(n);
             }
             let complete = scored_now < cap;
             work.proven = complete && (plan.all || ranked.last().is_some_and(|s| clears(terms.bound_outside(&plan), s.score as f64)));
@@ -406,7 +418,8 @@ impl Bm25Terms {
         let (singles, combos): (Vec<_>, Vec<_>) = kept.into_iter().partition(|c| c.len() == 1);
         let mut singles: Vec<usize> = singles.into_iter().map(|c| c[0]).collect();
         singles.sort_unstable();
-        Plan { singles, combos, all: false }
+        let all = singles.len() == self.terms.len();
+        Plan { singles, combos, all }
     }
 
     /// The most a chunk that `plan` did not score can score: it holds none of the single terms
@@ -479,6 +492,9 @@ mod tests {
         assert!(c[3..].iter().all(Option::is_none));
         // Outside: no rare; not mid with often or common: either mid alone or often + common.
         assert!((t.bound_outside(&p) - ub[1].max(ub[2] + ub[3])).abs() < 1e-12);
+        // One term over the budget: it is every term, so the plan is exact.
+        let one = Bm25Terms::new([("a".to_string(), 500_000)], 1_000_000, 1);
+        assert!(one.plan(10).all);
         // A tiny budget still takes the smallest conjunction (the triple).
         let p = t.plan(0);
         assert_eq!(p, Plan { singles: vec![], combos: vec![vec![0, 1, 2]], all: false });

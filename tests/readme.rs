@@ -420,9 +420,15 @@ fn retrieval_scale_table() -> String {
         out += &format!("| {label} | {} |\n", backends.iter().map(cell).collect::<Vec<_>>().join(" | "));
     };
     row("ingest by `medprm index --import`, chunks/s (PostgreSQL: the COPY phase)", &|b| format!("{:.0}", num(&b["ingest_chunks_per_s"], "ingest")));
-    row("index build in all, s (PostgreSQL: COPY + HNSW build)", &|b| {
+    row("index build in all, s (PostgreSQL: COPY + HNSW build + BM25 statistics)", &|b| {
         if is(b, "postgres") {
-            format!("{:.0} ({:.0} + {:.0})", num(&b["index_build_s"], "build"), num(&b["load_s"], "load"), num(&b["hnsw_build_s"], "hnsw"))
+            format!(
+                "{:.0} ({:.0} + {:.0} + {:.0})",
+                num(&b["index_build_s"], "build"),
+                num(&b["load_s"], "load"),
+                num(&b["hnsw_build_s"], "hnsw"),
+                num(&b["bm25_statistics_s"], "bm25 statistics")
+            )
         } else {
             format!("{:.0}", num(&b["index_build_s"], "build"))
         }
@@ -440,19 +446,20 @@ fn retrieval_scale_table() -> String {
         }
         format!("{} ({} / {} / {})", mib(&d["total_bytes"], "disk"), mib(&d["embeddings_bytes"], "vectors"), mib(&d["tantivy_bytes"], "tantivy"), mib(&d["chunks_jsonl_bytes"], "chunks"))
     });
-    row("disk, MiB (PostgreSQL: table in all / heap / TOAST / HNSW / GIN / primary key)", &|b| {
+    row("disk, MiB (PostgreSQL: table in all / heap / TOAST / HNSW / GIN / primary key; BM25 term table)", &|b| {
         let d = &b["disk"];
         if !is(b, "postgres") {
             return dash();
         }
         format!(
-            "{} / {} / {} / {} / {} / {}",
+            "{} / {} / {} / {} / {} / {}; {}",
             mib(&d["table_total_bytes"], "table"),
             mib(&d["table_heap_bytes"], "heap"),
             mib(&d["toast_bytes"], "toast"),
             mib(&d["hnsw_index_bytes"], "hnsw"),
             mib(&d["gin_index_bytes"], "gin"),
-            mib(&d["pkey_index_bytes"], "pkey")
+            mib(&d["pkey_index_bytes"], "pkey"),
+            mib(&d["bm25_terms_bytes"], "bm25 terms")
         )
     });
     row("open + one query (no model): s, peak RSS MiB", &|b| {
@@ -482,6 +489,24 @@ fn retrieval_scale_table() -> String {
             });
         }
     }
+    row("lexical searches (bm25 and hybrid) of the whole run: mean chunks scored; scoring rounds; top k not proven exact", &|b| {
+        if !is(b, "postgres") {
+            return "every chunk holding a query term (tantivy's exact BM25)".to_string();
+        }
+        let w = &b["serve"]["bm25_work"];
+        let searches = num(&w["medprm_retrieval_bm25_chunks_scored_count"], "bm25 searches");
+        if searches == 0.0 {
+            return "no lexical search ran".to_string();
+        }
+        format!(
+            "{:.0} of {} chunks; {:.2} rounds a search; {:.0} of {:.0} searches",
+            num(&w["medprm_retrieval_bm25_chunks_scored_sum"], "bm25 chunks") / searches,
+            thousands(num(&b["chunks"], "chunks")),
+            num(&w["medprm_retrieval_bm25_rounds_sum"], "bm25 rounds") / searches,
+            num(&w["medprm_retrieval_bm25_unproven_total"], "bm25 unproven"),
+            searches
+        )
+    });
     row("dense recall@10 vs exact", &|b| {
         let d = &b["dense_recall_at_10_vs_exact"];
         if !is(b, "postgres") {

@@ -1,8 +1,8 @@
 //! The PostgreSQL + pgvector retrieval backend: the same searches as the embedded index
 //! ([`super::Index`]) answered by a database that many replicas share.
 //!
-//! * [`schema`]: the tables (`medprm_chunks`, `medprm_corpus`), their indexes, and the check that
-//!   the corpus was embedded by the embedder this process loads.
+//! * [`schema`]: the tables (`medprm_chunks`, `medprm_corpus`, the BM25 statistics), their
+//!   indexes, and the check that the corpus was embedded by the embedder this process loads.
 //! * [`search`]: dense by pgvector's cosine distance (HNSW), lexical by BM25 computed in SQL over
 //!   PostgreSQL's full-text analysis, hybrid by the embedded backend's section-level RRF.
 //! * [`ingest`]: `medprm index --backend postgres`: batches of chunks and vectors by binary COPY,
@@ -36,7 +36,8 @@ pub struct PgOptions {
     pub pool_size: usize,
     /// Longest a statement may run on the server, and longest a request waits for a connection.
     pub statement_timeout: Duration,
-    /// Chunks BM25 scores for the query's rarest terms alone ([`search::Bm25Terms`]).
+    /// Expected chunks the BM25 search may select by its conjunctions of rare query terms
+    /// (`--db-bm25-budget`; [`search::Bm25Terms`]).
     pub bm25_budget: u64,
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::Server;
 use medprm::retrieval::{Index, Mode};
+use medprm::rng::SplitMix64;
 use serde_json::{json, Value};
 
 /// Python of the pgserver venv: $MEDPRM_PG_PYTHON (exported by the Makefile), else the venv
@@ -515,33 +516,22 @@ async fn imports_precomputed_vectors_from_jsonl_and_npy() {
     assert!(!ok && out.contains("row 1 (x): 2-d vector"), "{out}");
 }
 
-/// A deterministic generator for the synthetic corpus below (xorshift64*).
-struct Rng(u64);
+/// Uniform in 0..n.
+fn below(rng: &mut SplitMix64, n: usize) -> usize {
+    (rng.next_u64() % n as u64) as usize
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A word rank drawn from a Zipf-like law over `n` ranks (rank r with weight 1 / (r + 1)).
-    fn zipf(&mut self, n: usize) -> usize {
-        let total: f64 = (1..=n).map(|r| 1.0 / r as f64).sum();
-        let mut x = (self.next() >> 11) as f64 / (1u64 << 53) as f64 * total;
-        for r in 0..n {
-            x -= 1.0 / (r + 1) as f64;
-            if x <= 0.0 {
-                return r;
-            }
+/// A word rank drawn from a Zipf-like law over `n` ranks (rank r with weight 1 / (r + 1)).
+fn zipf(rng: &mut SplitMix64, n: usize) -> usize {
+    let total: f64 = (1..=n).map(|r| 1.0 / r as f64).sum();
+    let mut x = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+    for r in 0..n {
+        x -= 1.0 / (r + 1) as f64;
+        if x <= 0.0 {
+            return r;
         }
-        n - 1
     }
+    n - 1
 }
 
 /// BM25 over every chunk, computed here from the chunks' `tsv` (PostgreSQL's analysis is the
@@ -624,13 +614,13 @@ async fn bm25_on_postgres_is_bm25_exact_within_the_budget_and_when_proven() {
     let pg = Pg::start();
     // 3,000 chunks of words from a 600-word vocabulary at Zipf frequencies: common words are in
     // most chunks, rare ones in a few, as in a real corpus.
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = SplitMix64::new(23);
     let vocab: Vec<String> = (0..600).map(|i| format!("w{i}x")).collect();
     let scratch = tempfile::tempdir().unwrap();
     let jsonl = scratch.path().join("synthetic.jsonl");
     let mut rows = String::new();
     for i in 0..3000 {
-        let words: Vec<&str> = (0..20 + rng.below(100)).map(|_| vocab[rng.zipf(vocab.len())].as_str()).collect();
+        let words: Vec<&str> = (0..20 + below(&mut rng, 100)).map(|_| vocab[zipf(&mut rng, vocab.len())].as_str()).collect();
         let vector: Vec<f32> = (0..384).map(|j| ((i * 31 + j * 17) % 97) as f32 + 1.0).collect();
         rows.push_str(&format!("{}\n", json!({"id": format!("c{i}"), "title": "Synthetic", "text": words.join(" "), "vector": vector})));
     }
@@ -645,7 +635,7 @@ async fn bm25_on_postgres_is_bm25_exact_within_the_budget_and_when_proven() {
     let queries: Vec<String> = (0..16)
         .map(|q| {
             let n = 2 + q % 6;
-            (0..n).map(|i| vocab[if i % 2 == 0 { rng.below(40) } else { 40 + rng.below(560) }].clone()).collect::<Vec<_>>().join(" ")
+            (0..n).map(|i| vocab[if i % 2 == 0 { below(&mut rng, 40) } else { 40 + below(&mut rng, 560) }].clone()).collect::<Vec<_>>().join(" ")
         })
         .collect();
     // No retrieval cache: every search reaches the database and moves the metrics.

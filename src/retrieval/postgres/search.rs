@@ -213,7 +213,7 @@ impl Postgres {
             let scored_now = rows.first().map_or(0, |r| r.get::<_, i64>(12) as u64);
             work.chunks_scored += scored_now;
             let mut ranked: Vec<Scored> = rows.iter().map(scored).collect();
-            if ranked.len() < n && !plan.all {
+            if ranked.len() < n && !plan.covers_all(&terms) {
                 // Fewer chunks hold the rare combinations than asked for: any term will do.
                 plan = Plan::all(&terms);
                 earlier = ranked;
@@ -230,7 +230,7 @@ impl Postgres {
                 ranked.truncate(n);
             }
             let complete = scored_now < cap;
-            work.proven = complete && (plan.all || ranked.last().is_some_and(|s| clears(terms.bound_outside(&plan), s.score as f64)));
+            work.proven = complete && (plan.covers_all(&terms) || ranked.last().is_some_and(|s| clears(terms.bound_outside(&plan), s.score as f64)));
             return Ok((ranked, work));
         }
     }
@@ -284,12 +284,16 @@ pub(crate) struct Bm25Terms {
 pub(crate) struct Plan {
     singles: Vec<usize>,
     combos: Vec<Vec<usize>>,
-    all: bool,
 }
 
 impl Plan {
     fn all(terms: &Bm25Terms) -> Plan {
-        Plan { singles: (0..terms.terms.len()).collect(), combos: Vec::new(), all: true }
+        Plan { singles: (0..terms.terms.len()).collect(), combos: Vec::new() }
+    }
+
+    /// Whether every term is a single: every chunk holding any query term is scored (exact).
+    pub(crate) fn covers_all(&self, terms: &Bm25Terms) -> bool {
+        self.singles.len() == terms.terms.len()
     }
 
     /// The tsqueries (text) of the round, NULL-padded to [`MAX_CLAUSES`].
@@ -418,17 +422,13 @@ impl Bm25Terms {
         let (singles, combos): (Vec<_>, Vec<_>) = kept.into_iter().partition(|c| c.len() == 1);
         let mut singles: Vec<usize> = singles.into_iter().map(|c| c[0]).collect();
         singles.sort_unstable();
-        let all = singles.len() == self.terms.len();
-        Plan { singles, combos, all }
+        Plan { singles, combos }
     }
 
     /// The most a chunk that `plan` did not score can score: it holds none of the single terms
     /// and not all terms of any conjunction; any other term may be there. The largest such set
     /// is found by trying every subset of the conjunctions' terms (at most [`COMBINED_TERMS`]).
     pub(crate) fn bound_outside(&self, plan: &Plan) -> f64 {
-        if plan.all {
-            return 0.0;
-        }
         let mut combo_terms: Vec<usize> = plan.combos.iter().flatten().copied().filter(|i| !plan.singles.contains(i)).collect();
         combo_terms.sort_unstable();
         combo_terms.dedup();
@@ -477,7 +477,7 @@ mod tests {
         let ub: Vec<f64> = t.arrays().1.iter().map(|i| i * 2.2).collect();
         // Everything fits: exact, nothing outside.
         let all = t.plan(10_000_000);
-        assert!(all.all);
+        assert!(all.covers_all(&t));
         assert_eq!(t.bound_outside(&all), 0.0);
         assert_eq!(all.clauses(&t)[0].as_deref(), Some("'rare' | 'mid' | 'often' | 'common'"));
         assert!(all.clauses(&t)[1..].iter().all(Option::is_none));
@@ -485,7 +485,7 @@ mod tests {
         // rare&common 24, rare 40, mid&often 270, mid&common 1800, mid 3000 (over the budget).
         // rare covers every conjunction with rare; left: rare, mid&often, mid&common.
         let p = t.plan(4096);
-        assert_eq!(p, Plan { singles: vec![0], combos: vec![vec![1, 2], vec![1, 3]], all: false });
+        assert_eq!(p, Plan { singles: vec![0], combos: vec![vec![1, 2], vec![1, 3]] });
         let c = p.clauses(&t);
         assert_eq!(c.len(), MAX_CLAUSES);
         assert_eq!(c[..3], [Some("'rare'".to_string()), Some("'mid' & 'often'".into()), Some("'mid' & 'common'".into())]);
@@ -494,10 +494,10 @@ mod tests {
         assert!((t.bound_outside(&p) - ub[1].max(ub[2] + ub[3])).abs() < 1e-12);
         // One term over the budget: it is every term, so the plan is exact.
         let one = Bm25Terms::new([("a".to_string(), 500_000)], 1_000_000, 1);
-        assert!(one.plan(10).all);
+        assert!(one.plan(10).covers_all(&one));
         // A tiny budget still takes the smallest conjunction (the triple).
         let p = t.plan(0);
-        assert_eq!(p, Plan { singles: vec![], combos: vec![vec![0, 1, 2]], all: false });
+        assert_eq!(p, Plan { singles: vec![], combos: vec![vec![0, 1, 2]] });
         assert!(p.clauses(&t)[0].is_none());
         // Outside: any two of the three, and common freely.
         assert!((t.bound_outside(&p) - (ub[0] + ub[1] + ub[3])).abs() < 1e-12);
